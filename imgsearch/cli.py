@@ -1,0 +1,215 @@
+"""The `imgsearch` command: parse, call one API method, format. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import api
+from .config import COLLECTION_ENV, IndexingConfig, ModelConfig
+from .errors import ImgsearchError
+
+app = typer.Typer(
+    help="Semantic image search: index folders of images with CLIP, then search them by text or image.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+texts_app = typer.Typer(help="Manage the text collection used for image -> text search.", no_args_is_help=True)
+app.add_typer(texts_app, name="texts")
+
+IndexOpt = typer.Option(
+    None, "--index", envvar=COLLECTION_ENV, show_envvar=True,
+    help="Collection folder (default: indexes/default).",
+)
+ModelOpt = typer.Option(None, "--model", help="open_clip model name for a new collection [default: ViT-B-32].")
+PretrainedOpt = typer.Option(
+    None, "--pretrained",
+    help="Pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file for offline use, or 'none' for random weights.",
+)
+DeviceOpt = typer.Option(None, "--device", help="Torch device: cpu, cuda, cuda:1 [default: cuda if available].")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+
+
+def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
+    if name is None and pretrained is None:
+        return None  # the collection's own model, or the default for a new one
+    default = ModelConfig()
+    tag = default.pretrained if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
+    if pretrained is not None and tag and Path(tag).expanduser().exists():
+        tag = str(Path(tag).expanduser().resolve())
+    return ModelConfig(name=name or default.name, pretrained=tag)
+
+
+def _open(index: Path | None, model=None, pretrained=None, device=None) -> api.Collection:
+    return api.open(index, model=_model(model, pretrained), device=device)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"imgsearch: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors():
+    """Library errors become one line on stderr and exit code 1; Ctrl-C exits 130."""
+    try:
+        yield
+    except ImgsearchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("\nimgsearch: interrupted; work done so far is saved, run the command again to resume", err=True)
+        raise typer.Exit(130)
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@contextmanager
+def _progress_bar(description: str, unit: str, enabled: bool = True):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@app.command()
+def index(
+    folder: Path = typer.Argument(..., help="Folder to index (searched recursively)."),
+    index: Optional[Path] = IndexOpt,
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    device: Optional[str] = DeviceOpt,
+    batch_size: int = typer.Option(IndexingConfig.batch_size, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes [default: cores, max 8]."),
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed every image under FOLDER. Re-running is incremental: unchanged files are skipped,
+    changed ones re-embedded, deleted ones removed, moved ones followed without re-embedding."""
+    settings = IndexingConfig(batch_size=batch_size, workers=workers)
+    with _user_errors(), _open(index, model, pretrained, device) as engine:
+        with _progress_bar("embedding", "img", enabled=not (quiet or as_json)) as progress:
+            report = engine.index_folder(folder, settings, progress)
+    if as_json:
+        return _print_json(report.to_dict())
+    _print_index_report(report)
+
+
+def _print_index_report(report) -> None:
+    rate = report.embedded / report.seconds if report.seconds else 0.0
+    typer.echo(
+        f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
+        f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped "
+        f"in {report.seconds:.1f}s ({rate:.1f} images/s)"
+    )
+    for item in report.skipped[:20]:
+        typer.echo(f"  skipped {item.path}: {item.reason}", err=True)
+    if len(report.skipped) > 20:
+        typer.echo(f"  ... and {len(report.skipped) - 20} more: see `imgsearch skipped`", err=True)
+    if report.still_skipped:
+        typer.echo(f"  {report.still_skipped} files skipped in earlier runs are still unreadable "
+                   "(`imgsearch skipped` lists them)", err=True)
+
+
+@app.command()
+def query(
+    text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"a red car\"."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Search with this image instead of text."),
+    texts: bool = typer.Option(False, "--texts", help="Return texts from the text collection (image -> text)."),
+    top: int = typer.Option(10, "--top", "-k", min=1, help="How many results."),
+    index: Optional[Path] = IndexOpt,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search the collection: by TEXT, or by --image. With --texts, find texts matching an image."""
+    if (text is None) == (image is None):
+        _fail("give either a TEXT query or --image PATH (not both)", 2)
+    if texts and image is None:
+        _fail("--texts finds texts for an image: add --image PATH", 2)
+    with _user_errors(), _open(index, device=device) as engine:
+        if texts:
+            hits = engine.describe(image, k=top)
+        else:
+            hits = engine.search(image if image is not None else text, k=top)
+    if as_json:
+        return _print_json([h.to_dict() for h in hits])
+    for h in hits:
+        typer.echo(f"{h.score:.4f}\t{h.text if texts else h.path}")
+
+
+@app.command()
+def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """What a collection holds: model, counts, index type, size on disk."""
+    with _user_errors(), _open(index) as engine:
+        about = engine.info()
+    if as_json:
+        return _print_json(about.to_dict())
+    kind = "exact (flat)" if about.image_index == "flat" else (
+        f"IVF, {about.image_index_lists} lists, nprobe {about.nprobe}")
+    typer.echo(
+        f"collection  {about.path}\nmodel       {about.model} ({about.pretrained or 'random weights'}), "
+        f"{about.dim} dimensions\nimages      {about.images}\ntexts       {about.texts}\n"
+        f"skipped     {about.skipped}\nindex       {kind}\non disk     {about.disk_bytes / 1e6:.1f} MB\n"
+        f"schema      v{about.schema_version}"
+    )
+
+
+@app.command()
+def skipped(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """Files that could not be indexed, with the reason for each."""
+    with _user_errors(), _open(index) as engine:
+        items = engine.skipped()
+    if as_json:
+        return _print_json([s.to_dict() for s in items])
+    for s in items:
+        typer.echo(f"{s.path}\t{s.reason}")
+
+
+@texts_app.command("add")
+def texts_add(
+    file: Path = typer.Argument(..., help="UTF-8 text file, one text per line."),
+    index: Optional[Path] = IndexOpt,
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
+    with _user_errors(), _open(index, model, pretrained, device) as engine:
+        with _progress_bar("embedding", "text") as progress:
+            added = engine.add_text_file(file, progress)
+    typer.echo(f"added {added} texts from {file}")
+
+
+@texts_app.command("clear")
+def texts_clear(index: Optional[Path] = IndexOpt) -> None:
+    """Remove every text from the collection."""
+    with _user_errors(), _open(index) as engine:
+        removed = engine.clear_texts()
+    typer.echo(f"removed {removed} texts")
+
+
+def main() -> None:
+    import logging
+
+    # Hub retries and "no pretrained weights" notices are noise here; failures still surface as errors.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Configuration: frozen dataclasses with commented defaults.
+
+Change a value with ``dataclasses.replace``; collections persist the model part
+as JSON in their manifest so a collection always reopens with its own model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+# Where collections live unless --index / IMGSEARCH_INDEX says otherwise.
+DEFAULT_COLLECTION = Path("indexes") / "default"
+COLLECTION_ENV = "IMGSEARCH_INDEX"
+# A directory of extra open_clip model configs (JSON), e.g. custom or tiny test architectures.
+MODEL_CONFIGS_ENV = "IMGSEARCH_MODEL_CONFIGS"
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # ViT-B-32 trained on LAION-2B: a good speed/quality balance, ~600 MB download, cached by open_clip.
+    name: str = "ViT-B-32"
+    # A pretrained tag known to open_clip, a path to a local checkpoint file (works offline),
+    # or None for random weights (only useful for tests).
+    pretrained: str | None = "laion2b_s34b_b79k"
+    # "auto" picks cuda when available, else cpu; or name a torch device ("cpu", "cuda:1").
+    device: str = "auto"
+    # "auto" = fp16 autocast on cuda, fp32 on cpu; or "fp32", "fp16", "bf16".
+    precision: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.pretrained or 'random weights'})"
+
+    def same_model(self, other: "ModelConfig") -> bool:
+        """Whether both produce the same embeddings (device and precision aside)."""
+        return (self.name, self.pretrained) == (other.name, other.pretrained)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    # Below this many vectors an exact (Flat) index is both exact and fast (~5 ms at 50k x 512).
+    # Past it the index is rebuilt as IVF; 50k also leaves >= 39 training points per list.
+    ivf_threshold: int = 50_000
+    # Inverted lists searched per query: higher is more exact and slower.
+    nprobe: int = 32
+    # Lists = ivf_lists_factor * sqrt(N), the usual faiss rule of thumb.
+    ivf_lists_factor: float = 4.0
+    # Training sample: at most this many vectors per list (faiss warns past 256).
+    train_per_list: int = 128
+    # Rebuild IVF (re-train, new nlist) when the collection grows or shrinks this much since training.
+    retrain_ratio: float = 2.0
+
+
+@dataclass(frozen=True)
+class IndexingConfig:
+    # Images per forward pass; 64 keeps CPU memory low, raise it on a GPU.
+    batch_size: int = 64
+    # Decoding worker processes; None = min(8, cpu count). 0 decodes in the main process.
+    workers: int | None = None
+    # Files larger than this many pixels are refused as decompression bombs (Pillow's own limit is 89M).
+    max_pixels: int = 128_000_000
+    # Save the FAISS index at least this often during a long run, so a crash loses little work.
+    checkpoint_seconds: float = 120.0
+
+    def resolved_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return min(8, os.cpu_count() or 1)
+
+
+def collection_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The collection folder: explicit path, else $IMGSEARCH_INDEX, else indexes/default."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(COLLECTION_ENV) or DEFAULT_COLLECTION)

@@ -1,0 +1,230 @@
+"""CLIP embeddings: the only module that imports torch and open_clip.
+
+Every vector leaving this module is L2-normalised float32, shape (n, dim).
+The model is created lazily, on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
+from .errors import ModelLoadError
+from .images import ImageDetails, ImageSkipped, load_image
+
+_TEXT_BATCH = 256
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch of files: positions into the caller's path list, vectors, and failures."""
+
+    positions: list[int]
+    details: list[ImageDetails]  # original size and content hash per embedded file
+    vectors: np.ndarray  # (len(positions), dim) float32, normalised
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+
+def register_extra_model_configs() -> None:
+    """Let open_clip see JSON architectures from $IMGSEARCH_MODEL_CONFIGS (custom or test models)."""
+    extra = os.environ.get(MODEL_CONFIGS_ENV)
+    if extra:
+        open_clip.add_model_config(extra)
+
+
+def resolve_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_model_name(name: str) -> None:
+    register_extra_model_configs()
+    if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
+        raise ModelLoadError(
+            f"unknown model {name!r}; choose one of open_clip's models "
+            f"(e.g. ViT-B-32, ViT-B-16, ViT-L-14; `python -c 'import open_clip; print(open_clip.list_models())'` "
+            f"lists all) or set {MODEL_CONFIGS_ENV} to a folder with its JSON config"
+        )
+
+
+def _check_pretrained(name: str, pretrained: str | None) -> None:
+    if pretrained is None or os.path.exists(pretrained):
+        return
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise ModelLoadError(f"checkpoint file not found: {pretrained}; check the --pretrained path")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tags and pretrained not in tags:
+        raise ModelLoadError(
+            f"unknown pretrained tag {pretrained!r} for {name}; available: {', '.join(tags)}"
+        )
+
+
+def load_model(config: ModelConfig, device: str) -> tuple[torch.nn.Module, Callable, Callable]:
+    """Create (model, image preprocess, tokenizer) on device; raises ModelLoadError with a fix."""
+    _check_model_name(config.name)
+    _check_pretrained(config.name, config.pretrained)
+    try:
+        with _seeded_if_random(config.pretrained):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config.name, pretrained=config.pretrained, device=device
+            )
+        tokenizer = open_clip.get_tokenizer(config.name)
+    except Exception as exc:  # network, hub, corrupt checkpoint: all end the same way for a user
+        raise ModelLoadError(
+            f"could not load {config.label}: {_first_sentence(exc)}. "
+            "If this machine is offline, download the checkpoint elsewhere and pass its file path "
+            "with --pretrained /path/to/open_clip_pytorch_model.bin"
+        ) from exc
+    model.eval()
+    return model, preprocess, tokenizer
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = str(exc).split(". ")[0].strip().rstrip(".")
+    return f"{type(exc).__name__}: {text[:240]}"
+
+
+def _seeded_if_random(pretrained: str | None):
+    """Random-weight models are seeded so every process builds the same one (tests, debugging)."""
+    if pretrained is not None:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.random.fork_rng(devices=[]))
+    torch.manual_seed(0)
+    return stack
+
+
+def model_dim(config: ModelConfig) -> int:
+    """Embedding size from the architecture config, without creating the model."""
+    register_extra_model_configs()
+    cfg = open_clip.get_model_config(config.name)
+    if cfg is None:
+        _check_model_name(config.name)
+        raise ModelLoadError(f"no config found for model {config.name!r}")
+    return int(cfg["embed_dim"])
+
+
+class Embedder:
+    """Turns texts, PIL images and image files into normalised CLIP vectors."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        self.config = config
+        self._loaded: tuple[torch.nn.Module, Callable, Callable] | None = None
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = resolve_device(self.config.device)
+        return self._device
+
+    def _parts(self) -> tuple[torch.nn.Module, Callable, Callable]:
+        if self._loaded is None:
+            self._loaded = load_model(self.config, self.device)
+        return self._loaded
+
+    @property
+    def dim(self) -> int:
+        return model_dim(self.config)
+
+    @property
+    def image_size(self) -> int:
+        size = self._parts()[0].visual.image_size
+        return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    def _autocast(self):
+        precision = self.config.precision
+        if self.device.startswith("cuda") and precision in ("auto", "fp16", "bf16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        if precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _finish(self, features: torch.Tensor) -> np.ndarray:
+        features = features.float()
+        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return features.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_preprocessed(self, batch: torch.Tensor) -> np.ndarray:
+        """Forward a batch of already-preprocessed image tensors (N, 3, H, W)."""
+        model = self._parts()[0]
+        with torch.inference_mode(), self._autocast():
+            return self._finish(model.encode_image(batch.to(self.device, non_blocking=True)))
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = _TEXT_BATCH) -> np.ndarray:
+        model, _, tokenizer = self._parts()
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                out.append(self._finish(model.encode_text(tokens)))
+        return np.concatenate(out)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        preprocess = self._parts()[1]
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_preprocessed(torch.stack([preprocess(im.convert("RGB")) for im in images]))
+
+    def embed_files(
+        self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()
+    ) -> Iterator[EmbeddedBatch]:
+        """Decode files in worker processes (overlapping the model) and embed them batch by batch.
+
+        Unreadable files come back as failures with a reason; they never stop the run.
+        """
+        preprocess = self._parts()[1]
+        dataset = _FileDataset(list(paths), preprocess, self.image_size, settings.max_pixels)
+        workers = min(settings.resolved_workers(), max(1, len(paths) // settings.batch_size))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=settings.batch_size,
+            num_workers=workers if len(paths) > settings.batch_size else 0,
+            collate_fn=_collate,
+            pin_memory=self.device.startswith("cuda"),
+            prefetch_factor=4 if workers and len(paths) > settings.batch_size else None,
+        )
+        for positions, details, tensors, failures in loader:
+            vectors = (
+                self.encode_preprocessed(tensors)
+                if tensors is not None
+                else np.zeros((0, self.dim), np.float32)
+            )
+            yield EmbeddedBatch(positions, details, vectors, failures)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Decodes one file in a worker: (position, tensor or None, details, reason)."""
+
+    def __init__(self, paths: list[str], preprocess: Callable, min_side: int, max_pixels: int):
+        self.paths, self.preprocess = paths, preprocess
+        self.min_side, self.max_pixels = min_side, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            loaded = load_image(self.paths[i], self.min_side, self.max_pixels)
+            return i, self.preprocess(loaded.image), loaded.details, None
+        except ImageSkipped as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            return i, None, None, f"could not decode: {type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    good = [it for it in items if it[1] is not None]
+    failures = [(it[0], it[3]) for it in items if it[1] is None]
+    tensors = torch.stack([it[1] for it in good]) if good else None
+    return [it[0] for it in good], [it[2] for it in good], tensors, failures

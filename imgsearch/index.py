@@ -1,0 +1,174 @@
+"""Vector search: the only module that imports faiss.
+
+Inner product over L2-normalised float32 vectors (= cosine similarity); the ids
+in the index are the metadata row ids. Exact (Flat) while small, IVF past
+``IndexConfig.ivf_threshold``; the caller rebuilds when ``needs_rebuild`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .config import IndexConfig
+
+# Batches at least this large are searched on a GPU when faiss has one.
+_GPU_MIN_QUERIES = 256
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Results for a batch of queries: row i holds query i's ids and scores, best first."""
+
+    ids: np.ndarray  # (nq, k) int64, -1 where fewer than k vectors exist
+    scores: np.ndarray  # (nq, k) float32
+
+
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {vectors.shape}")
+    return vectors
+
+
+def ivf_lists(n: int, config: IndexConfig) -> int:
+    return max(1, int(round(config.ivf_lists_factor * math.sqrt(n))))
+
+
+class VectorIndex:
+    """A faiss index with ids, that knows whether it is exact and when it should be rebuilt."""
+
+    def __init__(self, index: faiss.Index, config: IndexConfig = IndexConfig()):
+        self._index = index
+        self.config = config
+        self._gpu_index = None
+        ivf = self._ivf()
+        if ivf is not None:
+            ivf.nprobe = min(config.nprobe, ivf.nlist)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, dim: int, config: IndexConfig = IndexConfig()) -> "VectorIndex":
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), config)
+
+    @classmethod
+    def build(
+        cls, dim: int, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig = IndexConfig()
+    ) -> "VectorIndex":
+        """The right index for len(ids) vectors: Flat below the threshold, IVF (trained here) above."""
+        vectors = _check_vectors(vectors, dim)
+        if len(ids) < config.ivf_threshold or len(ids) == 0:
+            built = cls.empty(dim, config)
+        else:
+            built = cls(_trained_ivf(vectors, ivf_lists(len(ids), config), config), config)
+        built.add(ids, vectors)
+        return built
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: IndexConfig = IndexConfig()) -> "VectorIndex":
+        return cls(faiss.read_index(str(path)), config)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash leaves either the old file or the new one, never half."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self._index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # -- state -------------------------------------------------------------------------------
+    def _ivf(self):
+        try:
+            return faiss.extract_index_ivf(self._index)
+        except RuntimeError:
+            return None
+
+    @property
+    def dim(self) -> int:
+        return self._index.d
+
+    @property
+    def ntotal(self) -> int:
+        return self._index.ntotal
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if self._ivf() is not None else "flat"
+
+    @property
+    def nlist(self) -> int | None:
+        ivf = self._ivf()
+        return ivf.nlist if ivf is not None else None
+
+    @property
+    def is_exact(self) -> bool:
+        ivf = self._ivf()
+        return ivf is None or ivf.nprobe >= ivf.nlist
+
+    def needs_rebuild(self) -> bool:
+        """Flat grown past the threshold, or IVF whose lists no longer fit the collection size."""
+        n, cfg = self.ntotal, self.config
+        if self.kind == "flat":
+            return n >= cfg.ivf_threshold
+        if n < cfg.ivf_threshold / cfg.retrain_ratio:
+            return True
+        ideal = ivf_lists(n, cfg)
+        return not (1 / cfg.retrain_ratio <= self.nlist / ideal <= cfg.retrain_ratio)
+
+    # -- mutation and search -------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = _check_vectors(vectors, self.dim)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(ids):
+            self._index.add_with_ids(vectors, ids)
+            self._gpu_index = None
+
+    def remove(self, ids) -> int:
+        ids = np.ascontiguousarray(list(ids), dtype=np.int64)
+        if not len(ids):
+            return 0
+        self._gpu_index = None
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def search(self, queries: np.ndarray, k: int) -> Hits:
+        queries = _check_vectors(np.atleast_2d(queries), self.dim)
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        if self.ntotal == 0:
+            empty = np.full((len(queries), k), -1, np.int64)
+            return Hits(empty, np.full((len(queries), k), -np.inf, np.float32))
+        scores, ids = self._searcher(len(queries)).search(queries, min(k, self.ntotal))
+        return Hits(ids, scores)
+
+    def _searcher(self, n_queries: int) -> faiss.Index:
+        if n_queries < _GPU_MIN_QUERIES or gpu_count() == 0:
+            return self._index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+        return self._gpu_index
+
+
+def _trained_ivf(vectors: np.ndarray, nlist: int, config: IndexConfig) -> faiss.Index:
+    dim = vectors.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample_size = min(len(vectors), nlist * config.train_per_list)
+    rng = np.random.default_rng(1234)
+    sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+    if gpu_count():
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
+    ivf.train(sample)
+    ivf.clustering_index = None
+    return ivf

@@ -1,0 +1,79 @@
+"""Incremental indexing decisions, as pure functions over what is on disk and what is stored.
+
+Nothing here touches a model, an index or a database, so each rule is easy to test:
+unchanged files are skipped, changed ones re-embedded, vanished ones removed, and a
+file whose content matches a vanished one is a move (kept, not re-embedded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .images import FileEntry, ScanProblem
+from .store import ImageState, Moved, Skip
+
+
+@dataclass
+class Plan:
+    unchanged: int = 0
+    new: list[FileEntry] = field(default_factory=list)  # to embed as new rows
+    changed: dict[str, tuple[ImageState, FileEntry]] = field(default_factory=dict)  # re-embed in place
+    vanished: dict[str, ImageState] = field(default_factory=dict)  # to delete (unless moved)
+    moved: list[Moved] = field(default_factory=list)
+    still_skipped: int = 0  # skipped before and not modified since: not retried
+    problems: list[Skip] = field(default_factory=list)  # could not even stat
+
+    @property
+    def to_embed(self) -> list[FileEntry]:
+        return self.new + [entry for _, entry in self.changed.values()]
+
+
+def _same_file(state: ImageState | Skip, entry: FileEntry) -> bool:
+    return state.size == entry.size and state.mtime_ns == entry.mtime_ns
+
+
+def make_plan(
+    scanned: Iterable[FileEntry | ScanProblem],
+    known: dict[str, ImageState],
+    skipped: dict[str, Skip],
+) -> Plan:
+    """Sort the scanned files against the stored rows of the same folder."""
+    plan, seen = Plan(), set()
+    for item in scanned:
+        seen.add(item.path)
+        if isinstance(item, ScanProblem):
+            plan.problems.append(Skip(item.path, None, None, item.reason))
+        elif item.path in known:
+            _classify_known(plan, known[item.path], item)
+        elif item.path in skipped and _same_file(skipped[item.path], item):
+            plan.still_skipped += 1
+        else:
+            plan.new.append(item)
+    plan.vanished = {p: s for p, s in known.items() if p not in seen}
+    return plan
+
+
+def _classify_known(plan: Plan, state: ImageState, entry: FileEntry) -> None:
+    if _same_file(state, entry):
+        plan.unchanged += 1
+    else:
+        plan.changed[entry.path] = (state, entry)
+
+
+def find_moves(plan: Plan, content_hash: Callable[[str], str | None]) -> None:
+    """Turn (vanished, new) pairs with equal content into moves; each vanished row moves once."""
+    if not plan.vanished or not plan.new:
+        return
+    by_hash: dict[str, ImageState] = {}
+    for state in plan.vanished.values():
+        by_hash.setdefault(state.content_hash, state)
+    remaining = []
+    for entry in plan.new:
+        state = by_hash.pop(content_hash(entry.path) or "", None)
+        if state is None:
+            remaining.append(entry)
+            continue
+        plan.moved.append(Moved(state.id, entry.path, entry.size, entry.mtime_ns))
+        del plan.vanished[state.path]
+    plan.new = remaining

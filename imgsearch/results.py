@@ -1,0 +1,70 @@
+"""Typed results returned by the API (and printed or serialised by the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+class _AsDict:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageHit(_AsDict):
+    id: int
+    path: str
+    score: float  # cosine similarity, -1..1, higher is better
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class TextHit(_AsDict):
+    id: int
+    text: str
+    score: float
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile(_AsDict):
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexReport(_AsDict):
+    """What one `index` run did."""
+
+    folder: str
+    scanned: int = 0  # files with an image extension found
+    added: int = 0
+    updated: int = 0  # changed on disk, re-embedded
+    moved: int = 0  # renamed or moved: recognised by content, not re-embedded
+    removed: int = 0  # gone from disk, removed from the collection
+    unchanged: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)  # newly skipped this run, with reasons
+    still_skipped: int = 0  # skipped in an earlier run and unchanged since
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.updated
+
+
+@dataclass(frozen=True)
+class CollectionInfo(_AsDict):
+    path: str
+    model: str
+    pretrained: str | None
+    dim: int
+    images: int
+    texts: int
+    skipped: int
+    image_index: str  # "flat" (exact) or "ivf"
+    image_index_lists: int | None
+    nprobe: int | None
+    disk_bytes: int
+    schema_version: int

@@ -1,0 +1,83 @@
+"""Keeps a FAISS index file in step with the SQLite store that holds the truth.
+
+The file is saved atomically with a generation stamp beside it. A stamp that does
+not match the store's generation (a crash, a kill, an old file) means the index
+is rebuilt from the vectors in the store: slower to open once, never wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import IndexConfig
+from .index import VectorIndex
+from .store import Store
+
+
+class SyncedIndex:
+    """The FAISS index of one table ("images" or "texts") of a collection."""
+
+    def __init__(self, store: Store, table: str, folder: Path, dim: int, config: IndexConfig):
+        self.store, self.table, self.dim, self.config = store, table, dim, config
+        self.file = folder / f"{table}.faiss"
+        self.stamp = folder / f"{table}.faiss.generation"
+        self._index: VectorIndex | None = None
+        self._generation = -1  # the store generation the in-memory index reflects
+        self._saved_generation = -1
+        self._last_save = time.monotonic()
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            self._open()
+        return self._index
+
+    def _open(self) -> None:
+        current = self.store.generation(self.table)
+        if self._stamp() == current and self.file.exists():
+            self._index = VectorIndex.load(self.file, self.config)
+            if self._index.dim == self.dim:
+                self._generation = self._saved_generation = current
+                return
+        self.rebuild()
+
+    def _stamp(self) -> int | None:
+        try:
+            return int(self.stamp.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def rebuild(self) -> None:
+        generation = self.store.generation(self.table)
+        ids, vectors = self.store.all_vectors(self.table, self.dim)
+        self._index = VectorIndex.build(self.dim, ids, vectors, self.config)
+        self._generation = generation
+
+    def update(self, generation: int, add_ids=(), add_vectors=None, remove_ids=()) -> None:
+        """Mirror a committed store change; the caller passes the generation it produced."""
+        index = self.index  # opening now may rebuild from a store that already holds the change
+        if self._generation >= generation:
+            return
+        index.remove(remove_ids)
+        if len(add_ids):
+            index.add(np.asarray(add_ids, np.int64), add_vectors)
+        self._generation = generation
+
+    def save(self, at_most_every: float = 0.0) -> None:
+        """Write the index if it changed and at least ``at_most_every`` seconds passed since the last write."""
+        if self._index is None or self._generation == self._saved_generation:
+            return
+        if time.monotonic() - self._last_save < at_most_every:
+            return
+        if self._index.needs_rebuild():
+            self.rebuild()
+        self._index.save(self.file)
+        tmp = self.stamp.with_name(self.stamp.name + ".tmp")
+        tmp.write_text(str(self._generation))
+        os.replace(tmp, self.stamp)
+        self._saved_generation = self._generation
+        self._last_save = time.monotonic()
