@@ -56,3 +56,25 @@ def coco_captions() -> list[dict]:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")
     return json.loads(path.read_text())
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """A distinct real image file (format from the extension): random blocks seeded by `seed`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((size[1] // 4 + 1, size[0] // 4 + 1, 1), np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[: size[1], : size[0]]).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    """Ten distinct generated images in a nested folder."""
+    folder = tmp_path / "photos"
+    for i in range(10):
+        write_image(folder / ("sub" if i % 2 else "") / f"img{i}.{'png' if i % 3 else 'jpg'}", seed=i)
+    return folder

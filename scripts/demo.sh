@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Index a folder of photos and search it by text and by image.
+#   bash scripts/demo.sh [FOLDER]      (default: ../shared/data/coco_mini, 239 COCO photos)
+# Uses the real pretrained ViT-B-32 (laion2b_s34b_b79k), downloaded and cached by open_clip on first use.
+# Set IMGSEARCH_PRETRAINED=/path/to/checkpoint.bin to use a local checkpoint offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+FOLDER="${1:-../shared/data/coco_mini}"
+INDEX=indexes/demo
+IS=.venv/bin/imgsearch
+MODEL_ARGS=(--model ViT-B-32 --pretrained "${IMGSEARCH_PRETRAINED:-laion2b_s34b_b79k}")
+if ! $IS index "$FOLDER" --index "$INDEX" "${MODEL_ARGS[@]}"; then
+  echo "demo: the pretrained model could not be loaded (no network?)." >&2
+  echo "demo: running the same pipeline with RANDOM weights instead: rankings below are meaningless." >&2
+  INDEX=indexes/demo-random-weights
+  $IS index "$FOLDER" --index "$INDEX" --model ViT-B-32 --pretrained none
+fi
+$IS info --index "$INDEX"
+echo "--- text -> image: 'a dog playing in the snow'"
+$IS query "a dog playing in the snow" --index "$INDEX" -k 5
+FIRST=$(find "$FOLDER" -name '*.jpg' | sort | head -n 1)
+echo "--- image -> image: $FIRST"
+$IS query --image "$FIRST" --index "$INDEX" -k 5

@@ -1,0 +1,195 @@
+"""The Python API end to end: real tiny open_clip model, real FAISS, real SQLite, real files."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import COCO_MINI, TINY_MODEL, write_image
+from PIL import Image
+
+import imgsearch
+from imgsearch.config import IndexConfig, ModelConfig
+from imgsearch.errors import (
+    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError,
+)
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_model):
+    with imgsearch.open(tmp_path / "coll", model=tiny_model) as collection:
+        yield collection
+
+
+def _bump_mtime(path, seconds=10):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def test_text_query_returns_ranked_typed_hits(engine, photo_dir):
+    report = engine.index_folder(photo_dir)
+    assert report.added == 10 and report.scanned == 10 and not report.skipped
+    hits = engine.search("a red car", k=4)
+    assert len(hits) == 4 and all(isinstance(h, imgsearch.ImageHit) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert {h.path for h in hits} <= {str(p) for p in photo_dir.rglob("*.*")}
+    assert hits[0].width == 64 and hits[0].height == 48
+
+
+def test_image_query_finds_itself_first_by_path_str_and_pil(engine, photo_dir):
+    engine.index_folder(photo_dir)
+    target = photo_dir / "sub" / "img5.png"
+    for query in (target, str(target), Image.open(target)):
+        best = engine.search(query, k=3)[0]
+        assert best.path == str(target) and best.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_describe_ranks_texts_for_an_image(engine, photo_dir):
+    engine.index_folder(photo_dir)
+    assert engine.add_texts(["a dog", "", "  ", "a red car", "the sea"], source="t") == 3
+    hits = engine.describe(photo_dir / "img0.jpg", k=10)
+    assert sorted(h.text for h in hits) == ["a dog", "a red car", "the sea"]
+    want = engine.embedder.embed_texts([h.text for h in hits]) @ engine.query_vector(photo_dir / "img0.jpg")
+    np.testing.assert_allclose([h.score for h in hits], want, atol=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_rerun_skips_unchanged_and_follows_change_delete_move(engine, photo_dir):
+    engine.index_folder(photo_dir)
+    ids = {h.path: h.id for h in engine.search("x", k=10)}
+    again = engine.index_folder(photo_dir)
+    assert (again.unchanged, again.embedded, again.removed) == (10, 0, 0)
+
+    changed = photo_dir / "img0.jpg"
+    write_image(changed, seed=999)
+    _bump_mtime(changed)
+    (photo_dir / "sub" / "img1.png").unlink()
+    moved = photo_dir / "renamed" / "img2_new.png"
+    moved.parent.mkdir()
+    shutil.move(photo_dir / "img2.png", moved)
+    report = engine.index_folder(photo_dir)
+    assert (report.updated, report.removed, report.moved, report.added, report.unchanged) == (1, 1, 1, 0, 7)
+
+    paths = {h.path: h.id for h in engine.search("x", k=20)}
+    assert len(paths) == 9 and str(photo_dir / "sub" / "img1.png") not in paths
+    assert paths[str(moved)] == ids[str(photo_dir / "img2.png")]  # same row: not re-embedded
+    best = engine.search(changed, k=1)[0]
+    assert best.path == str(changed) and best.id == ids[str(changed)] and best.score > 0.9999
+    assert engine.info().images == 9
+
+
+def test_a_copy_of_an_indexed_file_is_a_new_entry(engine, photo_dir):
+    engine.index_folder(photo_dir)
+    shutil.copy(photo_dir / "img0.jpg", photo_dir / "copy.jpg")
+    report = engine.index_folder(photo_dir)
+    assert (report.added, report.moved) == (1, 0)
+    top = {h.path for h in engine.search(photo_dir / "img0.jpg", k=2)}
+    assert top == {str(photo_dir / "img0.jpg"), str(photo_dir / "copy.jpg")}
+
+
+def test_indexing_another_folder_keeps_the_first(engine, photo_dir, tmp_path):
+    other = tmp_path / "photos_more"  # shares a name prefix with photo_dir on purpose
+    write_image(other / "z.png", seed=50)
+    engine.index_folder(photo_dir)
+    report = engine.index_folder(other)
+    assert (report.added, report.removed) == (1, 0)
+    assert engine.info().images == 11
+
+
+def test_ivf_switch_keeps_search_correct_and_survives_reopen(tmp_path, tiny_model):
+    folder = tmp_path / "many"
+    for i in range(60):
+        write_image(folder / f"{i}.png", seed=100 + i, size=(32, 32))
+    config = IndexConfig(ivf_threshold=40, nprobe=1000)
+    with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=config) as engine:
+        engine.index_folder(folder)
+        info = engine.info()
+        assert info.image_index == "ivf" and info.image_index_lists == round(4 * 60 ** 0.5)
+    with imgsearch.open(tmp_path / "c", index_config=config) as engine:
+        assert engine.info().image_index == "ivf"
+        for i in (0, 17, 59):
+            assert engine.search(folder / f"{i}.png", k=1)[0].path == str(folder / f"{i}.png")
+
+
+def test_stale_or_missing_faiss_file_is_rebuilt_from_the_store(tmp_path, tiny_model, photo_dir):
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.index_folder(photo_dir)
+        want = [h.path for h in engine.search("a cat", k=10)]
+    (tmp_path / "c" / "images.faiss").unlink()
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert [h.path for h in engine.search("a cat", k=10)] == want
+    (tmp_path / "c" / "images.faiss.generation").write_text("0")
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert [h.path for h in engine.search("a cat", k=10)] == want
+
+
+def test_collection_remembers_its_model_and_refuses_another(tmp_path, tiny_model, photo_dir):
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.index_folder(photo_dir)
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert engine.model.name == TINY_MODEL and engine.info().dim == 32
+    with imgsearch.open(tmp_path / "c", model=ModelConfig()) as engine:
+        with pytest.raises(ModelMismatchError, match=f"built with {TINY_MODEL}.*--index NEW_PATH"):
+            engine.search("a dog")
+
+
+def test_missing_and_empty_collections_say_what_to_do(tmp_path, tiny_model, photo_dir):
+    with pytest.raises(CollectionNotFoundError, match="imgsearch index DIR"):
+        imgsearch.open(tmp_path / "none").search("a dog")
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.add_texts(["only texts here"])
+        with pytest.raises(EmptyCollectionError, match="no images"):
+            engine.search("a dog")
+        with pytest.raises(BadInputError, match="not a folder"):
+            engine.index_folder(tmp_path / "nope")
+        engine.index_folder(photo_dir)
+        with pytest.raises(BadInputError, match="not found"):
+            engine.search(tmp_path / "missing.jpg")
+        with pytest.raises(BadInputError, match="empty query"):
+            engine.search("   ")
+
+
+def test_model_errors_name_the_choices(tmp_path):
+    from imgsearch.embedder import Embedder
+
+    with pytest.raises(ModelLoadError, match="unknown model 'ViT-Nope'"):
+        Embedder(ModelConfig(name="ViT-Nope")).embed_texts(["x"])
+    with pytest.raises(ModelLoadError, match="available: .*laion2b_s34b_b79k"):
+        Embedder(ModelConfig(name="ViT-B-32", pretrained="no-such-tag")).embed_texts(["x"])
+    with pytest.raises(ModelLoadError, match="checkpoint file not found"):
+        Embedder(ModelConfig(name="ViT-B-32", pretrained=str(tmp_path / "w.bin"))).embed_texts(["x"])
+
+
+def test_local_checkpoint_loads_offline_with_its_own_weights(tmp_path, tiny_model):
+    import torch
+
+    from imgsearch.embedder import Embedder
+
+    random_model = Embedder(tiny_model)
+    model = random_model._parts()[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5).add_(0.01)  # weights that differ from the seeded random init
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    from_file = Embedder(ModelConfig(name=TINY_MODEL, pretrained=str(tmp_path / "tiny.pt"), device="cpu"))
+    np.testing.assert_allclose(from_file.embed_texts(["a dog"]), random_model.embed_texts(["a dog"]), atol=1e-6)
+    fresh = Embedder(tiny_model).embed_texts(["a dog"])
+    assert not np.allclose(fresh, from_file.embed_texts(["a dog"]), atol=1e-4)
+
+
+def test_vectors_are_unit_float32(tiny_embedder):
+    vectors = tiny_embedder.embed_texts(["a", "b c", "a photo of a dog"])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_real_coco_photos_index_and_self_retrieve(tmp_path, tiny_model):
+    subset = tmp_path / "coco"
+    subset.mkdir()
+    for src in sorted((COCO_MINI / "val2017").glob("*.jpg"))[:40]:
+        shutil.copy(src, subset / src.name)
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        report = engine.index_folder(subset, imgsearch.IndexingConfig(batch_size=16, workers=2))
+        assert report.added == 40 and not report.skipped
+        for src in sorted(subset.iterdir())[:5]:
+            assert engine.search(src, k=1)[0].path == str(src)

@@ -1,0 +1,74 @@
+"""The real `imgsearch` command in a subprocess: output, JSON, exit codes, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_MODEL
+
+TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
+
+
+def run(*args, ok=True, env_index=None):
+    env = dict(os.environ, **({"IMGSEARCH_INDEX": str(env_index)} if env_index else {}))
+    proc = subprocess.run([sys.executable, "-m", "imgsearch.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+@pytest.fixture
+def built(tmp_path, photo_dir):
+    coll = tmp_path / "coll"
+    proc = run("index", photo_dir, "--index", coll, *TINY, "--batch-size", "4")
+    assert "10 added" in proc.stdout and "0 skipped" in proc.stdout
+    return coll, photo_dir
+
+
+def test_index_query_info_roundtrip(built, tmp_path):
+    coll, photos = built
+    text_hits = json.loads(run("query", "a red car", "--index", coll, "-k", "3", "--json").stdout)
+    assert len(text_hits) == 3 and {"id", "path", "score"} <= set(text_hits[0])
+    target = photos / "img0.jpg"
+    lines = run("query", "--image", target, "--index", coll, "-k", "2").stdout.splitlines()
+    score, path = lines[0].split("\t")
+    assert path == str(target) and float(score) > 0.999 and len(lines) == 2
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a dog on a beach\n\na red car\nthe night sky\n", encoding="utf-8")
+    assert "added 3 texts" in run("texts", "add", captions, "--index", coll).stdout
+    texts = json.loads(run("query", "--image", target, "--texts", "--index", coll, "--json").stdout)
+    assert sorted(t["text"] for t in texts) == ["a dog on a beach", "a red car", "the night sky"]
+
+    info = json.loads(run("info", "--json", env_index=coll).stdout)  # collection from $IMGSEARCH_INDEX
+    assert (info["model"], info["images"], info["texts"], info["image_index"]) == (TINY_MODEL, 10, 3, "flat")
+    again = run("index", photos, "--index", coll, "--json").stdout
+    assert json.loads(again)["unchanged"] == 10
+
+
+def test_user_errors_are_one_line_with_non_zero_exit(built, tmp_path):
+    coll, photos = built
+    cases = [
+        (("query", "x", "--index", tmp_path / "missing"), "no collection at"),
+        (("query", "--image", tmp_path / "nope.jpg", "--index", coll), "query image not found"),
+        (("query", "--index", coll), "give either a TEXT query or --image"),
+        (("index", photos, "--index", coll, "--model", "ViT-B-32"), "was built with imgsearch-tiny"),
+        (("index", tmp_path / "nowhere", "--index", coll), "not a folder"),
+        (("query", "--image", photos / "img0.jpg", "--texts", "--index", coll), "no texts"),
+    ]
+    for args, message in cases:
+        proc = run(*args, ok=False)
+        assert proc.returncode in (1, 2), args
+        assert message in proc.stderr, (args, proc.stderr)
+        assert len([line for line in proc.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_every_command_has_help():
+    commands = [[], ["index"], ["query"], ["info"], ["skipped"], ["texts"], ["texts", "add"], ["texts", "clear"]]
+    for command in commands:
+        out = run(*command, "--help").stdout
+        assert "Usage:" in out and len(out) > 200, command

@@ -1,0 +1,47 @@
+"""Incremental indexing rules on plain records (no model, no database)."""
+
+from imgsearch.images import FileEntry, ScanProblem
+from imgsearch.planning import find_moves, make_plan
+from imgsearch.store import ImageState, Skip
+
+
+def _state(i, path, size=10, mtime=1, digest=None):
+    return ImageState(i, path, size, mtime, digest or f"h{i}")
+
+
+def test_unchanged_new_changed_vanished_are_sorted_apart():
+    known = {"/p/a.jpg": _state(1, "/p/a.jpg"), "/p/b.jpg": _state(2, "/p/b.jpg"),
+             "/p/gone.jpg": _state(3, "/p/gone.jpg")}
+    scanned = [FileEntry("/p/a.jpg", 10, 1), FileEntry("/p/b.jpg", 10, 2), FileEntry("/p/new.jpg", 5, 1)]
+    plan = make_plan(scanned, known, {})
+    assert plan.unchanged == 1
+    assert [e.path for e in plan.new] == ["/p/new.jpg"]
+    assert list(plan.changed) == ["/p/b.jpg"] and plan.changed["/p/b.jpg"][0].id == 2
+    assert list(plan.vanished) == ["/p/gone.jpg"]
+    assert [e.path for e in plan.to_embed] == ["/p/new.jpg", "/p/b.jpg"]
+
+
+def test_skipped_files_are_retried_only_when_modified():
+    skipped = {"/p/bad.jpg": Skip("/p/bad.jpg", 3, 7, "corrupt"), "/p/fixed.jpg": Skip("/p/fixed.jpg", 3, 7, "x")}
+    scanned = [FileEntry("/p/bad.jpg", 3, 7), FileEntry("/p/fixed.jpg", 900, 8), ScanProblem("/p/l.jpg", "unreadable")]
+    plan = make_plan(scanned, {}, skipped)
+    assert plan.still_skipped == 1
+    assert [e.path for e in plan.new] == ["/p/fixed.jpg"]
+    assert plan.problems == [Skip("/p/l.jpg", None, None, "unreadable")]
+
+
+def test_moves_pair_new_files_with_vanished_rows_by_content():
+    known = {"/p/old.jpg": _state(1, "/p/old.jpg", digest="same"), "/p/x.jpg": _state(2, "/p/x.jpg", digest="gone")}
+    scanned = [FileEntry("/p/renamed.jpg", 10, 9), FileEntry("/p/other.jpg", 4, 4)]
+    plan = make_plan(scanned, known, {})
+    find_moves(plan, {"/p/renamed.jpg": "same", "/p/other.jpg": "different"}.get)
+    assert [(m.id, m.path, m.mtime_ns) for m in plan.moved] == [(1, "/p/renamed.jpg", 9)]
+    assert [e.path for e in plan.new] == ["/p/other.jpg"]
+    assert list(plan.vanished) == ["/p/x.jpg"]
+
+
+def test_one_vanished_row_moves_to_only_one_of_two_copies():
+    known = {"/p/old.jpg": _state(1, "/p/old.jpg", digest="same")}
+    plan = make_plan([FileEntry("/p/c1.jpg", 10, 1), FileEntry("/p/c2.jpg", 10, 1)], known, {})
+    find_moves(plan, lambda path: "same")
+    assert len(plan.moved) == 1 and len(plan.new) == 1 and not plan.vanished

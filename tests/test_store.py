@@ -1,0 +1,61 @@
+"""SQLite store: schema versions, atomic batches, generations."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from imgsearch.errors import CollectionError
+from imgsearch.store import SCHEMA_VERSION, Changes, Moved, NewImage, Skip, Store
+
+
+def _img(path, digest="h", value=1.0):
+    return NewImage(path, 10, 1, digest, 4, 3, np.full(4, value, np.float32))
+
+
+def test_new_database_is_at_current_schema_version(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    assert store.get("schema_version") == SCHEMA_VERSION
+    assert store.generation("images") == 0
+
+
+def test_newer_schema_is_refused_with_upgrade_advice(tmp_path):
+    db = tmp_path / "db.sqlite"
+    Store(db).put("schema_version", SCHEMA_VERSION + 1)
+    with pytest.raises(CollectionError, match="upgrade imgsearch"):
+        Store(db)
+
+
+def test_apply_is_one_transaction_that_bumps_the_generation(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    ids, gen = store.apply(Changes(new=[_img("/a.jpg", "h1"), _img("/b.jpg", "h2", 2.0)],
+                                   skipped=[Skip("/bad.jpg", 0, 0, "empty file")]))
+    assert gen == 1 and len(ids) == 2
+    _, gen = store.apply(Changes(moved=[Moved(ids[0], "/moved.jpg", 11, 5)], deleted=[ids[1]]))
+    assert gen == 2
+    assert set(store.image_states()) == {"/moved.jpg"}
+    got_ids, vectors = store.all_vectors("images", 4)
+    assert got_ids.tolist() == [ids[0]] and vectors[0].tolist() == [1.0] * 4
+    assert [s.reason for s in store.skipped()] == ["empty file"]
+
+
+def test_failed_batch_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.apply(Changes(new=[_img("/a.jpg")]))
+    with pytest.raises(Exception):
+        store.apply(Changes(new=[_img("/b.jpg"), _img("/a.jpg")]))  # duplicate path: whole batch fails
+    assert set(store.image_states()) == {"/a.jpg"} and store.generation("images") == 1
+
+
+def test_prefix_filter_treats_like_wildcards_literally(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.apply(Changes(new=[_img("/x_1/a.jpg", "1"), _img("/xa1/b.jpg", "2")]))
+    assert set(store.image_states("/x_1/")) == {"/x_1/a.jpg"}
+
+
+def test_adding_a_skip_for_a_path_then_indexing_it_clears_the_skip(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.apply(Changes(skipped=[Skip("/a.jpg", 1, 1, "corrupt")]))
+    store.apply(Changes(new=[_img("/a.jpg")]))
+    assert store.skipped() == []
+    assert sqlite3.connect(tmp_path / "db.sqlite").execute("pragma journal_mode").fetchone()[0] == "wal"
