@@ -225,9 +225,9 @@ class Collection:
     def clear_texts(self, source: str | None = None) -> int:
         with self._writing() as store:
             removed = store.clear_texts(source)
-            self._synced("texts").rebuild()
-            self._synced("texts")._saved_generation = -1
-            self._synced("texts").save()
+            synced = self._synced("texts")
+            synced.rebuild()
+            synced.save()
         return removed
 
     # -- search ---------------------------------------------------------------------------------

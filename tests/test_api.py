@@ -52,6 +52,11 @@ def test_describe_ranks_texts_for_an_image(engine, photo_dir):
     want = engine.embedder.embed_texts([h.text for h in hits]) @ engine.query_vector(photo_dir / "img0.jpg")
     np.testing.assert_allclose([h.score for h in hits], want, atol=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert engine.clear_texts() == 3
+    with pytest.raises(EmptyCollectionError, match="no texts"):
+        engine.describe(photo_dir / "img0.jpg")
+    engine.add_texts(["a bird"])
+    assert [h.text for h in engine.describe(photo_dir / "img0.jpg")] == ["a bird"]
 
 
 def test_rerun_skips_unchanged_and_follows_change_delete_move(engine, photo_dir):
