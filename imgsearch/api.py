@@ -178,6 +178,8 @@ class Collection:
     def _embed_plan(self, store, synced, plan: Plan, settings, report: IndexReport, progress) -> None:
         entries = plan.to_embed
         done = 0
+        if entries:
+            self.embedder.load()  # a download or model error surfaces before any progress is shown
         if progress:
             progress(0, len(entries))
         for batch in self.embedder.embed_files([e.path for e in entries], settings) if entries else ():

@@ -132,6 +132,11 @@ class Embedder:
             self._loaded = load_model(self.config, self.device)
         return self._loaded
 
+    def load(self) -> "Embedder":
+        """Create the model now (downloading it if needed) rather than on first use."""
+        self._parts()
+        return self
+
     @property
     def dim(self) -> int:
         return model_dim(self.config)
