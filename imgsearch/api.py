@@ -172,7 +172,8 @@ class Collection:
 
     def _apply_bookkeeping(self, store: Store, synced: SyncedIndex, plan: Plan) -> None:
         removed = [s.id for s in plan.vanished.values()]
-        _, generation = store.apply(Changes(moved=plan.moved, deleted=removed, skipped=plan.problems))
+        changes = Changes(moved=plan.moved, deleted=removed, skipped=plan.problems, unskipped=plan.gone_skips)
+        _, generation = store.apply(changes)
         synced.update(generation, remove_ids=removed)
 
     def _embed_plan(self, store, synced, plan: Plan, settings, report: IndexReport, progress) -> None:
@@ -301,7 +302,8 @@ class Collection:
 
 
 def _names_image_file(query) -> bool:
-    return isinstance(query, str) and imgs.is_image_name(query) and os.path.isfile(os.path.expanduser(query))
+    # lexists: a broken link named like an image is an image query that fails loudly, not a text query
+    return isinstance(query, str) and imgs.is_image_name(query) and os.path.lexists(os.path.expanduser(query))
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -40,6 +40,7 @@ class FileEntry:
 class ScanProblem:
     path: str
     reason: str
+    is_folder: bool = False  # a folder that could not be listed: what is under it is unknown, not gone
 
 
 @cache
@@ -63,13 +64,25 @@ def is_image_name(name: str) -> bool:
 
 
 def scan(root: str | os.PathLike) -> Iterator[FileEntry | ScanProblem]:
-    """Every file with an image extension under root (recursively, hidden folders skipped)."""
+    """Every file with an image extension under root (recursively, hidden folders and files skipped).
+
+    A file that cannot be stat'ed, or a folder that cannot be listed, comes back as a ScanProblem.
+    """
     root = Path(root).resolve()
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+    unlistable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable.append, followlinks=False):
+        yield from _folder_problems(unlistable)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if is_image_name(name) and not name.startswith("."):
                 yield _stat_entry(os.path.join(dirpath, name))
+    yield from _folder_problems(unlistable)
+
+
+def _folder_problems(errors: list[OSError]) -> Iterator[ScanProblem]:
+    for exc in errors:
+        yield ScanProblem(str(exc.filename), f"unreadable folder: {exc.strerror or exc}", is_folder=True)
+    errors.clear()
 
 
 def _stat_entry(path: str) -> FileEntry | ScanProblem:
@@ -113,27 +126,36 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
     Raises ImageSkipped with a reason for anything that is not a readable, sane image.
     """
     register_optional_formats()
+    data = _read(path)
     try:
-        return _decode(path, min_side, max_pixels)
+        return _decode(data, min_side, max_pixels)
     except ImageSkipped:
         raise
     except UnidentifiedImageError:
         raise ImageSkipped("not an image Pillow can read (unknown or unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageSkipped(f"decompression bomb: {exc}") from None
-    except PermissionError as exc:
-        raise ImageSkipped(f"unreadable: {exc.strerror}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageSkipped(f"corrupt or truncated image: {exc}") from None
 
 
-def _decode(path: str, min_side: int, max_pixels: int) -> LoadedImage:
-    with open(path, "rb") as fh:  # one read serves both the hash and the decoder
-        data = fh.read()
+def _read(path: str) -> bytes:
+    """The whole file: one read serves both the hash and the decoder."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:  # gone since the scan, a dangling link, no permission, an I/O error
+        raise ImageSkipped(f"unreadable: {exc.strerror or exc}") from None
     if not data:
         raise ImageSkipped("empty file (0 bytes)")
+    return data
+
+
+def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # max_pixels replaces Pillow's warning limit (89M), which would refuse e.g. a 96M panorama;
+        # Pillow still raises DecompressionBombError past twice that.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:
@@ -153,17 +175,28 @@ def _decode(path: str, min_side: int, max_pixels: int) -> LoadedImage:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to RGB; transparency is composited on white, not black."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    """Any mode to RGB; transparency (an alpha band or a transparent colour) is composited on white."""
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode.startswith("I;16") or img.mode == "I":
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
-        wide = np.asarray(img, dtype=np.float64)
-        peak = max(float(wide.max()), 255.0)
-        img = Image.fromarray((wide * (255.0 / peak)).astype(np.uint8), "L")
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = _wide_to_grey(img)
     return img.convert("RGB")
+
+
+def _wide_to_grey(img: Image.Image) -> Image.Image:
+    """16/32-bit or float greyscale to 8 bits by the nominal range of its samples, not by its own
+    brightest pixel, so mid-grey stays mid-grey (Pillow's convert would clip it all to white)."""
+    wide = np.asarray(img, dtype=np.float64)
+    peak = float(wide.max()) if wide.size else 0.0
+    if img.mode == "F":
+        full = max(1.0, peak)  # float samples are conventionally 0..1
+    elif img.mode.startswith("I;16") or peak > 255:
+        full = max(65535.0, peak)  # 16-bit samples; a 32-bit image beyond that scales by its peak
+    else:
+        full = 255.0  # an "I" image holding 8-bit values
+    return Image.fromarray(np.clip(wide * (255.0 / full), 0, 255).round().astype(np.uint8), "L")

@@ -7,6 +7,7 @@ in the index are the metadata row ids. Exact (Flat) while small, IVF past
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -19,6 +20,22 @@ from .config import IndexConfig
 
 # Batches at least this large are searched on a GPU when faiss has one.
 _GPU_MIN_QUERIES = 256
+# Smaller batches search on one thread: faiss's OpenMP pool and torch's busy-wait against each
+# other between calls, which made one-image queries ~30x slower on a 2-core machine.
+_PARALLEL_MIN_QUERIES = 64
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,8 @@ class VectorIndex:
         if self.ntotal == 0:
             empty = np.full((len(queries), k), -1, np.int64)
             return Hits(empty, np.full((len(queries), k), -np.inf, np.float32))
-        scores, ids = self._searcher(len(queries)).search(queries, min(k, self.ntotal))
+        with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
+            scores, ids = self._searcher(len(queries)).search(queries, min(k, self.ntotal))
         return Hits(ids, scores)
 
     def _searcher(self, n_queries: int) -> faiss.Index:

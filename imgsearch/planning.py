@@ -7,6 +7,7 @@ file whose content matches a vanished one is a move (kept, not re-embedded).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -22,7 +23,8 @@ class Plan:
     vanished: dict[str, ImageState] = field(default_factory=dict)  # to delete (unless moved)
     moved: list[Moved] = field(default_factory=list)
     still_skipped: int = 0  # skipped before and not modified since: not retried
-    problems: list[Skip] = field(default_factory=list)  # could not even stat
+    problems: list[Skip] = field(default_factory=list)  # could not even stat, newly seen
+    gone_skips: list[str] = field(default_factory=list)  # skipped before, no longer on disk
 
     @property
     def to_embed(self) -> list[FileEntry]:
@@ -39,19 +41,30 @@ def make_plan(
     skipped: dict[str, Skip],
 ) -> Plan:
     """Sort the scanned files against the stored rows of the same folder."""
-    plan, seen = Plan(), set()
+    plan, seen, blind_spots = Plan(), set(), []
     for item in scanned:
         seen.add(item.path)
         if isinstance(item, ScanProblem):
-            plan.problems.append(Skip(item.path, None, None, item.reason))
+            _classify_problem(plan, item, skipped.get(item.path))
+            if item.is_folder:
+                blind_spots.append(os.path.join(item.path, ""))
         elif item.path in known:
             _classify_known(plan, known[item.path], item)
         elif item.path in skipped and _same_file(skipped[item.path], item):
             plan.still_skipped += 1
         else:
             plan.new.append(item)
-    plan.vanished = {p: s for p, s in known.items() if p not in seen}
+    unseen = lambda path: path not in seen and not path.startswith(tuple(blind_spots))  # noqa: E731
+    plan.vanished = {p: s for p, s in known.items() if unseen(p)}
+    plan.gone_skips = [p for p in skipped if unseen(p)]
     return plan
+
+
+def _classify_problem(plan: Plan, problem: ScanProblem, before: Skip | None) -> None:
+    if before is not None and before.size is None and before.reason == problem.reason:
+        plan.still_skipped += 1
+    else:
+        plan.problems.append(Skip(problem.path, None, None, problem.reason))
 
 
 def _classify_known(plan: Plan, state: ImageState, entry: FileEntry) -> None:

@@ -113,6 +113,7 @@ class Changes:
     moved: list[Moved] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    unskipped: list[str] = field(default_factory=list)  # paths to drop from the skipped list
 
 
 def _blob(vector: np.ndarray) -> bytes:
@@ -203,7 +204,8 @@ class Store:
         """Apply one batch atomically; returns (ids of the new rows, new image generation)."""
         now = time.time()
         with self.engine.begin() as conn:
-            self._forget_skips(conn, [c.path for c in changes.new] + [m.path for m in changes.moved])
+            self._forget_skips(conn, [c.path for c in changes.new] + [m.path for m in changes.moved]
+                               + changes.unskipped)
             new_ids = [self._insert_image(conn, img, now) for img in changes.new]
             for image_id, img in changes.replaced.items():
                 conn.execute(sa.update(images_t).where(images_t.c.id == image_id).values(

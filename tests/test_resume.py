@@ -1,0 +1,199 @@
+"""Interrupt and resume: Ctrl-C in-process and kill -9 of the real CLI leave a consistent
+collection (store rows == FAISS vectors), and the next run adds exactly what is missing."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from conftest import write_image
+
+import imgsearch
+from imgsearch.config import IndexingConfig
+
+SIZES = [(64, 48), (48, 64), (40, 40), (56, 32)]
+
+
+def make_photos(folder: Path, count: int, start: int = 0) -> list[str]:
+    """`count` distinct small images, PNG and JPEG, spread over a few subfolders."""
+    return [
+        str(write_image(folder / f"set{i % 4}" / f"img{i:04d}.{'png' if i % 3 else 'jpg'}",
+                        seed=1000 + i, size=SIZES[i % len(SIZES)]))
+        for i in range(start, start + count)
+    ]
+
+
+# -- reading the collection directly, beside the library --------------------------------------------
+
+
+def db_state(coll: Path) -> tuple[list[int], list[str], int]:
+    """(image ids, image paths, image generation) straight from the SQLite file."""
+    with sqlite3.connect(coll / "imgsearch.db") as conn:
+        rows = conn.execute("SELECT id, path FROM images ORDER BY id").fetchall()
+        gen = conn.execute("SELECT value FROM meta WHERE key = 'images_generation'").fetchone()
+    conn.close()
+    return [r[0] for r in rows], [r[1] for r in rows], json.loads(gen[0]) if gen else 0
+
+
+def saved_stamp(coll: Path) -> int | None:
+    stamp = coll / "images.faiss.generation"
+    return int(stamp.read_text()) if stamp.exists() else None
+
+
+def saved_faiss_ids(coll: Path) -> list[int]:
+    index = faiss.read_index(str(coll / "images.faiss"))
+    return sorted(faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist())
+
+
+def assert_consistent(coll: Path) -> list[str]:
+    """Reopen through the API: info, search and the saved FAISS file all agree with the store."""
+    with imgsearch.open(coll) as engine:
+        info = engine.info()
+        probe = np.random.default_rng(0).normal(size=info.dim).astype(np.float32)
+        hits = engine.search_vector(probe / np.linalg.norm(probe), k=info.images + 50)
+    ids, paths, generation = db_state(coll)
+    assert len(set(paths)) == len(paths), "a path is stored twice"
+    assert info.images == len(ids)
+    assert sorted(h.id for h in hits) == ids, "the index and the store hold different images"
+    # Closing saved the index (rebuilt from the store if it was stale) with the current stamp.
+    assert saved_stamp(coll) == generation
+    assert saved_faiss_ids(coll) == ids
+    return paths
+
+
+def assert_each_finds_itself(coll: Path, paths: list[str]) -> None:
+    with imgsearch.open(coll) as engine:
+        for path in paths:
+            assert engine.search(path, k=1)[0].path == path
+
+
+# -- Ctrl-C in the middle of index_folder -----------------------------------------------------------
+
+
+def test_keyboard_interrupt_keeps_finished_batches_and_the_rerun_adds_the_rest(tmp_path, tiny_model):
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    photos = make_photos(folder, 150)
+    settings = IndexingConfig(batch_size=16, workers=2)
+
+    def interrupt_after_three_batches(done: int, total: int) -> None:
+        if done >= 3 * 16:
+            raise KeyboardInterrupt
+
+    engine = imgsearch.open(coll, model=tiny_model)
+    with pytest.raises(KeyboardInterrupt):
+        engine.index_folder(folder, settings, progress=interrupt_after_three_batches)
+
+    # Every committed batch is in the store, and the index on disk was saved to match it.
+    ids, paths, generation = db_state(coll)
+    assert len(ids) == 3 * 16
+    assert saved_stamp(coll) == generation and saved_faiss_ids(coll) == ids
+    assert set(assert_consistent(coll)) < set(photos)
+
+    resumed = imgsearch.open(coll)
+    report = resumed.index_folder(folder, settings)
+    resumed.close()
+
+    assert (report.added, report.unchanged) == (150 - 48, 48)
+    assert (report.updated, report.removed, report.skipped) == (0, 0, [])
+    assert sorted(assert_consistent(coll)) == sorted(photos)
+    assert_each_finds_itself(coll, photos)
+
+
+# -- kill -9 of the real CLI ------------------------------------------------------------------------
+
+
+def _rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            count = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        conn.close()
+        return count
+    except sqlite3.OperationalError:  # mid-creation or locked for a moment
+        return -1
+
+
+def _kill_once_rows_exceed(proc: subprocess.Popen, db: Path, floor: int, timeout: float = 120) -> bool:
+    """SIGKILL the process as soon as the store holds more than `floor` images; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if _rows(db) > floor:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail(f"imgsearch index added nothing in {timeout}s; stderr: {proc.communicate()[1]}")
+
+
+def test_kill_9_mid_run_leaves_a_consistent_collection_that_the_next_run_completes(tmp_path, tiny_model):
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    # A first, finished run leaves an index file and stamp that the killed run will make stale.
+    first = make_photos(folder, 40)
+    with imgsearch.open(coll, model=tiny_model) as engine:
+        assert engine.index_folder(folder, IndexingConfig(batch_size=8, workers=0)).added == 40
+    stale_stamp = saved_stamp(coll)
+    photos = first + make_photos(folder, 460, start=40)  # many batches: the kill lands mid-run
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll),
+         "--batch-size", "8", "--workers", "0", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    killed = _kill_once_rows_exceed(proc, coll / "imgsearch.db", floor=40)
+
+    ids, _, generation = db_state(coll)
+    if killed:
+        assert proc.returncode == -signal.SIGKILL
+        assert 40 < len(ids) <= 500
+        # Nothing was saved after the kill's batches: the FAISS file on disk is the old one.
+        assert saved_stamp(coll) == stale_stamp < generation
+        assert len(saved_faiss_ids(coll)) == 40
+    else:  # finished before the kill could land: still check the final state below
+        assert proc.returncode == 0, proc.stderr.read()
+    partial = assert_consistent(coll)
+    assert len(partial) == len(ids)
+    assert_each_finds_itself(coll, partial[:: max(1, len(partial) // 25)])
+
+    with imgsearch.open(coll) as engine:
+        report = engine.index_folder(folder, IndexingConfig(batch_size=32, workers=0))
+    assert (report.added, report.unchanged) == (500 - len(ids), len(ids))
+    assert (report.updated, report.removed, report.skipped) == (0, 0, [])
+    assert sorted(assert_consistent(coll)) == sorted(photos)
+    assert_each_finds_itself(coll, photos)
+
+
+def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model):
+    """SIGINT (Ctrl-C) to the real CLI: exit 130 with a resume hint, work so far kept, consistent."""
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    photos = make_photos(folder, 300)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll),
+         "--model", tiny_model.name, "--pretrained", "none", "--batch-size", "8", "--workers", "0", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and _rows(coll / "imgsearch.db") <= 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    interrupted = proc.poll() is None
+    if interrupted:
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    if interrupted:
+        assert proc.returncode == 130, stderr
+        assert "interrupted" in stderr and "run the command again" in stderr
+    # Wherever the interrupt landed (even between a commit and the index update), reopening agrees.
+    assert 0 < len(assert_consistent(coll)) <= len(photos)
+    with imgsearch.open(coll) as engine:
+        engine.index_folder(folder, IndexingConfig(batch_size=64, workers=0))
+    assert sorted(assert_consistent(coll)) == sorted(photos)
