@@ -45,3 +45,18 @@ def test_one_vanished_row_moves_to_only_one_of_two_copies():
     plan = make_plan([FileEntry("/p/c1.jpg", 10, 1), FileEntry("/p/c2.jpg", 10, 1)], known, {})
     find_moves(plan, lambda path: "same")
     assert len(plan.moved) == 1 and len(plan.new) == 1 and not plan.vanished
+
+
+def test_rows_under_an_unlistable_folder_are_kept_not_deleted():
+    known = {"/p/locked/a.jpg": _state(1, "/p/locked/a.jpg"), "/p/lockedness/b.jpg": _state(2, "/p/lockedness/b.jpg")}
+    skipped = {"/p/locked/bad.jpg": Skip("/p/locked/bad.jpg", 1, 1, "corrupt"), "/p/gone.jpg": Skip("/p/gone.jpg", 1, 1, "x")}
+    plan = make_plan([ScanProblem("/p/locked", "unreadable folder: Permission denied", is_folder=True)], known, skipped)
+    assert list(plan.vanished) == ["/p/lockedness/b.jpg"]  # a sibling sharing the name prefix is really gone
+    assert plan.gone_skips == ["/p/gone.jpg"]
+    assert [p.path for p in plan.problems] == ["/p/locked"]
+
+
+def test_an_unchanged_scan_problem_is_not_reported_again():
+    skipped = {"/p/link.jpg": Skip("/p/link.jpg", None, None, "unreadable: No such file or directory")}
+    plan = make_plan([ScanProblem("/p/link.jpg", "unreadable: No such file or directory")], {}, skipped)
+    assert plan.still_skipped == 1 and plan.problems == [] and plan.gone_skips == []
