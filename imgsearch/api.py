@@ -38,13 +38,17 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     model: ModelConfig | None = None,
     index_config: IndexConfig = IndexConfig(),
     device: str | None = None,
+    embedder=None,
 ) -> "Collection":
     """Open (lazily) the collection at path, $IMGSEARCH_INDEX, or indexes/default.
 
     ``model``: the model for a new collection; for an existing one, None means "the one it was
     built with" and anything else must match it. ``device`` overrides where the model runs.
+    ``embedder``: an already loaded ``Embedder`` to share between collections (its model must match).
     """
-    return Collection(collection_path(path), model, index_config, device)
+    collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device)
+    collection._embedder = embedder
+    return collection
 
 
 class Collection:

@@ -138,6 +138,11 @@ class Embedder:
         return self
 
     @property
+    def preprocess(self) -> Callable:
+        """The model's own image transform: PIL image -> tensor (3, H, W)."""
+        return self._parts()[1]
+
+    @property
     def dim(self) -> int:
         return model_dim(self.config)
 

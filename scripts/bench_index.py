@@ -1,0 +1,204 @@
+"""Indexing throughput: how close `Collection.index_folder` gets to the model's own speed.
+
+    python scripts/bench_index.py --model ViT-B-32 --pretrained none --device cpu
+
+Offline, ``--pretrained none`` (random weights) is the only choice; it costs exactly the compute of
+the trained model, so the throughput is representative. Everything is measured in this one
+process, side by side, so the ratios hold even on a noisy machine; each figure is the median of
+``--repeat`` runs (odd repeats run the steps in reverse order, so slow drift evens out).
+
+- end to end: images/s of ``index_folder`` over --images into a fresh temporary collection: scan,
+  decoding + preprocessing in DataLoader workers (their start-up included), forward passes, SQLite
+  writes, FAISS add and save. Excluded: imports, model creation and warm-up (a first tiny
+  index run of one image, then one forward pass of a full batch of zeros, before the clock starts).
+- model only: images/s of ``Embedder.encode_preprocessed`` alone over the same images in the same
+  batch size, decoded and preprocessed beforehand and already on the device: the pipeline's ceiling.
+- end-to-end / model-only: the headline. 1.0 means decoding and storage hide completely behind the model.
+- decode only: images/s of load_image + preprocess in one process (what one worker does).
+- workers=N / workers=0: what overlapping decoding (in workers) with the model buys.
+- peak memory, read after the first end-to-end run: ru_maxrss of this process, and of its largest
+  finished child (a DataLoader worker; it counts pages it shares copy-on-write with this process),
+  and torch.cuda.max_memory_allocated on a GPU.
+
+Quick smoke run with the tests' tiny architecture (32-px images, one layer):
+
+    mkdir -p /tmp/tiny && python -c "import json, sys; sys.path.insert(0, 'tests'); \\
+        from conftest import TINY_CONFIG; json.dump(TINY_CONFIG, open('/tmp/tiny/imgsearch-tiny.json', 'w'))"
+    IMGSEARCH_MODEL_CONFIGS=/tmp/tiny python scripts/bench_index.py --model imgsearch-tiny --pretrained none
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import imgsearch
+from imgsearch.config import IndexingConfig, ModelConfig
+from imgsearch.embedder import resolve_device
+from imgsearch.images import FileEntry, load_image, scan
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "coco_mini"
+GIB = 1 << 30
+
+
+@dataclass
+class Figures:
+    """Seconds per run of each measurement (one entry per --repeat), and memory after the first run."""
+
+    images: int = 0
+    pipeline: list[float] = field(default_factory=list)  # index_folder, --workers
+    serial: list[float] = field(default_factory=list)  # index_folder, workers=0
+    model: list[float] = field(default_factory=list)  # encode_preprocessed only
+    decode: list[float] = field(default_factory=list)  # load_image + preprocess, one process
+    memory: dict[str, int | None] = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help="folder of photos (default: %(default)s)")
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
+    parser.add_argument("--pretrained", default="laion2b_s34b_b79k",
+                        help="pretrained tag, checkpoint file, or 'none' (random weights); default: %(default)s")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default: %(default)s)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=IndexingConfig.batch_size,
+                        help="images per forward pass (default: %(default)s, the library's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding workers (default: the library's, min(8, CPU count))")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is printed")
+    return parser.parse_args(argv)
+
+
+def fresh_collection(folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int) -> imgsearch.Collection:
+    """A new collection whose model is loaded and warmed, so the clock can start at index_folder."""
+    engine = imgsearch.open(folder, model=model)
+    engine.index_folder(warm_dir, IndexingConfig(workers=0))  # loads the model, imports faiss, creates the DB
+    side = engine.embedder.image_size
+    engine.embedder.encode_preprocessed(torch.zeros(batch_size, 3, side, side))  # first full-size batch
+    return engine
+
+
+def time_index(engine, images: Path, settings: IndexingConfig) -> tuple[int, float]:
+    """(images embedded, wall seconds) of one index_folder run."""
+    start = time.perf_counter()
+    report = engine.index_folder(images, settings)
+    seconds = time.perf_counter() - start
+    for skipped in report.skipped:
+        print(f"warning: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    return report.embedded, seconds
+
+
+def time_model_only(embedder, paths: list[str], batch_size: int) -> tuple[float, float]:
+    """(decode seconds, forward seconds): decode + preprocess everything first, then time the model alone."""
+    preprocess = embedder.preprocess
+    start = time.perf_counter()
+    tensors = [preprocess(load_image(p, min_side=embedder.image_size).image) for p in paths]
+    decode = time.perf_counter() - start
+    batches = [torch.stack(tensors[i : i + batch_size]).to(embedder.device)
+               for i in range(0, len(tensors), batch_size)]
+    start = time.perf_counter()
+    for batch in batches:
+        embedder.encode_preprocessed(batch)  # returns numpy, so a GPU has finished when it returns
+    return decode, time.perf_counter() - start
+
+
+def peak_memory(device: str) -> dict[str, int | None]:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return {
+        "main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
+        "cuda": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+    }
+
+
+def measure(tmp: Path, args: argparse.Namespace, model: ModelConfig, paths: list[str], workers: int) -> Figures:
+    """Each repeat runs the three measurements, in reverse order on odd repeats so that drift evens out.
+
+    Every step gets its own fresh, warmed collection; memory is read after the first (workers=N) run.
+    """
+    warm_dir = tmp / "warm"
+    warm_dir.mkdir()
+    shutil.copy(paths[0], warm_dir)
+    figures, order = Figures(), ["pipeline", "model", "serial"]
+    for run in range(args.repeat):
+        for step in order if run % 2 == 0 else order[::-1]:
+            engine = fresh_collection(tmp / f"{step}-{run}", model, warm_dir, args.batch_size)
+            if step == "model":
+                decode, forward = time_model_only(engine.embedder, paths, args.batch_size)
+                figures.decode.append(decode)
+                figures.model.append(forward)
+            else:
+                settings = IndexingConfig(batch_size=args.batch_size, workers=workers if step == "pipeline" else 0)
+                figures.images, seconds = time_index(engine, args.images, settings)
+                getattr(figures, step).append(seconds)
+            if not figures.memory:
+                figures.memory = peak_memory(engine.embedder.device)
+            engine.close()
+    return figures
+
+
+def rate(images: int, seconds: list[float]) -> tuple[float, float]:
+    """(images/s, seconds) of the median run."""
+    median = statistics.median(seconds)
+    return images / median, median
+
+
+def print_figures(figures: Figures, device: str, workers: int) -> None:
+    n = figures.images
+    rows = [
+        (f"end to end   index_folder, workers={workers}", rate(n, figures.pipeline)),
+        ("model only   encode_preprocessed, same batches", rate(n, figures.model)),
+        ("decode only  load_image + preprocess, 1 process", rate(n, figures.decode)),
+        ("end to end   index_folder, workers=0", rate(n, figures.serial)),
+    ]
+    print(f"{'':48} {'images/s':>9} {'seconds':>8}")
+    for label, (per_second, seconds) in rows:
+        print(f"{label:48} {per_second:9.2f} {seconds:8.2f}")
+    print()
+    headline = rows[0][1][0] / rows[1][1][0]
+    overlap = rows[0][1][0] / rows[3][1][0]
+    print(f"{'end-to-end / model-only':48} {headline:9.2f}   (1.00 = the pipeline runs at the model's speed)")
+    print(f"{f'workers={workers} / workers=0, end to end':48} {overlap:9.2f}x  (what decoding in workers buys)")
+    print()
+    memory = figures.memory
+    cuda = f"{memory['cuda'] / GIB:.2f} GiB" if memory["cuda"] is not None else f"n/a ({device})"
+    print(f"peak memory after the first end-to-end run (workers={workers}), model and warm-up included:")
+    print(f"  main process RSS      {memory['main'] / GIB:.2f} GiB")
+    print(f"  largest child RSS     {memory['children'] / GIB:.2f} GiB  "
+          "(a DataLoader worker, pages shared with the main process included)")
+    print(f"  CUDA max allocated    {cuda}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights loaded" notice
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    model = ModelConfig(args.model, pretrained, args.device, args.precision)
+    paths = [e.path for e in scan(args.images) if isinstance(e, FileEntry)]
+    if not paths:
+        sys.exit(f"no images found under {args.images}; pass --images DIR")
+    workers = IndexingConfig(workers=args.workers).resolved_workers()
+    device = resolve_device(args.device)
+    print(f"indexing benchmark: {len(paths)} images in {args.images}")
+    print(f"model {model.label} on {device}, precision {args.precision}, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}, decode workers {workers}")
+    print(f"median of {args.repeat} run(s) each, all in this process; imports, model load and warm-up excluded\n")
+    with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
+        figures = measure(Path(tmp), args, model, paths, workers)
+    print_figures(figures, device, workers)
+
+
+if __name__ == "__main__":
+    main()
