@@ -44,7 +44,7 @@ def assert_colour(img: Image.Image, xy: tuple[int, int], want: tuple[int, int, i
 # -- formats ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "JPG", "PNG"])
+@pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif", "JPG", "PNG"])
 def test_every_format_decodes_to_rgb_with_its_original_size(tmp_path, ext):
     path = tmp_path / f"pattern.{ext}"
     quadrants(60, 40).save(path)
