@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import api
-from .config import COLLECTION_ENV, IndexingConfig, ModelConfig
+from .config import COLLECTION_ENV, IndexConfig, IndexingConfig, ModelConfig
 from .errors import ImgsearchError
 
 app = typer.Typer(
@@ -200,6 +201,39 @@ def texts_clear(index: Optional[Path] = IndexOpt) -> None:
     with _user_errors(), _open(index) as engine:
         removed = engine.clear_texts()
     typer.echo(f"removed {removed} texts")
+
+
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Argument(..., help="Dataset name: flickr30k or coco (others run, without published numbers)."),
+    images: Path = typer.Option(..., "--images", help="Folder holding the dataset's images."),
+    annotations: Path = typer.Option(..., "--annotations", help="Karpathy/COCO/BLIP JSON or CLIP_benchmark CSV."),
+    model: str = typer.Option(ModelConfig.name, "--model", help="open_clip model name."),
+    pretrained: str = typer.Option(ModelConfig.pretrained, "--pretrained", help="Pretrained tag, checkpoint file, or 'none'."),
+    device: Optional[str] = DeviceOpt,
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    ivf_threshold: int = typer.Option(IndexConfig.ivf_threshold, "--ivf-threshold", min=0,
+                                      help="Index size from which the index is IVF (0: always)."),
+    nprobe: int = typer.Option(IndexConfig.nprobe, "--nprobe", min=1, help="IVF lists searched per query."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the full report as JSON here."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Recall@1/5/10 and MRR, text->image and image->text, exact and through imgsearch's index
+    (CLIP_benchmark protocol; see docs/evaluation.md)."""
+    from .datasets import load_dataset
+    from .embedder import Embedder
+    from .evaluate import evaluate, format_table
+
+    chosen = _model(model, pretrained)
+    config = IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe)
+    with _user_errors():
+        data = load_dataset(dataset.lower(), annotations, images)
+        embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
+        with _progress_bar("embedding", "item", enabled=not as_json) as bar:
+            report = evaluate(data, embedder, config, batch_size, lambda stage, done, total: bar(done, total))
+    if json_out:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
 
 
 def main() -> None:

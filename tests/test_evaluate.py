@@ -1,0 +1,81 @@
+"""The evaluation pipeline end to end on real COCO photos and captions, with the tiny model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
+
+from imgsearch.config import IndexConfig
+from imgsearch.datasets import load_dataset
+from imgsearch.errors import DatasetError
+from imgsearch.evaluate import evaluate, format_table
+
+ANNOTATIONS = SHARED_DATA / "annotations"
+
+
+@pytest.fixture
+def small_set(tmp_path, coco_captions):
+    path = tmp_path / "blip.json"
+    path.write_text(json.dumps([{"image": c["image"], "caption": c["caption"]} for c in coco_captions[:30]]))
+    return path
+
+
+@pytest.mark.parametrize("name, images, captions", [
+    ("flickr30k_test_karpathy.txt", 1000, 5000), ("flickr30k_test_karpathy.json", 1000, 5000),
+    ("coco_test_karpathy.json", 5000, 25000), ("coco_karpathy_test_blipstyle.json", 5000, 25000),
+    ("flickr8k_test.json", 1000, 5000),
+])
+def test_every_shared_annotation_file_parses_with_split_sizes(name, images, captions):
+    data = load_dataset("x", ANNOTATIONS / name, ".", check_images=False)
+    assert (data.n_images, data.n_captions) == (images, captions)
+    assert data.caption_image.max() == images - 1 and len(set(data.caption_image)) == images
+
+
+def test_missing_images_are_counted_and_named(tmp_path):
+    with pytest.raises(DatasetError, match=r"1000 of 1000 images are missing .* 1007129816\.jpg"):
+        load_dataset("flickr30k", ANNOTATIONS / "flickr30k_test_karpathy.txt", tmp_path)
+
+
+def test_unknown_format_lists_the_supported_ones(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"foo": 1}')
+    with pytest.raises(DatasetError, match="supported: Karpathy"):
+        load_dataset("x", bad, tmp_path)
+
+
+def test_pipeline_reports_every_field_and_exact_equals_flat_index(small_set, tiny_embedder):
+    data = load_dataset("coco", small_set, COCO_MINI)
+    assert (data.n_images, data.n_captions) == (30, 150)
+    report = evaluate(data, tiny_embedder, batch_size=8)
+    for direction in (report.text_to_image, report.image_to_text):
+        assert direction.index_kind == "flat"
+        assert direction.index == direction.exact
+        assert all(0.0 <= v <= 1.0 for v in vars(direction.exact).values())
+        assert direction.exact.r1 <= direction.exact.r5 <= direction.exact.r10
+    as_dict = report.to_dict()
+    assert {"dataset", "model", "pretrained", "n_images", "n_captions", "text_to_image", "image_to_text",
+            "embed_seconds", "search_seconds", "timestamp", "device", "reference"} <= set(as_dict)
+    assert set(as_dict["image_to_text"]["delta"]) == {"r1", "r5", "r10", "mrr"}
+    assert not report.full_split and report.reference is None
+    json.dumps(as_dict)
+    assert "text->image" in format_table(report) and "image->text" in format_table(report)
+
+
+def test_ivf_path_is_reported_with_its_settings(small_set, tiny_embedder):
+    data = load_dataset("coco", small_set, COCO_MINI)
+    report = evaluate(data, tiny_embedder, IndexConfig(ivf_threshold=10, nprobe=2))
+    assert report.image_to_text.index_kind == "ivf" and report.image_to_text.nprobe == 2
+    assert all(0.0 <= v <= 1.0 for v in vars(report.image_to_text.index).values())
+    assert "ivf 2/" in format_table(report)
+
+
+def test_cli_eval_writes_a_json_report(small_set, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
+         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--json-out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "R@1" in proc.stdout and json.loads(out.read_text())["n_images"] == 30
