@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_MODEL
@@ -67,8 +68,22 @@ def test_user_errors_are_one_line_with_non_zero_exit(built, tmp_path):
         assert len([line for line in proc.stderr.splitlines() if "error" in line]) == 1
 
 
-def test_every_command_has_help():
-    commands = [[], ["index"], ["query"], ["info"], ["skipped"], ["texts"], ["texts", "add"], ["texts", "clear"]]
-    for command in commands:
+def _commands():
+    from typer.main import get_command
+
+    from imgsearch.cli import app
+
+    root = get_command(app)
+    for name, cmd in root.commands.items():
+        yield [name]
+        yield from ([name, sub] for sub in getattr(cmd, "commands", {}))
+
+
+def test_every_command_has_help_and_is_documented():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = list(_commands())
+    assert ["eval"] in commands and ["texts", "add"] in commands
+    for command in [[]] + commands:
         out = run(*command, "--help").stdout
         assert "Usage:" in out and len(out) > 200, command
+        assert f"imgsearch {' '.join(command)}" in readme, f"README does not show `imgsearch {' '.join(command)}`"
