@@ -70,8 +70,8 @@ class Collection:
         self.close()
 
     def close(self) -> None:
-        for synced in self._indexes.values():
-            synced.save()
+        # Writers save their index under the writer lock before returning; readers never write files,
+        # so a reader racing an indexer cannot put an old index under a current stamp.
         if self._store is not None:
             self._store.close()
 

@@ -97,7 +97,7 @@ class VectorIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash leaves either the old file or the new one, never half."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         faiss.write_index(self._index, str(tmp))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

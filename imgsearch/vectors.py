@@ -39,8 +39,11 @@ class SyncedIndex:
     def _open(self) -> None:
         current = self.store.generation(self.table)
         if self._stamp() == current and self.file.exists():
-            self._index = VectorIndex.load(self.file, self.config)
-            if self._index.dim == self.dim:
+            try:
+                self._index = VectorIndex.load(self.file, self.config)
+            except RuntimeError:  # unreadable file: the store still has every vector
+                self._index = None
+            if self._index is not None and self._index.dim == self.dim:
                 self._generation = self._saved_generation = current
                 return
         self.rebuild()
@@ -76,7 +79,7 @@ class SyncedIndex:
         if self._index.needs_rebuild():
             self.rebuild()
         self._index.save(self.file)
-        tmp = self.stamp.with_name(self.stamp.name + ".tmp")
+        tmp = self.stamp.with_name(f"{self.stamp.name}.{os.getpid()}.tmp")
         tmp.write_text(str(self._generation))
         os.replace(tmp, self.stamp)
         self._saved_generation = self._generation

@@ -126,6 +126,12 @@ def test_stale_or_missing_faiss_file_is_rebuilt_from_the_store(tmp_path, tiny_mo
     (tmp_path / "c" / "images.faiss.generation").write_text("0")
     with imgsearch.open(tmp_path / "c") as engine:
         assert [h.path for h in engine.search("a cat", k=10)] == want
+    # readers rebuild in memory but never write: only a writer, under its lock, saves the index
+    assert (tmp_path / "c" / "images.faiss.generation").read_text() == "0"
+    (tmp_path / "c" / "images.faiss.generation").write_text("2")
+    (tmp_path / "c" / "images.faiss").write_bytes(b"not a faiss index")
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert [h.path for h in engine.search("a cat", k=10)] == want
 
 
 def test_collection_remembers_its_model_and_refuses_another(tmp_path, tiny_model, photo_dir):
