@@ -76,7 +76,9 @@ def _progress_bar(description: str, unit: str, enabled: bool = True):
 
     bar = tqdm(desc=description, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, stage: str | None = None) -> None:
+        if stage and bar.desc != stage:
+            bar.set_description(stage, refresh=False)
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -230,7 +232,7 @@ def eval_(
         data = load_dataset(dataset.lower(), annotations, images)
         embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
         with _progress_bar("embedding", "item", enabled=not as_json) as bar:
-            report = evaluate(data, embedder, config, batch_size, lambda stage, done, total: bar(done, total))
+            report = evaluate(data, embedder, config, batch_size, lambda stage, done, total: bar(done, total, f"embedding {stage}"))
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
