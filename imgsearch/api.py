@@ -23,7 +23,7 @@ from PIL import Image
 from . import images as imgs
 from .config import IndexConfig, IndexingConfig, ModelConfig, collection_path
 from .errors import BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelMismatchError
-from .planning import Plan, find_moves, make_plan
+from .planning import Plan, find_moves, find_touched, make_plan
 from .results import CollectionInfo, ImageHit, IndexReport, SkippedFile, TextHit
 from .store import SCHEMA_VERSION, Changes, NewImage, Skip, Store
 from .vectors import SyncedIndex
@@ -161,6 +161,7 @@ class Collection:
             prefix = os.path.join(str(root), "")
             plan = make_plan(imgs.scan(root), store.image_states(prefix), store.skipped_states(prefix))
             find_moves(plan, _hash_or_none)
+            find_touched(plan, _hash_or_none)
             report = _report_for(root, plan)
             synced = self._synced("images")
             self._apply_bookkeeping(store, synced, plan)
@@ -176,7 +177,7 @@ class Collection:
 
     def _apply_bookkeeping(self, store: Store, synced: SyncedIndex, plan: Plan) -> None:
         removed = [s.id for s in plan.vanished.values()]
-        changes = Changes(moved=plan.moved, deleted=removed, skipped=plan.problems, unskipped=plan.gone_skips)
+        changes = Changes(moved=plan.moved + plan.touched, deleted=removed, skipped=plan.problems, unskipped=plan.gone_skips)
         _, generation = store.apply(changes)
         synced.update(generation, remove_ids=removed)
 
@@ -320,9 +321,9 @@ def _hash_or_none(path: str) -> str | None:
 def _report_for(root: Path, plan: Plan) -> IndexReport:
     return IndexReport(
         folder=str(root),
-        scanned=plan.unchanged + len(plan.new) + len(plan.changed) + len(plan.moved)
+        scanned=plan.unchanged + len(plan.touched) + len(plan.new) + len(plan.changed) + len(plan.moved)
         + plan.still_skipped + len(plan.problems),
-        unchanged=plan.unchanged, moved=len(plan.moved), removed=len(plan.vanished),
+        unchanged=plan.unchanged + len(plan.touched), moved=len(plan.moved), removed=len(plan.vanished),
         still_skipped=plan.still_skipped,
         skipped=[SkippedFile(p.path, p.reason) for p in plan.problems],
     )

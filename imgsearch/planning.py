@@ -22,6 +22,7 @@ class Plan:
     changed: dict[str, tuple[ImageState, FileEntry]] = field(default_factory=dict)  # re-embed in place
     vanished: dict[str, ImageState] = field(default_factory=dict)  # to delete (unless moved)
     moved: list[Moved] = field(default_factory=list)
+    touched: list[Moved] = field(default_factory=list)  # new mtime, same content: stat updated, not re-embedded
     still_skipped: int = 0  # skipped before and not modified since: not retried
     problems: list[Skip] = field(default_factory=list)  # could not even stat, newly seen
     gone_skips: list[str] = field(default_factory=list)  # skipped before, no longer on disk
@@ -90,3 +91,11 @@ def find_moves(plan: Plan, content_hash: Callable[[str], str | None]) -> None:
         plan.moved.append(Moved(state.id, entry.path, entry.size, entry.mtime_ns))
         del plan.vanished[state.path]
     plan.new = remaining
+
+
+def find_touched(plan: Plan, content_hash: Callable[[str], str | None]) -> None:
+    """Changed size/mtime but identical content (a copy without -p, a touch): keep the vector."""
+    for path, (state, entry) in list(plan.changed.items()):
+        if content_hash(path) == state.content_hash:
+            plan.touched.append(Moved(state.id, path, entry.size, entry.mtime_ns))
+            del plan.changed[path]

@@ -83,6 +83,17 @@ def test_rerun_skips_unchanged_and_follows_change_delete_move(engine, photo_dir)
     assert engine.info().images == 9
 
 
+def test_touched_but_identical_files_are_not_re_embedded(engine, photo_dir):
+    engine.index_folder(photo_dir)
+    before = {h.path: h.id for h in engine.search("x", k=10)}
+    for path in photo_dir.rglob("*.*"):
+        _bump_mtime(path)  # what `cp -r` without -p does to a whole library
+    report = engine.index_folder(photo_dir)
+    assert (report.unchanged, report.embedded) == (10, 0)
+    assert engine.index_folder(photo_dir).unchanged == 10  # the new mtimes were stored
+    assert {h.path: h.id for h in engine.search("x", k=10)} == before
+
+
 def test_a_copy_of_an_indexed_file_is_a_new_entry(engine, photo_dir):
     engine.index_folder(photo_dir)
     shutil.copy(photo_dir / "img0.jpg", photo_dir / "copy.jpg")

@@ -1,7 +1,7 @@
 """Incremental indexing rules on plain records (no model, no database)."""
 
 from imgsearch.images import FileEntry, ScanProblem
-from imgsearch.planning import find_moves, make_plan
+from imgsearch.planning import find_moves, find_touched, make_plan
 from imgsearch.store import ImageState, Skip
 
 
@@ -60,3 +60,11 @@ def test_an_unchanged_scan_problem_is_not_reported_again():
     skipped = {"/p/link.jpg": Skip("/p/link.jpg", None, None, "unreadable: No such file or directory")}
     plan = make_plan([ScanProblem("/p/link.jpg", "unreadable: No such file or directory")], {}, skipped)
     assert plan.still_skipped == 1 and plan.problems == [] and plan.gone_skips == []
+
+
+def test_touched_files_with_the_same_content_are_not_re_embedded():
+    known = {"/p/a.jpg": _state(1, "/p/a.jpg", digest="same"), "/p/b.jpg": _state(2, "/p/b.jpg", digest="old")}
+    plan = make_plan([FileEntry("/p/a.jpg", 10, 99), FileEntry("/p/b.jpg", 10, 99)], known, {})
+    find_touched(plan, {"/p/a.jpg": "same", "/p/b.jpg": "new"}.get)
+    assert [(m.id, m.mtime_ns) for m in plan.touched] == [(1, 99)]
+    assert list(plan.changed) == ["/p/b.jpg"]
