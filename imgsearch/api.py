@@ -15,22 +15,26 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
+from . import checkpoints, indexing
 from . import images as imgs
-from .config import IndexConfig, IndexingConfig, ModelConfig, collection_path
-from .errors import BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelMismatchError
-from .planning import Plan, find_moves, find_touched, make_plan
+from .config import DEFAULT_EXCLUDES, IndexConfig, IndexingConfig, ModelConfig, collection_path
+from .errors import (
+    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError,
+)
+from .locking import writer_lock
+from .planning import Plan
 from .results import CollectionInfo, ImageHit, IndexReport, SkippedFile, TextHit
-from .store import SCHEMA_VERSION, Changes, NewImage, Skip, Store
-from .vectors import SyncedIndex
+from .store import SCHEMA_VERSION, Changes, Store
+from .vectors import SyncedIndex, remove_leftovers
 
 DB_NAME = "imgsearch.db"
-Progress = Callable[[int, int], None]  # (done, total)
-Query = str | os.PathLike | Image.Image
+Progress = Callable[..., None]  # (done, total[, stage])
+ImageQuery = str | os.PathLike | Image.Image  # a file path, an http(s) URL, or a PIL image
 
 
 def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for users
@@ -74,42 +78,113 @@ class Collection:
         # so a reader racing an indexer cannot put an old index under a current stamp.
         if self._store is not None:
             self._store.close()
+            self._store = None
 
     @property
     def exists(self) -> bool:
         return (self.folder / DB_NAME).exists()
 
-    def _store_for(self, write: bool = False) -> Store:
+    def _missing(self) -> CollectionNotFoundError:
+        return CollectionNotFoundError(
+            f"no collection at {self.folder}",
+            cli_hint="build one with `imgsearch index DIR`, or point at an existing one with --index PATH "
+                     "(or $IMGSEARCH_INDEX)",
+            api_hint="build one with Collection.index_folder(DIR), or open the folder of an existing one",
+        )
+
+    def _store_for(self) -> Store:
+        """The store for reading: opened read-only (no schema work, no writes) unless a writer has it."""
         if self._store is None:
-            if not self.exists and not write:
-                raise CollectionNotFoundError(
-                    f"no collection at {self.folder}; build one with `imgsearch index DIR` "
-                    "or point at an existing one with --index PATH (or $IMGSEARCH_INDEX)"
-                )
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._store = Store(self.folder / DB_NAME)
+            if not self.exists:
+                raise self._missing()
+            store = Store(self.folder / DB_NAME, read_only=True)
+            if store.outdated:  # an older collection: upgrade it once, under the writer lock
+                store.close()
+                with self._writing():
+                    return self._store
+            self._store = store
         return self._store
 
+    @contextlib.contextmanager
+    def _writing(self, create: bool = False):
+        """One writer at a time per collection (readers are never blocked)."""
+        if not create and not self.exists:
+            raise self._missing()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with writer_lock(self.folder / ".lock"):
+            if self._store is None or self._store.read_only:
+                self.close()
+                self._store = Store(self.folder / DB_NAME)
+                for synced in self._indexes.values():
+                    synced.store = self._store
+            remove_leftovers(self.folder)  # only a writer saves, so any temporary file is a dead save's
+            yield self._store
+
+    # -- the model ------------------------------------------------------------------------------
     @property
     def model(self) -> ModelConfig:
         """The collection's model (on the requested device)."""
         chosen = self._chosen_model()
         return replace(chosen, device=self._device) if self._device else chosen
 
+    def _stored_model(self) -> dict | None:
+        """The manifest's model, once the collection holds vectors made by it."""
+        if not self.exists:
+            return None
+        store = self._store_for()
+        stored = store.get("model")
+        return stored if stored and (store.has_rows("images") or store.has_rows("texts")) else None
+
     def _chosen_model(self) -> ModelConfig:
         """The stored model; a different one asked for explicitly is refused."""
-        stored = self._store_for().get("model") if self.exists else None
-        asked = self._requested_model
+        stored, asked = self._stored_model(), self._requested_model
+        if asked is not None and not asked.name:
+            asked = replace(asked, name=stored["name"] if stored else ModelConfig.name)
         if stored is None:
             return asked or ModelConfig()
         built = ModelConfig.from_dict(stored)
+        if stored.get("checkpoint"):
+            built = self._find_checkpoint(built, stored["checkpoint"], asked)
         if asked is not None and not asked.same_model(built):
             raise ModelMismatchError(
-                f"{self.folder} was built with {built.label}, not {asked.label}; "
-                f"leave --model/--pretrained out to use {built.name}, or pass --index NEW_PATH "
-                "to start a separate collection for the other model"
+                f"{self.folder} was built with {built.label}, not {asked.label} (vectors of two models "
+                "cannot be compared)",
+                cli_hint=f"leave --model/--pretrained out to use {built.name}, or pass --index NEW_PATH to start a "
+                         "separate collection for the other model",
+                api_hint="open it with model=None to use its own model, or open another folder for the other model",
             )
-        return built if asked is None else ModelConfig(built.name, built.pretrained, asked.device, asked.precision)
+        return built if asked is None else replace(built, device=asked.device, precision=asked.precision)
+
+    def _find_checkpoint(self, built: ModelConfig, fingerprint: dict, asked: ModelConfig | None) -> ModelConfig:
+        """A checkpoint file is known by its content: a moved file is accepted at its new path."""
+        offered = asked.pretrained if asked is not None and checkpoints.is_path(asked.pretrained) else None
+        for path in filter(None, (offered, built.pretrained)):
+            if checkpoints.matches(path, fingerprint):
+                return replace(built, pretrained=path)
+        if offered:
+            raise ModelMismatchError(
+                f"{offered} is not the checkpoint {self.folder} was built with ({built.pretrained}): "
+                "their contents differ, and vectors of two models cannot be compared",
+                cli_hint="pass the same checkpoint file (it may have moved), or --index NEW_PATH for another model",
+                api_hint="open it with the same checkpoint file (it may have moved), or open another folder",
+            )
+        raise ModelLoadError(
+            f"{self.folder} was built with the checkpoint file {built.pretrained}, which is no longer there",
+            cli_hint="pass its new location with --pretrained PATH",
+            api_hint="pass model=ModelConfig(name, pretrained=NEW_PATH) to imgsearch.open",
+        )
+
+    def _manifest(self, dim: int) -> dict:
+        model = self.model
+        entry = {"name": model.name, "pretrained": model.pretrained}
+        if checkpoints.is_path(model.pretrained):
+            entry["checkpoint"] = checkpoints.fingerprint(model.pretrained)
+        return {"model": entry, "dim": dim}
+
+    def _note_moved_checkpoint(self, store: Store) -> None:
+        stored, model = self._stored_model(), self.model
+        if stored and stored.get("checkpoint") and model.pretrained != stored["pretrained"]:
+            store.put("model", self._manifest(self._dim())["model"])
 
     @property
     def embedder(self):
@@ -119,106 +194,125 @@ class Collection:
             self._embedder = Embedder(self.model)
         return self._embedder
 
-    def _dim(self) -> int:
-        stored = self._store_for().get("dim")
-        if stored is None:
-            from .embedder import model_dim
-
-            stored = model_dim(self.model)
-        return stored
-
-    def _ensure_manifest(self) -> None:
-        store, model = self._store_for(write=True), self.model
-        if store.get("model") is None:
-            store.put("model", {"name": model.name, "pretrained": model.pretrained})
-            store.put("dim", self._dim())
+    def _dim(self) -> int | None:
+        """The vectors' dimension, from the store (never by loading the model); None while empty."""
+        store = self._store_for()
+        return store.get("dim") or store.first_vector_size("images") or store.first_vector_size("texts")
 
     def _synced(self, table: str) -> SyncedIndex:
         if table not in self._indexes:
-            store = self._store_for()
-            self._indexes[table] = SyncedIndex(store, table, self.folder, self._dim(), self.index_config)
+            self._indexes[table] = SyncedIndex(self._store_for(), table, self.folder, self._dim(), self.index_config)
         return self._indexes[table]
-
-    @contextlib.contextmanager
-    def _writing(self):
-        """One writer at a time per collection (readers are never blocked)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(self.folder / ".lock"):
-            yield self._store_for(write=True)
 
     # -- indexing -------------------------------------------------------------------------------
     def index_folder(
         self, folder: str | os.PathLike, settings: IndexingConfig = IndexingConfig(),
-        progress: Progress | None = None,
+        progress: Progress | None = None, excludes: Iterable[str] = DEFAULT_EXCLUDES,
     ) -> IndexReport:
-        """Embed new and changed images under folder, drop vanished ones, follow moved ones."""
-        root = Path(folder).expanduser().resolve()
+        """Embed new and changed images under folder, drop vanished ones, follow moved ones.
+
+        ``excludes``: glob patterns (names or paths relative to folder) left out of the collection.
+        """
+        root = Path(folder).expanduser()
         if not root.is_dir():
             raise BadInputError(f"not a folder: {folder}; pass the directory that holds your images")
-        started = time.monotonic()
-        with self._writing() as store:
-            self._ensure_manifest()
-            prefix = os.path.join(str(root), "")
-            plan = make_plan(imgs.scan(root), store.image_states(prefix), store.skipped_states(prefix))
-            find_moves(plan, _hash_or_none)
-            find_touched(plan, _hash_or_none)
-            report = _report_for(root, plan)
-            synced = self._synced("images")
-            self._apply_bookkeeping(store, synced, plan)
+        root, started = root.resolve(), time.monotonic()
+        with self._writing(create=True) as store:
+            self._note_moved_checkpoint(store)  # also refuses a model other than the collection's, up front
+            plan = indexing.plan_run(store, root, tuple(excludes))
+            report = indexing.report_for(root, plan)
+            synced = self._synced("images") if self._dim() else None
+            if synced is not None:
+                synced.index  # noqa: B018 - load the saved index while it is current, then apply deltas
             try:
-                self._embed_plan(store, synced, plan, settings, report, progress)
+                self._mirror(synced, *self._apply(store, indexing.bookkeeping(store, plan)))
+                synced = self._embed_plan(store, synced, plan, settings, report, progress)
             except KeyboardInterrupt:
                 report.interrupted = True
                 raise
             finally:
-                synced.save()
+                synced = self._indexes.get("images")  # a first run creates it with its first batch
+                if synced is not None:
+                    synced.save()
                 report.seconds = time.monotonic() - started
         return report
 
-    def _apply_bookkeeping(self, store: Store, synced: SyncedIndex, plan: Plan) -> None:
-        removed = [s.id for s in plan.vanished.values()]
-        changes = Changes(moved=plan.moved + plan.touched, deleted=removed, skipped=plan.problems, unskipped=plan.gone_skips)
-        _, generation = store.apply(changes)
-        synced.update(generation, remove_ids=removed)
+    @staticmethod
+    def _apply(store: Store, changes: Changes) -> tuple[Changes, list[int], int]:
+        new_ids, generation = store.apply(changes)
+        return changes, new_ids, generation
 
-    def _embed_plan(self, store, synced, plan: Plan, settings, report: IndexReport, progress) -> None:
+    @staticmethod
+    def _mirror(synced: SyncedIndex | None, changes: Changes, new_ids: list[int], generation: int) -> None:
+        """Bring the in-memory index in step with a batch the store has committed."""
+        if synced is None:
+            return
+        replaced = list(changes.replaced)
+        vectors = [c.vector for c in changes.new] + [c.vector for c in changes.replaced.values()]
+        synced.update(generation, new_ids + replaced, np.array(vectors, np.float32).reshape(-1, synced.dim),
+                      remove_ids=replaced + changes.deleted)
+
+    def _embed_plan(self, store, synced, plan: Plan, settings, report: IndexReport, progress):
         entries = plan.to_embed
-        done = 0
-        if entries:
-            self.embedder.load()  # a download or model error surfaces before any progress is shown
+        if not entries:
+            return synced
         if progress:
-            progress(0, len(entries))
-        for batch in self.embedder.embed_files([e.path for e in entries], settings) if entries else ():
-            changes = _batch_changes(batch, entries, plan)
-            new_ids, generation = store.apply(changes)
-            replaced = list(changes.replaced)
-            vectors = [c.vector for c in changes.new] + [c.vector for c in changes.replaced.values()]
-            synced.update(generation, new_ids + replaced, np.array(vectors, np.float32).reshape(-1, synced.dim),
-                          remove_ids=replaced + changes.deleted)
-            synced.save(at_most_every=settings.checkpoint_seconds)
-            _tally(report, changes)
+            progress(0, len(entries), "loading model")
+        self.embedder.load()  # a download or model error surfaces before any progress is shown
+        stamp = self._stored_model() is None  # stamped with the first batch: a failed start leaves no trace
+        done = 0
+        for batch in self.embedder.embed_files([e.path for e in entries], settings):
+            changes = indexing.batch_changes(batch, entries, plan)
+            if stamp and changes.new:
+                changes.manifest, stamp = self._manifest(batch.vectors.shape[1]), False
+            applied = self._apply(store, changes)
+            synced = synced or self._synced("images")
+            self._mirror(synced, *applied)
+            if synced is not None:
+                synced.save(at_most_every=settings.checkpoint_seconds)
+            indexing.tally(report, changes)
             done += len(batch.positions) + len(batch.failures)
             if progress:
-                progress(done, len(entries))
+                progress(done, len(entries), "embedding")
+        return synced
+
+    def prune(self, dry_run: bool = False) -> list[str]:
+        """Drop rows (and skip records) whose files are gone, anywhere in the collection; returns their paths.
+
+        Unlike `index_folder`, which only forgets files under the folder it indexes, this checks every row.
+        """
+        with self._writing() as store:
+            gone = [(i, p) for i, p in store.all_paths() if not os.path.exists(p)]
+            stale_skips = [s.path for s in store.skipped() if not os.path.lexists(s.path)]
+            if not dry_run and (gone or stale_skips):
+                synced = self._synced("images") if self._dim() else None
+                if synced is not None:
+                    synced.index  # noqa: B018 - load it first, so only the delta is applied
+                self._mirror(synced, *self._apply(store, Changes(deleted=[i for i, _ in gone], unskipped=stale_skips)))
+                if synced is not None:
+                    synced.save()
+        return [p for _, p in gone]
 
     # -- texts ----------------------------------------------------------------------------------
     def add_texts(self, texts: Iterable[str], source: str | None = None, progress: Progress | None = None,
                   batch_size: int = 1024) -> int:
         """Embed and store texts (blank ones dropped) for image -> text search; returns how many."""
         texts = [t.strip() for t in texts if t and t.strip()]
-        with self._writing() as store:
-            self._ensure_manifest()
-            synced = self._synced("texts")
+        with self._writing(create=True) as store:
+            synced = None
             try:
                 for start in range(0, len(texts), batch_size):
                     chunk = texts[start : start + batch_size]
                     vectors = self.embedder.embed_texts(chunk)
-                    ids, generation = store.add_texts(chunk, vectors, source)
+                    manifest = self._manifest(vectors.shape[1]) if self._stored_model() is None else {}
+                    ids, generation = store.add_texts(chunk, vectors, source, manifest)
+                    synced = synced or self._synced("texts")
                     synced.update(generation, ids, vectors)
                     if progress:
                         progress(start + len(chunk), len(texts))
             finally:
-                synced.save()
+                if synced is not None:
+                    synced.save()
         return len(texts)
 
     def add_text_file(self, path: str | os.PathLike, progress: Progress | None = None) -> int:
@@ -233,23 +327,42 @@ class Collection:
     def clear_texts(self, source: str | None = None) -> int:
         with self._writing() as store:
             removed = store.clear_texts(source)
-            synced = self._synced("texts")
-            synced.rebuild()
-            synced.save()
+            if self._dim():
+                synced = self._synced("texts")
+                synced.rebuild()
+                synced.save()
         return removed
 
     # -- search ---------------------------------------------------------------------------------
-    def search(self, query: Query, k: int = 10) -> list[ImageHit]:
-        """Images best matching a text, an image file path, or a PIL image."""
+    def search(self, query: str | ImageQuery, k: int = 10) -> list[ImageHit]:
+        """Images best matching a text or an image (a path, an http(s) URL, a ``Path``, a PIL image).
+
+        The rule goes by the form of the string, never by whether a file exists: one that looks like an
+        image file ("beach.jpg", "photos/a b.png", a URL) is an image query, and a missing file is an
+        error, never a text search. ``search_text`` and ``search_image`` say which outright.
+        """
+        if isinstance(query, str) and not imgs.looks_like_image_path(query):
+            return self.search_text(query, k)
+        return self.search_image(query, k)
+
+    def search_text(self, text: str, k: int = 10) -> list[ImageHit]:
+        """Images best matching a text, taken as text whatever it looks like."""
         self._searchable("images", k)
-        return self.search_vector(self.query_vector(query), k)
+        if not text.strip():
+            raise BadInputError("empty query; give some text, or an image")
+        return self.search_vector(self.embedder.embed_texts([text])[0], k)
+
+    def search_image(self, image: ImageQuery, k: int = 10) -> list[ImageHit]:
+        """Images most like an image: a file path, an http(s) URL, or a PIL image."""
+        self._searchable("images", k)
+        return self.search_vector(self._image_vector(image), k)
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[ImageHit]:
         hits = self._search("images", vector, k)
         rows = self._store_for().images_by_id([i for i, _ in hits])
         return [ImageHit(i, rows[i].path, s, rows[i].width, rows[i].height) for i, s in hits if i in rows]
 
-    def describe(self, image: str | os.PathLike | Image.Image, k: int = 5) -> list[TextHit]:
+    def describe(self, image: ImageQuery, k: int = 5) -> list[TextHit]:
         """Texts of the collection's text set best matching an image (image -> text)."""
         self._searchable("texts", k)
         hits = self._search("texts", self._image_vector(image), k)
@@ -260,7 +373,7 @@ class Collection:
         """Fail before any model loads when the search cannot succeed."""
         if k < 1:
             raise BadInputError(f"k must be at least 1, got {k}")
-        if self._synced(table).index.ntotal == 0:
+        if not self._dim() or self._synced(table).index.ntotal == 0:
             hint = "imgsearch index DIR" if table == "images" else "imgsearch texts add FILE"
             raise EmptyCollectionError(f"no {table} in {self.folder} yet; add some with `{hint}`")
 
@@ -269,108 +382,36 @@ class Collection:
         found = self._synced(table).index.search(vector, k)
         return [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0]
 
-    def query_vector(self, query: Query) -> np.ndarray:
-        """Text stays text; a PIL image, a Path, or a string naming an existing image file is an image."""
-        if isinstance(query, (Image.Image, os.PathLike)) or _names_image_file(query):
-            return self._image_vector(query)
-        if not query.strip():
-            raise BadInputError("empty query; give some text, or --image PATH")
-        return self.embedder.embed_texts([query])[0]
+    def query_vector(self, query: str | ImageQuery) -> np.ndarray:
+        """The embedding ``search`` would use for this query (same rules)."""
+        if isinstance(query, str) and not imgs.looks_like_image_path(query):
+            return self.embedder.embed_texts([query])[0]
+        return self._image_vector(query)
 
-    def _image_vector(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
+    def _image_vector(self, image: ImageQuery) -> np.ndarray:
         if isinstance(image, Image.Image):
             return self.embedder.embed_images([image])[0]
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise BadInputError(f"query image not found: {image}")
+        hint = "; to search for these words as text, call search_text" if isinstance(image, str) else ""
+        if not (isinstance(image, str) and imgs.is_url(image)) and not os.path.exists(os.path.expanduser(image)):
+            raise BadInputError(f"query image not found: {image}{hint}")
         try:
-            loaded = imgs.load_image(str(path), min_side=self.embedder.image_size)  # as when indexed
+            loaded = imgs.load_query_image(image, min_side=self.embedder.image_size)  # as when indexed
         except imgs.ImageSkipped as exc:
             raise BadInputError(f"cannot use {image} as a query image: {exc}") from None
         return self.embedder.embed_images([loaded.image])[0]
 
     # -- inspection -----------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
-        store, model = self._store_for(), self.model
-        index = self._synced("images").index
+        store, model, dim = self._store_for(), self.model, self._dim()
+        index = self._synced("images").index if dim else None
         disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return CollectionInfo(
-            path=str(self.folder), model=model.name, pretrained=model.pretrained, dim=self._dim(),
+            path=str(self.folder.resolve()), model=model.name, pretrained=model.pretrained, dim=dim,
             images=store.count("images"), texts=store.count("texts"), skipped=store.count("skipped"),
-            image_index=index.kind, image_index_lists=index.nlist,
-            nprobe=self.index_config.nprobe if index.kind == "ivf" else None,
+            image_index=index.kind if index else "flat", image_index_lists=index.nlist if index else None,
+            nprobe=self.index_config.nprobe if index and index.kind == "ivf" else None,
             disk_bytes=disk, schema_version=store.get("schema_version", SCHEMA_VERSION),
         )
 
     def skipped(self) -> list[SkippedFile]:
         return [SkippedFile(s.path, s.reason) for s in self._store_for().skipped()]
-
-
-def _names_image_file(query) -> bool:
-    # lexists: a broken link named like an image is an image query that fails loudly, not a text query
-    return isinstance(query, str) and imgs.is_image_name(query) and os.path.lexists(os.path.expanduser(query))
-
-
-def _hash_or_none(path: str) -> str | None:
-    try:
-        return imgs.file_hash(path)
-    except OSError:
-        return None
-
-
-def _report_for(root: Path, plan: Plan) -> IndexReport:
-    return IndexReport(
-        folder=str(root),
-        scanned=plan.unchanged + len(plan.touched) + len(plan.new) + len(plan.changed) + len(plan.moved)
-        + plan.still_skipped + len(plan.problems),
-        unchanged=plan.unchanged + len(plan.touched), moved=len(plan.moved), removed=len(plan.vanished),
-        still_skipped=plan.still_skipped,
-        skipped=[SkippedFile(p.path, p.reason) for p in plan.problems],
-    )
-
-
-def _batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Changes:
-    changes = Changes()
-    for pos, details, vector in zip(batch.positions, batch.details, batch.vectors):
-        entry = entries[pos]
-        row = NewImage(entry.path, entry.size, entry.mtime_ns, details.content_hash,
-                       details.width, details.height, vector)
-        if entry.path in plan.changed:
-            changes.replaced[plan.changed[entry.path][0].id] = row
-        else:
-            changes.new.append(row)
-    for pos, reason in batch.failures:
-        entry = entries[pos]
-        changes.skipped.append(Skip(entry.path, entry.size, entry.mtime_ns, reason))
-        if entry.path in plan.changed:  # was fine, now unreadable: its old vector no longer describes it
-            changes.deleted.append(plan.changed[entry.path][0].id)
-    return changes
-
-
-def _tally(report: IndexReport, changes: Changes) -> None:
-    report.added += len(changes.new)
-    report.updated += len(changes.replaced)
-    report.removed += len(changes.deleted)
-    report.skipped.extend(SkippedFile(s.path, s.reason) for s in changes.skipped)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path):
-    from .errors import CollectionError
-
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; single-writer is then the user's job
-        yield
-        return
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CollectionError(
-                f"another imgsearch process is writing to {path.parent}; wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -12,26 +12,32 @@ from typing import Optional
 import typer
 
 from . import api
-from .config import COLLECTION_ENV, IndexConfig, IndexingConfig, ModelConfig
+from .config import COLLECTION_ENV, DEFAULT_EXCLUDES, IndexConfig, IndexingConfig, ModelConfig
 from .errors import ImgsearchError
+from .images import looks_like_image_path
 
+# rich_markup_mode=None: rich markup would swallow "[default: ...]" in help texts.
 app = typer.Typer(
     help="Semantic image search: index folders of images with CLIP, then search them by text or image.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
-texts_app = typer.Typer(help="Manage the text collection used for image -> text search.", no_args_is_help=True)
+texts_app = typer.Typer(help="Manage the text collection used for image -> text search.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(texts_app, name="texts")
 
 IndexOpt = typer.Option(
-    None, "--index", envvar=COLLECTION_ENV, show_envvar=True,
-    help="Collection folder (default: indexes/default).",
+    None, "--index", envvar=COLLECTION_ENV, show_envvar=True, metavar="PATH",
+    help="Collection folder [default: indexes/default].",
 )
-ModelOpt = typer.Option(None, "--model", help="open_clip model name for a new collection [default: ViT-B-32].")
+ModelOpt = typer.Option(None, "--model", metavar="NAME",
+                        help="open_clip model name for a new collection [default: ViT-B-32].")
 PretrainedOpt = typer.Option(
-    None, "--pretrained",
-    help="Pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file for offline use, or 'none' for random weights.",
+    None, "--pretrained", metavar="TAG|FILE",
+    help="Pretrained tag [default: laion2b_s34b_b79k], a local checkpoint file for offline use (a moved file is "
+         "recognised by its content), or 'none' for random weights.",
 )
-DeviceOpt = typer.Option(None, "--device", help="Torch device: cpu, cuda, cuda:1 [default: cuda if available].")
+DeviceOpt = typer.Option(None, "--device", metavar="DEVICE",
+                         help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu].")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 
 
@@ -42,7 +48,7 @@ def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
     tag = default.pretrained if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     if pretrained is not None and tag and Path(tag).expanduser().exists():
         tag = str(Path(tag).expanduser().resolve())
-    return ModelConfig(name=name or default.name, pretrained=tag)
+    return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
 
 
 def _open(index: Path | None, model=None, pretrained=None, device=None) -> api.Collection:
@@ -60,7 +66,7 @@ def _user_errors():
     try:
         yield
     except ImgsearchError as exc:
-        _fail(str(exc))
+        _fail(exc.for_cli())
     except KeyboardInterrupt:
         typer.echo("\nimgsearch: interrupted; work done so far is saved, run the command again to resume", err=True)
         raise typer.Exit(130)
@@ -72,12 +78,18 @@ def _print_json(data) -> None:
 
 @contextmanager
 def _progress_bar(description: str, unit: str, enabled: bool = True):
+    """A progress bar on stderr, drawn only for a person: not when stderr is a file or a pipe."""
     from tqdm import tqdm
 
+    enabled = enabled and sys.stderr.isatty()
     bar = tqdm(desc=description, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    shown = {"stage": description}
 
     def update(done: int, total: int, stage: str | None = None) -> None:
-        if stage and bar.desc != stage:
+        if not enabled:
+            return
+        if stage and shown["stage"] != stage:
+            shown["stage"] = stage
             bar.set_description(stage, refresh=False)
         bar.total = total
         bar.n = done
@@ -89,6 +101,10 @@ def _progress_bar(description: str, unit: str, enabled: bool = True):
         bar.close()
 
 
+def _default_workers() -> int:
+    return IndexingConfig().resolved_workers()
+
+
 @app.command()
 def index(
     folder: Path = typer.Argument(..., help="Folder to index (searched recursively)."),
@@ -97,27 +113,36 @@ def index(
     pretrained: Optional[str] = PretrainedOpt,
     device: Optional[str] = DeviceOpt,
     batch_size: int = typer.Option(IndexingConfig.batch_size, "--batch-size", min=1, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes [default: cores, max 8]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
+                                          help=f"Decoding processes [default: {_default_workers()}]."),
+    exclude: list[str] = typer.Option([], "--exclude", metavar="GLOB",
+                                      help="Leave out names or relative paths matching GLOB (repeatable)."),
+    no_default_excludes: bool = typer.Option(
+        False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."),
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image under FOLDER. Re-running is incremental: unchanged files are skipped,
-    changed ones re-embedded, deleted ones removed, moved ones followed without re-embedding."""
+    changed ones re-embedded, deleted ones removed, moved ones (even to another folder) followed
+    and copies of indexed files reuse their vectors, without re-embedding. Hidden files and folders
+    are skipped; symlinked folders are followed (each file once)."""
     settings = IndexingConfig(batch_size=batch_size, workers=workers)
+    excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with _user_errors(), _open(index, model, pretrained, device) as engine:
-        with _progress_bar("embedding", "img", enabled=not (quiet or as_json)) as progress:
-            report = engine.index_folder(folder, settings, progress)
+        with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
+            report = engine.index_folder(folder, settings, progress, excludes)
     if as_json:
         return _print_json(report.to_dict())
     _print_index_report(report)
 
 
 def _print_index_report(report) -> None:
-    rate = report.embedded / report.seconds if report.seconds else 0.0
+    rate = f" ({report.embedded / report.seconds:.1f} images/s)" if report.embedded and report.seconds else ""
+    reused = f" ({report.reused} copies reused stored vectors)" if report.reused else ""
     typer.echo(
-        f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
+        f"{report.folder}: {report.added} added{reused}, {report.updated} updated, {report.moved} moved, "
         f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped "
-        f"in {report.seconds:.1f}s ({rate:.1f} images/s)"
+        f"in {report.seconds:.1f}s{rate}"
     )
     for item in report.skipped[:20]:
         typer.echo(f"  skipped {item.path}: {item.reason}", err=True)
@@ -130,24 +155,36 @@ def _print_index_report(report) -> None:
 
 @app.command()
 def query(
-    text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"a red car\"."),
-    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Search with this image instead of text."),
+    text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"a red car\". Always text: "
+                                         "one that looks like an image file name is refused (use --image)."),
+    image: Optional[str] = typer.Option(None, "--image", "-i", metavar="PATH|URL",
+                                        help="Search with this image file or http(s) URL instead of text."),
     texts: bool = typer.Option(False, "--texts", help="Return texts from the text collection (image -> text)."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="How many results."),
     index: Optional[Path] = IndexOpt,
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="FILE",
+                                             help="New location of the collection's checkpoint file, if it moved."),
     device: Optional[str] = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Search the collection: by TEXT, or by --image. With --texts, find texts matching an image."""
+    """Search the collection: by TEXT, or by --image. With --texts, find texts matching an image.
+
+    TEXT is never taken for a file: a query such as "beach.jpg" is refused with a pointer to --image,
+    so a mistyped image path cannot turn into a text search."""
     if (text is None) == (image is None):
         _fail("give either a TEXT query or --image PATH (not both)", 2)
     if texts and image is None:
         _fail("--texts finds texts for an image: add --image PATH", 2)
-    with _user_errors(), _open(index, device=device) as engine:
+    if text is not None and looks_like_image_path(text):
+        _fail(f"{text!r} looks like an image file name; to search by image use --image {text}, to search for "
+              "the words add a few more (e.g. 'a photo called ...')", 2)
+    with _user_errors(), _open(index, pretrained=pretrained, device=device) as engine:
         if texts:
             hits = engine.describe(image, k=top)
+        elif image is not None:
+            hits = engine.search_image(image, k=top)
         else:
-            hits = engine.search(image if image is not None else text, k=top)
+            hits = engine.search_text(text, k=top)
     if as_json:
         return _print_json([h.to_dict() for h in hits])
     for h in hits:
@@ -182,6 +219,24 @@ def skipped(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
         typer.echo(f"{s.path}\t{s.reason}")
 
 
+@app.command()
+def prune(
+    index: Optional[Path] = IndexOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove entries whose files no longer exist, in every folder of the collection (a folder that
+    was deleted or renamed without re-indexing it). Files on a disk that is not mounted count as gone."""
+    with _user_errors(), _open(index) as engine:
+        gone = engine.prune(dry_run=dry_run)
+    if as_json:
+        return _print_json({"dry_run": dry_run, "removed": gone})
+    for path in gone:
+        typer.echo(path)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(gone)} entries whose files are gone", err=True)
+
+
 @texts_app.command("add")
 def texts_add(
     file: Path = typer.Argument(..., help="UTF-8 text file, one text per line."),
@@ -192,6 +247,8 @@ def texts_add(
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
     with _user_errors(), _open(index, model, pretrained, device) as engine:
+        if not engine.exists:  # a mistyped --index must not create a collection
+            raise engine._missing()
         with _progress_bar("embedding", "text") as progress:
             added = engine.add_text_file(file, progress)
     typer.echo(f"added {added} texts from {file}")

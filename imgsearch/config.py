@@ -24,6 +24,7 @@ IMAGE_EXTENSIONS = frozenset(
 @dataclass(frozen=True)
 class ModelConfig:
     # ViT-B-32 trained on LAION-2B: a good speed/quality balance, ~600 MB download, cached by open_clip.
+    # "" when opening a collection means "its own model's name" (e.g. to point at a moved checkpoint).
     name: str = "ViT-B-32"
     # A pretrained tag known to open_clip, a path to a local checkpoint file (works offline),
     # or None for random weights (only useful for tests).
@@ -63,6 +64,12 @@ class IndexConfig:
     train_per_list: int = 128
     # Rebuild IVF (re-train, new nlist) when the collection grows or shrinks this much since training.
     retrain_ratio: float = 2.0
+
+
+# Folders no one wants in a photo search: NAS thumbnails, package trees, trash. Hidden ones (.git,
+# .Trash-1000, .thumbnails) are skipped anyway. Globs, matched against names and relative paths.
+DEFAULT_EXCLUDES = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "node_modules", "lost+found",
+                    "System Volume Information", "Trash")
 
 
 @dataclass(frozen=True)

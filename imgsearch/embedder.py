@@ -7,7 +7,14 @@ The model is created lazily, on first use, never at import time.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import logging
 import os
+import signal
+import socket
+import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -16,6 +23,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from . import checkpoints
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
 from .images import ImageDetails, ImageSkipped, load_image
@@ -41,9 +49,16 @@ def register_extra_model_configs() -> None:
 
 
 def resolve_device(requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """A torch device string; a bad name or an absent GPU is a ModelLoadError naming the choices."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N (mps on Apple)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {requested!r} asked for, but torch sees no CUDA GPU here; use cpu or auto")
+    return requested
 
 
 def _check_model_name(name: str) -> None:
@@ -59,17 +74,74 @@ def _check_model_name(name: str) -> None:
 def _check_pretrained(name: str, pretrained: str | None) -> None:
     if pretrained is None or os.path.exists(pretrained):
         return
-    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        raise ModelLoadError(f"checkpoint file not found: {pretrained}; check the --pretrained path")
+    if checkpoints.is_path(pretrained):
+        raise ModelLoadError(f"checkpoint file not found: {pretrained}", cli_hint="check the --pretrained path",
+                             api_hint="check ModelConfig.pretrained")
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tags and pretrained not in tags:
         raise ModelLoadError(
             f"unknown pretrained tag {pretrained!r} for {name}; available: {', '.join(tags)}"
         )
+    _check_downloadable(name, pretrained)
+
+
+def _check_downloadable(name: str, tag: str) -> None:
+    """Fail in seconds, with what to do, when weights are neither cached nor reachable.
+
+    Without this, huggingface_hub retries an unreachable host for about a minute per file.
+    """
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    repo, filename = os.path.split(cfg.get("hf_hub") or "")
+    repo = repo.rstrip("/")
+    if (repo and _cached_on_hub(repo, filename)) or (not repo and _cached_url(cfg.get("url") or "")):
+        return
+    source = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo}" if repo else cfg.get("url", "")
+    problem = "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else _unreachable(source)
+    if problem:
+        raise ModelLoadError(
+            f"the weights of {name} ({tag}) are not cached and cannot be downloaded: {problem}. "
+            f"They come from {source}",
+            cli_hint="download them on a machine with internet (or copy its ~/.cache/huggingface) and pass the "
+                     "file with --pretrained /path/to/open_clip_model.safetensors; "
+                     "or try the tool with --pretrained none (random weights: results are meaningless)",
+            api_hint="download them on a machine with internet and pass the file as "
+                     "ModelConfig(pretrained='/path/to/open_clip_model.safetensors')",
+        )
+
+
+def _cached_on_hub(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    filename = filename or "open_clip_pytorch_model.bin"
+    candidates = ("open_clip_model.safetensors", filename.replace(".bin", ".safetensors"), filename)
+    return any(isinstance(try_to_load_from_cache(repo, c), str) for c in candidates)
+
+
+def _cached_url(url: str) -> bool:
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why url's host cannot be reached (None if it can, or if a proxy decides)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urllib.parse.urlparse(url).hostname
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"no connection to {host} ({exc.strerror or exc})"
+    return None
 
 
 def load_model(config: ModelConfig, device: str) -> tuple[torch.nn.Module, Callable, Callable]:
     """Create (model, image preprocess, tokenizer) on device; raises ModelLoadError with a fix."""
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its import resets it; retries are noise
     _check_model_name(config.name)
     _check_pretrained(config.name, config.pretrained)
     try:
@@ -78,11 +150,14 @@ def load_model(config: ModelConfig, device: str) -> tuple[torch.nn.Module, Calla
                 config.name, pretrained=config.pretrained, device=device
             )
         tokenizer = open_clip.get_tokenizer(config.name)
-    except Exception as exc:  # network, hub, corrupt checkpoint: all end the same way for a user
+    except Exception as exc:  # network, hub, corrupt checkpoint, out of memory
+        download = isinstance(exc, (OSError, ConnectionError)) or "huggingface" in type(exc).__module__
         raise ModelLoadError(
-            f"could not load {config.label}: {_first_sentence(exc)}. "
-            "If this machine is offline, download the checkpoint elsewhere and pass its file path "
-            "with --pretrained /path/to/open_clip_pytorch_model.bin"
+            f"could not load {config.label}: {_first_sentence(exc)}",
+            cli_hint="if the download failed, fetch the checkpoint elsewhere and pass it with --pretrained FILE"
+            if download else None,
+            api_hint="if the download failed, fetch the checkpoint elsewhere and pass ModelConfig(pretrained=FILE)"
+            if download else None,
         ) from exc
     model.eval()
     return model, preprocess, tokenizer
@@ -203,6 +278,7 @@ class Embedder:
             collate_fn=_collate,
             pin_memory=self.device.startswith("cuda"),
             prefetch_factor=4 if workers and len(paths) > settings.batch_size else None,
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         for positions, details, tensors, failures in loader:
             vectors = (
@@ -211,6 +287,15 @@ class Embedder:
                 else np.zeros((0, self.dim), np.float32)
             )
             yield EmbeddedBatch(positions, details, vectors, failures)
+
+
+def _die_with_parent(parent: int, _worker_id: int) -> None:
+    """Decode workers end with the indexer, even when it is killed with SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(0)
 
 
 class _FileDataset(torch.utils.data.Dataset):

@@ -6,7 +6,18 @@ and a non-zero exit code. Every message says what was wrong and how to fix it.
 
 
 class ImgsearchError(Exception):
-    """Base class for every error a user can cause."""
+    """Base class for every error a user can cause.
+
+    ``cli_hint`` / ``api_hint``: how to fix it, in the words of the command line and of Python; str(exc)
+    carries the API's, and the CLI prints ``for_cli()``.
+    """
+
+    def __init__(self, message: str, *, cli_hint: str | None = None, api_hint: str | None = None):
+        super().__init__(f"{message}; {api_hint}" if api_hint else message)
+        self.cli_text = f"{message}; {cli_hint}" if cli_hint else str(self)
+
+    def for_cli(self) -> str:
+        return getattr(self, "cli_text", str(self))
 
 
 class ModelLoadError(ImgsearchError):
@@ -35,3 +46,7 @@ class BadInputError(ImgsearchError):
 
 class DatasetError(ImgsearchError):
     """An evaluation dataset is missing, incomplete, or in an unknown format."""
+
+
+class DiskFullError(ImgsearchError):
+    """A write failed for lack of space (or a disk error); what was saved before is intact."""

@@ -6,6 +6,7 @@ image or raises ``ImageSkipped`` whose text is the reason stored for the user.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import os
@@ -13,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -63,20 +64,76 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan(root: str | os.PathLike) -> Iterator[FileEntry | ScanProblem]:
-    """Every file with an image extension under root (recursively, hidden folders and files skipped).
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
 
-    A file that cannot be stat'ed, or a folder that cannot be listed, comes back as a ScanProblem.
+
+def looks_like_image_path(text: str) -> bool:
+    """Whether a query string names an image file (existing or not) rather than being text to search for:
+    an image extension, and a path separator, no spaces, or a file of that name."""
+    text = text.strip()
+    if is_url(text):
+        return True
+    if not is_image_name(text):
+        return False
+    return "/" in text or os.sep in text or not any(c.isspace() for c in text) or os.path.lexists(
+        os.path.expanduser(text))
+
+
+def load_query_image(source: str | os.PathLike, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
+    """A query image from a file path or an http(s) URL; ImageSkipped says what was wrong."""
+    if isinstance(source, str) and is_url(source):
+        from .fetch import fetch
+
+        return decode_image(fetch(source), min_side, max_pixels)
+    path = Path(source).expanduser()
+    if not os.path.lexists(path):
+        raise ImageSkipped(f"file not found: {source}")
+    return load_image(str(path), min_side, max_pixels)
+
+
+def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[FileEntry | ScanProblem]:
+    """Every file with an image extension under root (recursively; hidden folders and files skipped).
+
+    ``excludes``: glob patterns matched against each name and each path relative to root.
+    Symlinked folders are followed; a folder or file reached twice (a link cycle, a link to
+    something already walked) is walked once. A file that cannot be stat'ed, or a folder that
+    cannot be listed, comes back as a ScanProblem.
     """
     root = Path(root).resolve()
     unlistable: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable.append, followlinks=False):
+    seen_folders: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable.append, followlinks=True):
         yield from _folder_problems(unlistable)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not _first_visit(dirpath, seen_folders):
+            dirnames[:] = []
+            continue
+        rel = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded(d, rel, excludes))
         for name in sorted(filenames):
-            if is_image_name(name) and not name.startswith("."):
-                yield _stat_entry(os.path.join(dirpath, name))
+            if is_image_name(name) and not name.startswith(".") and not _excluded(name, rel, excludes):
+                entry = _stat_entry(os.path.join(dirpath, name), seen_files)
+                if entry is not None:
+                    yield entry
     yield from _folder_problems(unlistable)
+
+
+def _excluded(name: str, rel_folder: str, patterns: Sequence[str]) -> bool:
+    rel = name if rel_folder == "." else f"{rel_folder}/{name}".replace(os.sep, "/")
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
+
+
+def _first_visit(folder: str, seen: set[tuple[int, int]]) -> bool:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return True
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _folder_problems(errors: list[OSError]) -> Iterator[ScanProblem]:
@@ -85,11 +142,15 @@ def _folder_problems(errors: list[OSError]) -> Iterator[ScanProblem]:
     errors.clear()
 
 
-def _stat_entry(path: str) -> FileEntry | ScanProblem:
+def _stat_entry(path: str, seen: set[tuple[int, int]]) -> FileEntry | ScanProblem | None:
+    """The file's entry; None when the same file was already listed under another path (a link)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         return ScanProblem(path, f"unreadable: {exc.strerror or exc}")
+    if (st.st_dev, st.st_ino) in seen:
+        return None
+    seen.add((st.st_dev, st.st_ino))
     return FileEntry(path, st.st_size, st.st_mtime_ns)
 
 
@@ -125,8 +186,12 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
     ``min_side``: the decoded image keeps both sides at least this long (the model input size).
     Raises ImageSkipped with a reason for anything that is not a readable, sane image.
     """
+    return decode_image(_read(path), min_side, max_pixels)
+
+
+def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
+    """``load_image`` for bytes already in memory (an upload, a download)."""
     register_optional_formats()
-    data = _read(path)
     try:
         return _decode(data, min_side, max_pixels)
     except ImageSkipped:

@@ -98,10 +98,14 @@ class VectorIndex:
         """Write atomically: a crash leaves either the old file or the new one, never half."""
         path = Path(path)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            faiss.write_index(self._index, str(tmp))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk or Ctrl-C must not leave an index-sized file behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     # -- state -------------------------------------------------------------------------------
     def _ivf(self):

@@ -26,6 +26,8 @@ class Plan:
     still_skipped: int = 0  # skipped before and not modified since: not retried
     problems: list[Skip] = field(default_factory=list)  # could not even stat, newly seen
     gone_skips: list[str] = field(default_factory=list)  # skipped before, no longer on disk
+    copies: list[tuple[FileEntry, ImageState]] = field(default_factory=list)  # new path, stored content
+    known_paths: set[str] = field(default_factory=set)  # stored rows under the folder (seen or vanished)
 
     @property
     def to_embed(self) -> list[FileEntry]:
@@ -57,6 +59,7 @@ def make_plan(
             plan.new.append(item)
     unseen = lambda path: path not in seen and not path.startswith(tuple(blind_spots))  # noqa: E731
     plan.vanished = {p: s for p, s in known.items() if unseen(p)}
+    plan.known_paths = set(known)
     plan.gone_skips = [p for p in skipped if unseen(p)]
     return plan
 
@@ -75,21 +78,31 @@ def _classify_known(plan: Plan, state: ImageState, entry: FileEntry) -> None:
         plan.changed[entry.path] = (state, entry)
 
 
-def find_moves(plan: Plan, content_hash: Callable[[str], str | None]) -> None:
-    """Turn (vanished, new) pairs with equal content into moves; each vanished row moves once."""
-    if not plan.vanished or not plan.new:
-        return
-    by_hash: dict[str, ImageState] = {}
-    for state in plan.vanished.values():
-        by_hash.setdefault(state.content_hash, state)
+def match_content(
+    plan: Plan, hashes: dict[str, str], stored: dict[str, list[ImageState]], exists: Callable[[str], bool],
+) -> None:
+    """Recognise new files by content: a move keeps its row, a copy reuses a stored vector.
+
+    ``hashes``: content hash of (some of) the new files; ``stored``: rows anywhere in the collection
+    with those hashes; ``exists``: whether a stored row's file is still on disk. A new file whose
+    content belongs to a vanished row under this folder, or to a row elsewhere whose file is gone
+    (a renamed folder), is that row moved. Content held by a file still on disk is a copy.
+    """
+    vanished = {s.id for s in plan.vanished.values()}
+    claimed: set[int] = set()
     remaining = []
     for entry in plan.new:
-        state = by_hash.pop(content_hash(entry.path) or "", None)
-        if state is None:
+        rows = stored.get(hashes.get(entry.path, ""), [])
+        gone = next((r for r in rows if r.id not in claimed and (r.id in vanished or (
+            r.path not in plan.known_paths and not exists(r.path)))), None)
+        if gone is not None:
+            claimed.add(gone.id)
+            plan.moved.append(Moved(gone.id, entry.path, entry.size, entry.mtime_ns))
+            plan.vanished.pop(gone.path, None)
+        elif rows:
+            plan.copies.append((entry, rows[0]))
+        else:
             remaining.append(entry)
-            continue
-        plan.moved.append(Moved(state.id, entry.path, entry.size, entry.mtime_ns))
-        del plan.vanished[state.path]
     plan.new = remaining
 
 

@@ -44,6 +44,7 @@ class IndexReport(_AsDict):
     moved: int = 0  # renamed or moved: recognised by content, not re-embedded
     removed: int = 0  # gone from disk, removed from the collection
     unchanged: int = 0
+    reused: int = 0  # of `added`: copies of content already indexed, whose stored vector was reused
     skipped: list[SkippedFile] = field(default_factory=list)  # newly skipped this run, with reasons
     still_skipped: int = 0  # skipped in an earlier run and unchanged since
     seconds: float = 0.0
@@ -51,15 +52,16 @@ class IndexReport(_AsDict):
 
     @property
     def embedded(self) -> int:
-        return self.added + self.updated
+        """Files that went through the model."""
+        return self.added - self.reused + self.updated
 
 
 @dataclass(frozen=True)
 class CollectionInfo(_AsDict):
     path: str
-    model: str
+    model: str  # the collection's model; for an empty collection, the one its first run will use
     pretrained: str | None
-    dim: int
+    dim: int | None  # None until the first image or text is stored
     images: int
     texts: int
     skipped: int

@@ -4,22 +4,31 @@ The database is the collection's source of truth (vectors included), so the
 FAISS files are a cache that can always be rebuilt. Each batch of changes is one
 transaction that also bumps a generation counter, which the FAISS side records
 when it saves, to tell whether its file is current.
+
+Layout (schema v2): image metadata in ``images``, small rows packed many to a page so that
+the scan at the start of every run reads little; vectors in ``image_vectors``, keyed by the
+same id. Each thread keeps one connection, and every ``with`` block is one snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
 
-from .errors import CollectionError
+from .errors import CollectionError, DiskFullError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
+PAGE_SIZE = 16384
+_READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
 
 _md = sa.MetaData()
 meta_t = sa.Table(
@@ -28,7 +37,7 @@ meta_t = sa.Table(
 images_t = sa.Table(
     "images",
     _md,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("path", sa.Text, nullable=False, unique=True),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("mtime_ns", sa.Integer, nullable=False),
@@ -36,6 +45,12 @@ images_t = sa.Table(
     sa.Column("width", sa.Integer),
     sa.Column("height", sa.Integer),
     sa.Column("indexed_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,  # ids are never reused: a deleted image's id never names another
+)
+image_vectors_t = sa.Table(
+    "image_vectors",
+    _md,
+    sa.Column("id", sa.Integer, primary_key=True),  # = images.id
     sa.Column("vector", sa.LargeBinary, nullable=False),
 )
 texts_t = sa.Table(
@@ -56,20 +71,40 @@ skipped_t = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("seen_at", sa.Float, nullable=False),
 )
-TABLES = {"images": images_t, "texts": texts_t}
+# Where each table's vectors live: (table holding them, id column).
+_VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t}
+_COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
+_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at")
 
 
 def _migrate_to_1(conn: sa.Connection) -> None:
-    """Version 1: meta, images, texts, skipped."""
-    _md.create_all(conn)
+    """Version 1: meta, images (vectors inline), texts, skipped."""
+    conn.exec_driver_sql('CREATE TABLE meta ("key" VARCHAR NOT NULL PRIMARY KEY, value TEXT)')
+    conn.exec_driver_sql(
+        "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,"
+        " mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER, height INTEGER,"
+        " indexed_at FLOAT NOT NULL, vector BLOB NOT NULL)"
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_images_content_hash ON images (content_hash)")
+    _md.create_all(conn, tables=[texts_t, skipped_t])
+
+
+def _migrate_to_2(conn: sa.Connection) -> None:
+    """Version 2: vectors move out of ``images`` into ``image_vectors``, ids kept, nothing re-embedded."""
+    columns = ", ".join(_IMAGE_COLUMNS)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_images_content_hash")
+    conn.exec_driver_sql("ALTER TABLE images RENAME TO images_v1")
+    _md.create_all(conn, tables=[images_t, image_vectors_t])
+    conn.exec_driver_sql(f"INSERT INTO images ({columns}) SELECT {columns} FROM images_v1")
+    conn.exec_driver_sql("INSERT INTO image_vectors (id, vector) SELECT id, vector FROM images_v1")
+    conn.exec_driver_sql("DROP TABLE images_v1")
 
 
 # Step-by-step upgrades: MIGRATIONS[v] brings a database from version v-1 to v.
-MIGRATIONS = {1: _migrate_to_1}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
-@dataclass(frozen=True)
-class ImageState:
+class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at the start of every run
     id: int
     path: str
     size: int
@@ -114,48 +149,116 @@ class Changes:
     deleted: list[int] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     unskipped: list[str] = field(default_factory=list)  # paths to drop from the skipped list
+    manifest: dict = field(default_factory=dict)  # meta keys written with the batch (model, dim)
+
+    def __bool__(self) -> bool:
+        return any((self.new, self.replaced, self.moved, self.deleted, self.skipped, self.unskipped, self.manifest))
+
+    @property
+    def touches_images(self) -> bool:
+        """Whether the image set or its vectors change (skips and manifest alone do not)."""
+        return any((self.new, self.replaced, self.moved, self.deleted))
 
 
 def _blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _on_connect(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below issues BEGIN itself
     cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no effect once the database holds a table
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
     cur.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
+    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
 
 
+def _on_connect_read_only(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA busy_timeout=10000")
+
+
+def _on_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")  # every `with` block is one snapshot (pysqlite would not begin reads)
+
+
 class Store:
-    def __init__(self, db_path: str | Path):
+    """One collection's database. ``read_only``: no schema work and no writes (read commands)."""
+
+    def __init__(self, db_path: str | Path, read_only: bool = False):
         self.path = Path(db_path)
-        self.engine = sa.create_engine(f"sqlite:///{self.path}", poolclass=sa.pool.NullPool)
-        sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._upgrade()
+        self.read_only = read_only
+        if not read_only and self.path.exists():
+            Store(self.path, read_only=True).close()  # refuse a foreign database before writing to it
+        url = f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro&uri=true" if read_only else (
+            f"sqlite:///{self.path}")
+        # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
+        self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
+        sa.event.listen(self.engine, "connect", _on_connect_read_only if read_only else _on_connect)
+        sa.event.listen(self.engine, "begin", _on_begin)
+        try:
+            self._check_schema()
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- schema ---------------------------------------------------------------------------------
-    def _upgrade(self) -> None:
-        with self.engine.begin() as conn:
-            version = self._schema_version(conn)
-            if version > SCHEMA_VERSION:
-                raise CollectionError(
-                    f"{self.path} has schema version {version}, newer than this imgsearch "
-                    f"understands ({SCHEMA_VERSION}); upgrade imgsearch"
-                )
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[step](conn)
-                self._put(conn, "schema_version", step)
+    def _check_schema(self) -> None:
+        with self._guard():
+            with self.engine.begin() as conn:
+                version = self._schema_version(conn)
+                if version > SCHEMA_VERSION:
+                    raise CollectionError(
+                        f"{self.path} has schema version {version}, newer than this imgsearch "
+                        f"understands ({SCHEMA_VERSION}); upgrade imgsearch"
+                    )
+                self.schema_version = version
+                if version == SCHEMA_VERSION or self.read_only:
+                    return
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[step](conn)
+                    self._put(conn, "schema_version", step)
+                self.schema_version = SCHEMA_VERSION
+            if version:  # an upgrade freed the old pages: give them back, with the new page size
+                self._compact()
+
+    @property
+    def outdated(self) -> bool:
+        """An older schema, opened read-only: a writer must upgrade it before it can be read."""
+        return self.schema_version < SCHEMA_VERSION
 
     def _schema_version(self, conn: sa.Connection) -> int:
-        if not sa.inspect(conn).has_table("meta"):
+        tables = set(sa.inspect(conn).get_table_names())
+        if not tables:
             return 0
-        value = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version"))
-        row = value.first()
-        return json.loads(row[0]) if row else 0
+        row = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")).first() if (
+            "meta" in tables) else None
+        if row is None:
+            raise CollectionError(
+                f"{self.path} is a SQLite database of another application (tables: {', '.join(sorted(tables)[:5])}), "
+                "not an imgsearch collection; it was left untouched. Pass --index with a new or existing "
+                "imgsearch collection folder"
+            )
+        return json.loads(row[0])
+
+    def _compact(self) -> None:
+        """VACUUM with the new page size; skipped (harmlessly) if another process has the file open."""
+        raw = self.engine.raw_connection()
+        try:
+            for statement in ("PRAGMA journal_mode=DELETE", f"PRAGMA page_size={PAGE_SIZE}", "VACUUM",
+                              "PRAGMA journal_mode=WAL"):
+                raw.driver_connection.execute(statement)
+        except sqlite3.OperationalError:
+            raw.driver_connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            raw.close()
+
+    def _guard(self):
+        return _translated_errors(self.path)
 
     # -- key/value meta -------------------------------------------------------------------------
     @staticmethod
@@ -163,143 +266,259 @@ class Store:
         conn.execute(sa.delete(meta_t).where(meta_t.c.key == key))
         conn.execute(sa.insert(meta_t).values(key=key, value=json.dumps(value)))
 
-    def get(self, key: str, default=None):
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == key)).first()
+    @staticmethod
+    def _get(conn: sa.Connection, key: str, default=None):
+        row = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == key)).first()
         return json.loads(row[0]) if row else default
 
+    def get(self, key: str, default=None):
+        with self._guard(), self.engine.connect() as conn:
+            return self._get(conn, key, default)
+
     def put(self, key: str, value) -> None:
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
             self._put(conn, key, value)
 
     def generation(self, table: str) -> int:
         return self.get(f"{table}_generation", 0)
 
     def _bump(self, conn: sa.Connection, table: str) -> int:
-        row = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == f"{table}_generation"))
-        first = row.first()
-        gen = (json.loads(first[0]) if first else 0) + 1
+        gen = self._get(conn, f"{table}_generation", 0) + 1
         self._put(conn, f"{table}_generation", gen)
         return gen
 
     # -- images ---------------------------------------------------------------------------------
     def image_states(self, under: str | None = None) -> dict[str, ImageState]:
-        query = sa.select(
-            images_t.c.id, images_t.c.path, images_t.c.size, images_t.c.mtime_ns,
-            images_t.c.content_hash,
-        )
-        if under is not None:
-            query = query.where(images_t.c.path.startswith(under, autoescape=True))
-        with self.engine.connect() as conn:
-            return {r.path: ImageState(*r) for r in conn.execute(query)}
+        sql = "SELECT id, path, size, mtime_ns, content_hash FROM images"
+        params: tuple = ()
+        if under is not None:  # a range on the unique path index: no LIKE, no escaping
+            sql += " WHERE path >= ? AND path < ?"
+            params = (under, under + "\U0010ffff")
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(sql, params)
+            return {r[1]: ImageState(*r) for r in rows}
 
     def skipped_states(self, under: str | None = None) -> dict[str, Skip]:
         query = sa.select(skipped_t.c.path, skipped_t.c.size, skipped_t.c.mtime_ns, skipped_t.c.reason)
         if under is not None:
             query = query.where(skipped_t.c.path.startswith(under, autoescape=True))
-        with self.engine.connect() as conn:
+        with self._guard(), self.engine.connect() as conn:
             return {r.path: Skip(*r) for r in conn.execute(query)}
 
+    def known_sizes(self) -> set[int]:
+        """Every stored file size: only new files of one of these sizes can be a copy or a move."""
+        with self._guard(), self.engine.connect() as conn:
+            return {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT size FROM images")}
+
+    def states_by_hash(self, hashes: Iterable[str]) -> dict[str, list[ImageState]]:
+        """Rows anywhere in the collection with one of these content hashes."""
+        found: dict[str, list[ImageState]] = {}
+        hashes = sorted(set(hashes))
+        cols = [images_t.c.id, images_t.c.path, images_t.c.size, images_t.c.mtime_ns, images_t.c.content_hash]
+        with self._guard(), self.engine.connect() as conn:
+            for start in range(0, len(hashes), 500):
+                query = sa.select(*cols).where(images_t.c.content_hash.in_(hashes[start : start + 500]))
+                for r in conn.execute(query):
+                    found.setdefault(r.content_hash, []).append(ImageState(*r))
+        return found
+
     def apply(self, changes: Changes) -> tuple[list[int], int]:
-        """Apply one batch atomically; returns (ids of the new rows, new image generation)."""
+        """Apply one batch atomically; returns (ids of the new rows, image generation after it).
+
+        An empty batch writes nothing, so a run that changes nothing leaves the saved index current.
+        """
+        if not changes:
+            return [], self.generation("images")
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
+            for key, value in changes.manifest.items():
+                self._put(conn, key, value)
             self._forget_skips(conn, [c.path for c in changes.new] + [m.path for m in changes.moved]
                                + changes.unskipped)
-            new_ids = [self._insert_image(conn, img, now) for img in changes.new]
-            for image_id, img in changes.replaced.items():
-                conn.execute(sa.update(images_t).where(images_t.c.id == image_id).values(
-                    **_image_values(img, now)))
-            for m in changes.moved:
-                conn.execute(sa.update(images_t).where(images_t.c.id == m.id).values(
-                    path=m.path, size=m.size, mtime_ns=m.mtime_ns))
-            if changes.deleted:
-                conn.execute(sa.delete(images_t).where(images_t.c.id.in_(changes.deleted)))
+            new_ids = self._insert_images(conn, changes.new, now)
+            self._replace_images(conn, changes.replaced, now)
+            self._move_images(conn, changes.moved)
+            self._delete_images(conn, changes.deleted)
             self._record_skips(conn, changes.skipped, now)
-            return new_ids, self._bump(conn, "images")
+            generation = self._bump(conn, "images") if changes.touches_images else self._get(
+                conn, "images_generation", 0)
+            return new_ids, generation
+
+    def _insert_images(self, conn: sa.Connection, images: Sequence[NewImage], now: float) -> list[int]:
+        if not images:
+            return []
+        first = self._next_image_id(conn)
+        ids = list(range(first, first + len(images)))
+        conn.execute(sa.insert(images_t), [dict(_image_values(img, now), id=i) for i, img in zip(ids, images)])
+        conn.execute(sa.insert(image_vectors_t), [{"id": i, "vector": _blob(img.vector)} for i, img in zip(ids, images)])
+        return ids
 
     @staticmethod
-    def _insert_image(conn: sa.Connection, img: NewImage, now: float) -> int:
-        return conn.execute(sa.insert(images_t).values(**_image_values(img, now))).inserted_primary_key[0]
+    def _next_image_id(conn: sa.Connection) -> int:
+        seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'images'").first()
+        top = conn.exec_driver_sql("SELECT max(id) FROM images").scalar()
+        return max(seq[0] if seq else 0, top or 0) + 1
+
+    @staticmethod
+    def _replace_images(conn: sa.Connection, replaced: dict[int, NewImage], now: float) -> None:
+        if not replaced:
+            return
+        by_id = images_t.c.id == sa.bindparam("b_id")
+        values = {k: sa.bindparam(k) for k in ("path", "size", "mtime_ns", "content_hash", "width", "height",
+                                                "indexed_at")}
+        conn.execute(sa.update(images_t).where(by_id).values(values),
+                     [dict(_image_values(img, now), b_id=i) for i, img in replaced.items()])
+        conn.execute(sa.update(image_vectors_t).where(image_vectors_t.c.id == sa.bindparam("b_id")).values(
+            vector=sa.bindparam("vector")), [{"b_id": i, "vector": _blob(img.vector)} for i, img in replaced.items()])
+
+    @staticmethod
+    def _move_images(conn: sa.Connection, moved: Sequence[Moved]) -> None:
+        if moved:
+            query = sa.update(images_t).where(images_t.c.id == sa.bindparam("b_id")).values(
+                path=sa.bindparam("path"), size=sa.bindparam("size"), mtime_ns=sa.bindparam("mtime_ns"))
+            conn.execute(query, [{"b_id": m.id, "path": m.path, "size": m.size, "mtime_ns": m.mtime_ns}
+                                 for m in moved])
+
+    @staticmethod
+    def _delete_images(conn: sa.Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            conn.execute(sa.delete(images_t).where(images_t.c.id.in_(chunk)))
+            conn.execute(sa.delete(image_vectors_t).where(image_vectors_t.c.id.in_(chunk)))
 
     @staticmethod
     def _forget_skips(conn: sa.Connection, paths: Sequence[str]) -> None:
-        if paths:
-            conn.execute(sa.delete(skipped_t).where(skipped_t.c.path.in_(list(paths))))
+        paths = list(paths)
+        for start in range(0, len(paths), 500):
+            conn.execute(sa.delete(skipped_t).where(skipped_t.c.path.in_(paths[start : start + 500])))
 
     @staticmethod
     def _record_skips(conn: sa.Connection, skips: Sequence[Skip], now: float) -> None:
-        for s in skips:
-            conn.execute(sa.delete(skipped_t).where(skipped_t.c.path == s.path))
-            conn.execute(sa.insert(skipped_t).values(
-                path=s.path, size=s.size, mtime_ns=s.mtime_ns, reason=s.reason, seen_at=now))
+        if skips:
+            conn.execute(sa.insert(skipped_t).prefix_with("OR REPLACE"), [
+                dict(path=s.path, size=s.size, mtime_ns=s.mtime_ns, reason=s.reason, seen_at=now) for s in skips])
 
     def forget_skipped(self, paths: Iterable[str]) -> None:
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
             self._forget_skips(conn, list(paths))
 
     def images_by_id(self, ids: Sequence[int]) -> dict[int, sa.Row]:
         cols = [images_t.c.id, images_t.c.path, images_t.c.width, images_t.c.height]
-        with self.engine.connect() as conn:
+        with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(sa.select(*cols).where(images_t.c.id.in_(list(ids))))
             return {r.id: r for r in rows}
 
-    def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        hashes = list(set(hashes))
-        query = sa.select(images_t.c.content_hash, images_t.c.vector)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query.where(images_t.c.content_hash.in_(hashes))) if hashes else []
+    def image_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        t = image_vectors_t
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.vector).where(t.c.id.in_(list(ids))))
             return {r[0]: np.frombuffer(r[1], np.float32) for r in rows}
 
+    def all_paths(self) -> list[tuple[int, str]]:
+        with self._guard(), self.engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql("SELECT id, path FROM images ORDER BY path")]
+
     def skipped(self) -> list[Skip]:
-        with self.engine.connect() as conn:
+        with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(sa.select(skipped_t.c.path, skipped_t.c.size, skipped_t.c.mtime_ns,
                                           skipped_t.c.reason).order_by(skipped_t.c.path))
             return [Skip(*r) for r in rows]
 
     # -- texts ----------------------------------------------------------------------------------
-    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str | None) -> tuple[list[int], int]:
+    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str | None,
+                  manifest: dict | None = None) -> tuple[list[int], int]:
         now = time.time()
-        with self.engine.begin() as conn:
-            ids = [
-                conn.execute(sa.insert(texts_t).values(
-                    text=t, source=source, added_at=now, vector=_blob(v))).inserted_primary_key[0]
-                for t, v in zip(texts, vectors)
-            ]
+        with self._guard(), self.engine.begin() as conn:
+            for key, value in (manifest or {}).items():
+                self._put(conn, key, value)
+            first = (conn.exec_driver_sql("SELECT max(id) FROM texts").scalar() or 0) + 1
+            ids = list(range(first, first + len(texts)))
+            if ids:
+                conn.execute(sa.insert(texts_t), [dict(id=i, text=t, source=source, added_at=now, vector=_blob(v))
+                                                  for i, t, v in zip(ids, texts, vectors)])
             return ids, self._bump(conn, "texts")
 
     def texts_by_id(self, ids: Sequence[int]) -> dict[int, sa.Row]:
         cols = [texts_t.c.id, texts_t.c.text, texts_t.c.source]
-        with self.engine.connect() as conn:
+        with self._guard(), self.engine.connect() as conn:
             return {r.id: r for r in conn.execute(sa.select(*cols).where(texts_t.c.id.in_(list(ids))))}
 
     def clear_texts(self, source: str | None = None) -> int:
         query = sa.delete(texts_t)
         if source is not None:
             query = query.where(texts_t.c.source == source)
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
             removed = conn.execute(query).rowcount
             self._bump(conn, "texts")
             return removed
 
     # -- shared ---------------------------------------------------------------------------------
     def count(self, table: str) -> int:
-        t = TABLES.get(table, skipped_t if table == "skipped" else None)
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+        with self._guard(), self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(_COUNTED[table])).scalar_one()
 
-    def all_vectors(self, table: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every (id, vector) of images or texts, for rebuilding a FAISS index."""
-        t = TABLES[table]
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.id, t.c.vector).order_by(t.c.id)).all()
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
-        return ids, vectors
+    def has_rows(self, table: str) -> bool:
+        with self._guard(), self.engine.connect() as conn:
+            return conn.execute(sa.select(_COUNTED[table]).limit(1)).first() is not None
+
+    def first_vector_size(self, table: str) -> int | None:
+        """Dimension of the stored vectors (without loading the model), or None when there are none."""
+        t = _VECTOR_TABLES[table]
+        with self._guard(), self.engine.connect() as conn:
+            size = conn.execute(sa.select(sa.func.length(t.c.vector)).limit(1)).scalar()
+        return size // 4 if size else None
+
+    def snapshot_vectors(self, table: str, dim: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, ids, vectors) of every image or text, all from one snapshot.
+
+        Read in chunks into one preallocated array: peak memory is the vectors plus one chunk.
+        """
+        t = _VECTOR_TABLES[table]
+        with self._guard(), self.engine.connect() as conn:
+            generation = self._get(conn, f"{table}_generation", 0)
+            n = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            ids, vectors = np.empty(n, np.int64), np.empty((n, dim), np.float32)
+            result = conn.execution_options(yield_per=_READ_CHUNK).execute(
+                sa.select(t.c.id, t.c.vector).order_by(t.c.id))
+            flat = memoryview(vectors.reshape(-1)).cast("B")
+            row_bytes = dim * 4
+            for i, (row_id, blob) in enumerate(result):
+                ids[i] = row_id
+                flat[i * row_bytes : (i + 1) * row_bytes] = blob
+        return generation, ids, vectors
 
 
 def _image_values(img: NewImage, now: float) -> dict:
     return dict(
         path=img.path, size=img.size, mtime_ns=img.mtime_ns, content_hash=img.content_hash,
-        width=img.width, height=img.height, indexed_at=now, vector=_blob(img.vector),
+        width=img.width, height=img.height, indexed_at=now,
     )
+
+
+class _translated_errors:
+    """SQLite failures a user can cause or meet become ImgsearchErrors with a fix."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, (sa.exc.DBAPIError, sqlite3.Error)):
+            return False
+        text = str(getattr(exc, "orig", exc))
+        if "disk is full" in text or "disk I/O error" in text:
+            cause = "no space left" if "full" in text else "a disk error (is the disk full?)"
+            raise DiskFullError(
+                f"{cause} writing {self.path} (SQLite: {text}); free some space and run the command again: "
+                "what was saved before is intact"
+            ) from None
+        if "not a database" in text or "malformed" in text:
+            raise CollectionError(
+                f"{self.path} is not an imgsearch collection (not a SQLite database, or a damaged one: {text}); "
+                "pass --index with a collection folder, or move this file away"
+            ) from None
+        if "readonly" in text or "unable to open" in text:
+            raise CollectionError(f"cannot open {self.path}: {text}; check the folder's permissions") from None
+        return False

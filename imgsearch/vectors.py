@@ -7,6 +7,8 @@ is rebuilt from the vectors in the store: slower to open once, never wrong.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import IndexConfig
+from .errors import DiskFullError
 from .index import VectorIndex
 from .store import Store
 
@@ -55,8 +58,7 @@ class SyncedIndex:
             return None
 
     def rebuild(self) -> None:
-        generation = self.store.generation(self.table)
-        ids, vectors = self.store.all_vectors(self.table, self.dim)
+        generation, ids, vectors = self.store.snapshot_vectors(self.table, self.dim)
         self._index = VectorIndex.build(self.dim, ids, vectors, self.config)
         self._generation = generation
 
@@ -78,9 +80,43 @@ class SyncedIndex:
             return
         if self._index.needs_rebuild():
             self.rebuild()
-        self._index.save(self.file)
-        tmp = self.stamp.with_name(f"{self.stamp.name}.{os.getpid()}.tmp")
-        tmp.write_text(str(self._generation))
-        os.replace(tmp, self.stamp)
+        with _disk_errors(self.file):
+            self._index.save(self.file)
+            _write_atomically(self.stamp, str(self._generation))
         self._saved_generation = self._generation
         self._last_save = time.monotonic()
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Temporary files of saves that were killed or failed; call only while holding the writer lock."""
+    removed = []
+    for leftover in folder.glob("*.faiss*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path):
+    """faiss reports a full disk as a RuntimeError naming errno; both become DiskFullError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        text = str(exc)
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
+            raise DiskFullError(
+                f"no space left writing {path}; free some space and run the command again: "
+                "the database holds every vector, so nothing indexed is lost"
+            ) from None
+        raise

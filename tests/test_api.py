@@ -151,13 +151,16 @@ def test_collection_remembers_its_model_and_refuses_another(tmp_path, tiny_model
     with imgsearch.open(tmp_path / "c") as engine:
         assert engine.model.name == TINY_MODEL and engine.info().dim == 32
     with imgsearch.open(tmp_path / "c", model=ModelConfig()) as engine:
-        with pytest.raises(ModelMismatchError, match=f"built with {TINY_MODEL}.*--index NEW_PATH"):
+        with pytest.raises(ModelMismatchError, match=f"built with {TINY_MODEL}.*open it with model=None") as caught:
             engine.search("a dog")
+    assert "--" not in str(caught.value)  # API errors give API advice, the CLI its flags
+    assert "--index NEW_PATH" in caught.value.for_cli()
 
 
 def test_missing_and_empty_collections_say_what_to_do(tmp_path, tiny_model, photo_dir):
-    with pytest.raises(CollectionNotFoundError, match="imgsearch index DIR"):
+    with pytest.raises(CollectionNotFoundError, match="index_folder") as caught:
         imgsearch.open(tmp_path / "none").search("a dog")
+    assert "imgsearch index DIR" in caught.value.for_cli()
     with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
         engine.add_texts(["only texts here"])
         with pytest.raises(EmptyCollectionError, match="no images"):

@@ -1,7 +1,7 @@
 """Incremental indexing rules on plain records (no model, no database)."""
 
 from imgsearch.images import FileEntry, ScanProblem
-from imgsearch.planning import find_moves, find_touched, make_plan
+from imgsearch.planning import find_touched, make_plan, match_content
 from imgsearch.store import ImageState, Skip
 
 
@@ -34,17 +34,30 @@ def test_moves_pair_new_files_with_vanished_rows_by_content():
     known = {"/p/old.jpg": _state(1, "/p/old.jpg", digest="same"), "/p/x.jpg": _state(2, "/p/x.jpg", digest="gone")}
     scanned = [FileEntry("/p/renamed.jpg", 10, 9), FileEntry("/p/other.jpg", 4, 4)]
     plan = make_plan(scanned, known, {})
-    find_moves(plan, {"/p/renamed.jpg": "same", "/p/other.jpg": "different"}.get)
+    match_content(plan, {"/p/renamed.jpg": "same", "/p/other.jpg": "different"}, {"same": [known["/p/old.jpg"]]},
+                  exists=lambda path: False)
     assert [(m.id, m.path, m.mtime_ns) for m in plan.moved] == [(1, "/p/renamed.jpg", 9)]
     assert [e.path for e in plan.new] == ["/p/other.jpg"]
     assert list(plan.vanished) == ["/p/x.jpg"]
 
 
-def test_one_vanished_row_moves_to_only_one_of_two_copies():
+def test_one_vanished_row_moves_to_one_of_two_copies_and_the_other_reuses_its_vector():
     known = {"/p/old.jpg": _state(1, "/p/old.jpg", digest="same")}
     plan = make_plan([FileEntry("/p/c1.jpg", 10, 1), FileEntry("/p/c2.jpg", 10, 1)], known, {})
-    find_moves(plan, lambda path: "same")
-    assert len(plan.moved) == 1 and len(plan.new) == 1 and not plan.vanished
+    match_content(plan, {"/p/c1.jpg": "same", "/p/c2.jpg": "same"}, {"same": [known["/p/old.jpg"]]}, lambda p: False)
+    assert len(plan.moved) == 1 and not plan.new and not plan.vanished
+    assert [(e.path, s.id) for e, s in plan.copies] == [("/p/c2.jpg", 1)]
+
+
+def test_a_renamed_folder_is_a_move_collection_wide_and_a_copy_of_a_present_file_reuses_its_vector():
+    elsewhere = {"gone": [_state(7, "/old_root/a.jpg", digest="gone")], "kept": [_state(8, "/other/b.jpg", digest="kept")]}
+    scanned = [FileEntry("/new_root/a.jpg", 10, 1), FileEntry("/new_root/b.jpg", 10, 1), FileEntry("/new_root/c.jpg", 3, 1)]
+    plan = make_plan(scanned, {}, {})
+    on_disk = {"/other/b.jpg"}
+    match_content(plan, {"/new_root/a.jpg": "gone", "/new_root/b.jpg": "kept"}, elsewhere, on_disk.__contains__)
+    assert [(m.id, m.path) for m in plan.moved] == [(7, "/new_root/a.jpg")]
+    assert [(e.path, s.id) for e, s in plan.copies] == [("/new_root/b.jpg", 8)]
+    assert [e.path for e in plan.new] == ["/new_root/c.jpg"]
 
 
 def test_rows_under_an_unlistable_folder_are_kept_not_deleted():

@@ -83,7 +83,7 @@ def test_keyboard_interrupt_keeps_finished_batches_and_the_rerun_adds_the_rest(t
     photos = make_photos(folder, 150)
     settings = IndexingConfig(batch_size=16, workers=2)
 
-    def interrupt_after_three_batches(done: int, total: int) -> None:
+    def interrupt_after_three_batches(done: int, total: int, stage: str = "") -> None:
         if done >= 3 * 16:
             raise KeyboardInterrupt
 

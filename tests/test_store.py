@@ -34,7 +34,8 @@ def test_apply_is_one_transaction_that_bumps_the_generation(tmp_path):
     _, gen = store.apply(Changes(moved=[Moved(ids[0], "/moved.jpg", 11, 5)], deleted=[ids[1]]))
     assert gen == 2
     assert set(store.image_states()) == {"/moved.jpg"}
-    got_ids, vectors = store.all_vectors("images", 4)
+    generation, got_ids, vectors = store.snapshot_vectors("images", 4)
+    assert generation == 2
     assert got_ids.tolist() == [ids[0]] and vectors[0].tolist() == [1.0] * 4
     assert [s.reason for s in store.skipped()] == ["empty file"]
 

@@ -1,0 +1,81 @@
+"""One indexing run, step by step: plan against the store, book the changes, embed what is left.
+
+``Collection.index_folder`` drives these under the writer lock. Nothing here holds state between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from . import images as imgs
+from .planning import Plan, find_touched, make_plan, match_content
+from .results import IndexReport, SkippedFile
+from .store import Changes, NewImage, Skip, Store
+
+
+def plan_run(store: Store, root: Path, excludes: Sequence[str]) -> Plan:
+    """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide."""
+    prefix = os.path.join(str(root), "")
+    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix))
+    sizes = store.known_sizes() if plan.new else set()
+    hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}
+    if hashes:
+        match_content(plan, hashes, store.states_by_hash(hashes.values()), os.path.lexists)
+    find_touched(plan, _hash_or_none)
+    return plan
+
+
+def bookkeeping(store: Store, plan: Plan) -> Changes:
+    """Everything decided without the model: moves, touches, deletions, scan problems, copies."""
+    sources = [state.id for _, state in plan.copies]
+    vectors, rows = (store.image_vectors(sources), store.images_by_id(sources)) if sources else ({}, {})
+    copies = [NewImage(e.path, e.size, e.mtime_ns, s.content_hash, rows[s.id].width, rows[s.id].height, vectors[s.id])
+              for e, s in plan.copies if s.id in vectors]
+    return Changes(new=copies, moved=plan.moved + plan.touched, deleted=[s.id for s in plan.vanished.values()],
+                   skipped=plan.problems, unskipped=plan.gone_skips)
+
+
+def report_for(root: Path, plan: Plan) -> IndexReport:
+    return IndexReport(
+        folder=str(root),
+        scanned=plan.unchanged + len(plan.touched) + len(plan.new) + len(plan.changed) + len(plan.moved)
+        + len(plan.copies) + plan.still_skipped + len(plan.problems),
+        unchanged=plan.unchanged + len(plan.touched), moved=len(plan.moved), removed=len(plan.vanished),
+        added=len(plan.copies), reused=len(plan.copies), still_skipped=plan.still_skipped,
+        skipped=[SkippedFile(p.path, p.reason) for p in plan.problems],
+    )
+
+
+def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Changes:
+    """The store batch for one embedded batch of files."""
+    changes = Changes()
+    for pos, details, vector in zip(batch.positions, batch.details, batch.vectors):
+        entry = entries[pos]
+        row = NewImage(entry.path, entry.size, entry.mtime_ns, details.content_hash,
+                       details.width, details.height, vector)
+        if entry.path in plan.changed:
+            changes.replaced[plan.changed[entry.path][0].id] = row
+        else:
+            changes.new.append(row)
+    for pos, reason in batch.failures:
+        entry = entries[pos]
+        changes.skipped.append(Skip(entry.path, entry.size, entry.mtime_ns, reason))
+        if entry.path in plan.changed:  # was fine, now unreadable: its old vector no longer describes it
+            changes.deleted.append(plan.changed[entry.path][0].id)
+    return changes
+
+
+def tally(report: IndexReport, changes: Changes) -> None:
+    report.added += len(changes.new)
+    report.updated += len(changes.replaced)
+    report.removed += len(changes.deleted)
+    report.skipped.extend(SkippedFile(s.path, s.reason) for s in changes.skipped)
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return imgs.file_hash(path)
+    except OSError:
+        return None
