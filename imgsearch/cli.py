@@ -275,6 +275,10 @@ def eval_(
                                       help="Index size from which the index is IVF (0: always)."),
     nprobe: int = typer.Option(IndexConfig.nprobe, "--nprobe", min=1, help="IVF lists searched per query."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the full report as JSON here."),
+    published_as: Optional[str] = typer.Option(
+        None, "--published-as", metavar="TAG",
+        help="The open_clip tag a --pretrained checkpoint file holds (e.g. laion2b_s34b_b79k), to show its "
+             "published numbers."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Recall@1/5/10 and MRR, text->image and image->text, exact and through imgsearch's index
@@ -285,11 +289,14 @@ def eval_(
 
     chosen = _model(model, pretrained)
     config = IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe)
+    if json_out is not None and not json_out.parent.is_dir():  # found now, not after an hour of embedding
+        _fail(f"--json-out: folder {json_out.parent} does not exist; create it or pick another path", 2)
     with _user_errors():
         data = load_dataset(dataset.lower(), annotations, images)
         embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
         with _progress_bar("embedding", "item", enabled=not as_json) as bar:
-            report = evaluate(data, embedder, config, batch_size, lambda stage, done, total: bar(done, total, f"embedding {stage}"))
+            report = evaluate(data, embedder, config, batch_size,
+                              lambda stage, done, total: bar(done, total, f"embedding {stage}"), published_as)
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))

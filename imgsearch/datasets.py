@@ -37,12 +37,22 @@ class RetrievalDataset:
         return len(self.captions)
 
 
+# The Karpathy test protocol scores 5 captions per image; some files hold more for a few images
+# (COCO's widely used dataset_coco.json has ~25,010 test captions), which would shift published numbers.
+PROTOCOL_CAPTIONS = {"coco": 5, "flickr30k": 5}
+
+
 def load_dataset(kind: str, annotations: str | os.PathLike, images: str | os.PathLike,
                  check_images: bool = True) -> RetrievalDataset:
-    """Read annotations and find each image under ``images``; raises DatasetError on any gap."""
+    """Read annotations and find each image under ``images``; raises DatasetError on any gap.
+
+    For coco and flickr30k only the first 5 captions of each image are kept, as the protocol does.
+    """
     pairs = read_pairs(Path(annotations))
     if not pairs:
         raise DatasetError(f"{annotations} holds no image/caption pairs")
+    if kind in PROTOCOL_CAPTIONS:
+        pairs = [(image, caps[: PROTOCOL_CAPTIONS[kind]]) for image, caps in pairs]
     paths = [p for p, _ in pairs]
     if check_images:
         paths = resolve_images(paths, Path(images))
@@ -52,20 +62,39 @@ def load_dataset(kind: str, annotations: str | os.PathLike, images: str | os.Pat
 
 
 def read_pairs(path: Path) -> Pairs:
+    """(image, captions) pairs from any supported file; any flaw is a one-line DatasetError naming it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DatasetError(f"cannot read annotations {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not a text file (not UTF-8); supported: {FORMATS}") from None
     if not text.lstrip().startswith(("[", "{")):
         return _read_csv(text)
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    try:
+        return _read_json(data, path)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise DatasetError(f"unexpected structure in {path}: {_describe(exc)}; supported: {FORMATS}") from None
+
+
+def _read_json(data, path: Path) -> Pairs:
     if isinstance(data, list):
         return _read_blip(data)
     if isinstance(data, dict) and "annotations" in data:
         return _read_coco(data)
     if isinstance(data, dict) and data.get("images") and "sentences" in data["images"][0]:
-        return _read_karpathy(data)
+        return _read_karpathy(data, path)
     raise DatasetError(f"unknown annotation format in {path}; supported: {FORMATS}")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"an entry has no {exc.args[0]!r} field"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _grouped(rows) -> Pairs:
@@ -94,12 +123,25 @@ def _read_blip(items: list) -> Pairs:
 
 def _read_coco(data: dict) -> Pairs:
     names = {img["id"]: img["file_name"] for img in data["images"]}
-    return _grouped((names[a["image_id"]], a["caption"].strip()) for a in data["annotations"])
+
+    def rows():
+        for i, a in enumerate(data["annotations"]):
+            if a["image_id"] not in names:
+                raise DatasetError(f"annotation #{i} (id {a.get('id')}) names image_id {a['image_id']}, "
+                                   "which is not in \"images\"")
+            yield names[a["image_id"]], a["caption"].strip()
+
+    return _grouped(rows())
 
 
-def _read_karpathy(data: dict) -> Pairs:
+def _read_karpathy(data: dict, path: Path) -> Pairs:
     images = data["images"]
-    test = [img for img in images if img.get("split") == "test"] or images
+    test = [img for img in images if img.get("split") == "test"]
+    if not test:
+        splits = sorted({str(img.get("split")) for img in images})
+        raise DatasetError(f"{path} has no image in the 'test' split (splits: {', '.join(splits)}); the Karpathy "
+                           "protocol evaluates the test split: pass the dataset_*.json that has one, or a BLIP-style "
+                           "JSON or CSV file listing exactly the images to evaluate")
     return [(os.path.join(img.get("filepath", ""), img["filename"]), [s["raw"] for s in img["sentences"]])
             for img in test]
 

@@ -50,3 +50,7 @@ class DatasetError(ImgsearchError):
 
 class DiskFullError(ImgsearchError):
     """A write failed for lack of space (or a disk error); what was saved before is intact."""
+
+
+class InvalidEmbeddingsError(ImgsearchError):
+    """A model produced NaN or inf vectors, which no metric can rank."""

@@ -2,8 +2,13 @@
 
 Protocol (LAION CLIP_benchmark): embeddings are L2-normalised; a text->image query is a hit at k if its
 image is among the top k; an image->text query is a hit at k if any of its captions is. MRR averages
-1/rank of the first relevant item. Ties: rank = 1 + number of items scoring strictly higher than the
-best relevant item (ties resolve in the query's favour; with float embeddings they are vanishingly rare).
+1/rank of the first relevant item.
+
+Ties favour no one: an item tied with the best relevant one is as likely to come before it as after,
+so Recall@K and MRR are their expected values when ties are broken uniformly at random (computed
+exactly, not sampled). Identical or all-zero embeddings therefore score chance (R@1 = 1/n), not 100%;
+on real data this matters because some captions are word-for-word equal to another image's.
+NaN or inf embeddings are an error. Both the exact path and the index path use this rule.
 """
 
 from __future__ import annotations
@@ -15,15 +20,44 @@ from typing import Callable
 
 import numpy as np
 
-from . import reference
+from . import checkpoints, reference
 from .config import IndexConfig, IndexingConfig
 from .datasets import RetrievalDataset
-from .errors import DatasetError
+from .errors import DatasetError, InvalidEmbeddingsError
 from .index import VectorIndex
 
 KS = (1, 5, 10)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 _CHUNK_CELLS = 4_000_000  # similarity cells held at once: bounds memory on 25k x 5k problems
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Where each query's first relevant item lands, ties kept apart so that no rule can favour the query.
+
+    ``higher``: items scoring strictly above the best relevant one; ``tied_other``: non-relevant items with
+    exactly that score; ``tied_relevant``: relevant items with it (>= 1); ``found``: a relevant item was
+    scored at all (an image without captions, or one an IVF probe missed, is not found).
+    """
+
+    higher: np.ndarray
+    tied_other: np.ndarray
+    tied_relevant: np.ndarray
+    found: np.ndarray
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, relevant: np.ndarray) -> "Outcomes":
+        """scores: (n, m), -inf where an item was not scored (padding); relevant: (n, m) bool."""
+        best = np.where(relevant, scores, -np.inf).max(axis=1, initial=-np.inf)
+        found = np.isfinite(best)
+        tied = scores == best[:, None]
+        return cls((scores > best[:, None]).sum(axis=1), (tied & ~relevant).sum(axis=1),
+                   np.maximum((tied & relevant).sum(axis=1), 1), found)
+
+    @classmethod
+    def concat(cls, parts: list["Outcomes"]) -> "Outcomes":
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0, np.int64)
+                     for f in ("higher", "tied_other", "tied_relevant", "found")))
 
 
 @dataclass(frozen=True)
@@ -34,11 +68,17 @@ class Metrics:
     mrr: float
 
     @classmethod
+    def from_outcomes(cls, o: Outcomes) -> "Metrics":
+        """Expected Recall@K and MRR when ties are broken uniformly at random (see the module docstring)."""
+        n = max(1, len(o.found))
+        recalls = [float(np.sum(_p_rank_at_most(o, k)) / n) for k in KS]
+        return cls(*recalls, float(np.sum(_expected_reciprocal_rank(o)) / n))
+
+    @classmethod
     def from_ranks(cls, ranks: np.ndarray) -> "Metrics":
-        """ranks: 1-based rank of the first relevant item per query; inf where none was found."""
+        """ranks: 1-based rank of the first relevant item per query (no ties); inf where none was found."""
         ranks = np.asarray(ranks, np.float64)
-        recalls = [float(np.mean(ranks <= k)) for k in KS]
-        return cls(*recalls, float(np.mean(1.0 / ranks)))
+        return cls(*[float(np.mean(ranks <= k)) for k in KS], float(np.mean(1.0 / ranks)))
 
     def minus(self, other: "Metrics") -> "Metrics":
         return Metrics(*(a - b for a, b in zip(astuple(self), astuple(other))))
@@ -48,51 +88,74 @@ def astuple(m: Metrics) -> tuple[float, ...]:
     return (m.r1, m.r5, m.r10, m.mrr)
 
 
-def exact_ranks(queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray,
-                gallery_labels: np.ndarray) -> np.ndarray:
-    """Rank of the first gallery item whose label equals the query's, from full similarity rows."""
-    rows = max(1, _CHUNK_CELLS // max(1, len(gallery)))
-    out = np.empty(len(queries), np.float64)
-    for start in range(0, len(queries), rows):
-        sim = queries[start : start + rows] @ gallery.T
-        relevant = gallery_labels[None, :] == query_labels[start : start + rows, None]
-        best = np.where(relevant, sim, -np.inf).max(axis=1)
-        out[start : start + rows] = 1 + (sim > best[:, None]).sum(axis=1)
+def _p_first_relevant_after(t: int, r: int) -> np.ndarray:
+    """P(X >= j) for j = 0..t+1, X = non-relevant items placed before the first of r relevant ones
+    when t + r tied items are shuffled: prod_{i<j} (t - i) / (t + r - i)."""
+    i = np.arange(t)
+    return np.concatenate([[1.0], np.cumprod((t - i) / (t + r - i)), [0.0]])
+
+
+def _p_rank_at_most(o: Outcomes, k: int) -> np.ndarray:
+    out = np.where(o.found & (o.higher < k), 1.0, 0.0)
+    for q in np.flatnonzero(o.found & (o.higher < k) & (o.tied_other >= k - o.higher)):
+        out[q] = 1.0 - _p_first_relevant_after(int(o.tied_other[q]), int(o.tied_relevant[q]))[k - o.higher[q]]
     return out
 
 
-def ranks_from_ids(ids: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """Rank of the first relevant id in each row of a top-k list (-1 = padding); inf if absent."""
-    labels = np.where(ids >= 0, gallery_labels[np.clip(ids, 0, None)], -1)
-    hit = labels == query_labels[:, None]
-    first = hit.argmax(axis=1).astype(np.float64) + 1
-    return np.where(hit.any(axis=1), first, np.inf)
+def _expected_reciprocal_rank(o: Outcomes) -> np.ndarray:
+    out = np.where(o.found, 1.0 / (1.0 + o.higher), 0.0)
+    for q in np.flatnonzero(o.found & (o.tied_other > 0)):
+        t, r, h = int(o.tied_other[q]), int(o.tied_relevant[q]), int(o.higher[q])
+        at_least = _p_first_relevant_after(t, r)
+        out[q] = float(np.sum((at_least[:-1] - at_least[1:]) / (1.0 + h + np.arange(t + 1))))
+    return out
 
 
-def index_ranks(index: VectorIndex, queries: np.ndarray, query_labels: np.ndarray,
-                gallery_labels: np.ndarray) -> np.ndarray:
-    """Ranks through the index, asking for the whole gallery so MRR is comparable to the exact one."""
+def check_finite(name: str, vectors: np.ndarray) -> None:
+    """NaN or inf embeddings would make every comparison false and the metrics meaningless."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise InvalidEmbeddingsError(
+            f"{int(bad.sum())} of {len(vectors)} {name} embeddings contain NaN or inf (first: #{int(np.argmax(bad))}); "
+            "the model's output is invalid: check the checkpoint, and try --precision fp32 / --device cpu"
+        )
+
+
+def exact_outcomes(queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray,
+                   gallery_labels: np.ndarray) -> Outcomes:
+    """Outcomes from full similarity rows, a few rows at a time."""
+    rows = max(1, _CHUNK_CELLS // max(1, len(gallery)))
+    parts = []
+    for start in range(0, len(queries), rows):
+        sim = queries[start : start + rows] @ gallery.T
+        parts.append(Outcomes.from_scores(sim, gallery_labels[None, :] == query_labels[start : start + rows, None]))
+    return Outcomes.concat(parts)
+
+
+def index_outcomes(index: VectorIndex, queries: np.ndarray, query_labels: np.ndarray,
+                   gallery_labels: np.ndarray) -> Outcomes:
+    """Outcomes through the index, asking for the whole gallery so MRR is comparable to the exact one."""
     k = index.ntotal
     rows = max(64, _CHUNK_CELLS // max(1, k))
-    parts = [ranks_from_ids(index.search(queries[s : s + rows], k).ids, query_labels[s : s + rows], gallery_labels)
-             for s in range(0, len(queries), rows)]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    parts = []
+    for start in range(0, len(queries), rows):
+        hits = index.search(queries[start : start + rows], k)
+        labels = np.where(hits.ids >= 0, gallery_labels[np.clip(hits.ids, 0, None)], -1)
+        scores = np.where(hits.ids >= 0, hits.scores, -np.inf)
+        parts.append(Outcomes.from_scores(scores, labels == query_labels[start : start + rows, None]))
+    return Outcomes.concat(parts)
 
 
 def text_to_image_metrics(sim: np.ndarray, caption_image: np.ndarray) -> Metrics:
     """sim: (n_captions, n_images); caption_image[i] is caption i's image."""
-    return Metrics.from_ranks(_ranks_from_sim(sim, caption_image, np.arange(sim.shape[1])))
+    relevant = np.arange(sim.shape[1])[None, :] == caption_image[:, None]
+    return Metrics.from_outcomes(Outcomes.from_scores(sim, relevant))
 
 
 def image_to_text_metrics(sim: np.ndarray, caption_image: np.ndarray) -> Metrics:
     """sim: (n_images, n_captions); an image's relevant captions are those with caption_image == it."""
-    return Metrics.from_ranks(_ranks_from_sim(sim, np.arange(sim.shape[0]), caption_image))
-
-
-def _ranks_from_sim(sim, query_labels, gallery_labels) -> np.ndarray:
-    relevant = gallery_labels[None, :] == query_labels[:, None]
-    best = np.where(relevant, sim, -np.inf).max(axis=1)
-    return 1 + (sim > best[:, None]).sum(axis=1).astype(np.float64)
+    relevant = caption_image[None, :] == np.arange(sim.shape[0])[:, None]
+    return Metrics.from_outcomes(Outcomes.from_scores(sim, relevant))
 
 
 @dataclass(frozen=True)
@@ -124,6 +187,7 @@ class EvalReport:
     search_seconds: float
     timestamp: str
     reference: dict | None = field(default=None)  # direction -> (R@1, R@5, R@10)
+    reference_note: str | None = None  # why no published numbers are shown, when they are not
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -153,30 +217,41 @@ def embed_dataset(dataset: RetrievalDataset, embedder, batch_size: int = 64,
 
 
 def _direction(queries, gallery, query_labels, gallery_labels, config: IndexConfig) -> DirectionResult:
-    exact = Metrics.from_ranks(exact_ranks(queries, gallery, query_labels, gallery_labels))
+    exact = Metrics.from_outcomes(exact_outcomes(queries, gallery, query_labels, gallery_labels))
     index = VectorIndex.build(gallery.shape[1], np.arange(len(gallery)), gallery, config)
-    approx = Metrics.from_ranks(index_ranks(index, queries, query_labels, gallery_labels))
+    approx = Metrics.from_outcomes(index_outcomes(index, queries, query_labels, gallery_labels))
     nprobe = min(config.nprobe, index.nlist) if index.kind == "ivf" else None
     return DirectionResult(exact, approx, index.kind, index.nlist, nprobe)
 
 
+def evaluate_embeddings(images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray,
+                        index_config: IndexConfig = IndexConfig()) -> tuple[DirectionResult, DirectionResult]:
+    """(text->image, image->text) results for given embeddings: the metric core, without a model."""
+    check_finite("image", images)
+    check_finite("caption", texts)
+    image_ids = np.arange(len(images))
+    return (_direction(texts, images, caption_image, image_ids, index_config),
+            _direction(images, texts, image_ids, caption_image, index_config))
+
+
 def evaluate(dataset: RetrievalDataset, embedder, index_config: IndexConfig = IndexConfig(),
-             batch_size: int = 64, progress: Progress | None = None) -> EvalReport:
+             batch_size: int = 64, progress: Progress | None = None, published_as: str | None = None) -> EvalReport:
+    """``published_as``: the open_clip tag a checkpoint file holds, to show its published numbers."""
     started = time.perf_counter()
     images, texts = embed_dataset(dataset, embedder, batch_size, progress)
     embedded = time.perf_counter()
-    owner, image_ids = dataset.caption_image, np.arange(dataset.n_images)
-    t2i = _direction(texts, images, owner, image_ids, index_config)
-    i2t = _direction(images, texts, image_ids, owner, index_config)
+    t2i, i2t = evaluate_embeddings(images, texts, dataset.caption_image, index_config)
     model = embedder.config
+    full_split = reference.FULL_SPLITS.get(dataset.name) == (dataset.n_images, dataset.n_captions)
+    published, why_not = reference.find(model.name, published_as or model.pretrained, dataset.name, full_split,
+                                        from_file=checkpoints.is_path(model.pretrained) and not published_as)
     return EvalReport(
         dataset=dataset.name, model=model.name, pretrained=model.pretrained, device=embedder.device,
-        n_images=dataset.n_images, n_captions=dataset.n_captions,
-        full_split=reference.FULL_SPLITS.get(dataset.name) == (dataset.n_images, dataset.n_captions),
+        n_images=dataset.n_images, n_captions=dataset.n_captions, full_split=full_split,
         text_to_image=t2i, image_to_text=i2t,
         embed_seconds=embedded - started, search_seconds=time.perf_counter() - embedded,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        reference=reference.lookup(model.name, model.pretrained, dataset.name),
+        reference=published, reference_note=why_not,
     )
 
 
@@ -188,17 +263,17 @@ def format_table(report: EvalReport) -> str:
         f"{'direction':<15}{'':<11}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MRR':>8}",
     ]
     for key, title in (("text_to_image", "text->image"), ("image_to_text", "image->text")):
-        lines += _direction_rows(title, getattr(report, key), (report.reference or {}).get(key), report.full_split)
-    if report.reference and not report.full_split:
-        lines.append("published numbers are for the full Karpathy test split; this run used a different set")
+        lines += _direction_rows(title, getattr(report, key), (report.reference or {}).get(key))
+    if report.reference_note:
+        lines.append(f"no published numbers: {report.reference_note}")
     lines.append(f"embedding {report.embed_seconds:.1f}s, search {report.search_seconds:.1f}s; values in %")
     return "\n".join(lines)
 
 
-def _direction_rows(title: str, result: DirectionResult, published, comparable: bool) -> list[str]:
+def _direction_rows(title: str, result: DirectionResult, published) -> list[str]:
     kind = "index" if result.index_kind == "flat" else f"ivf {result.nprobe}/{result.nlist}"
     rows = [("exact", astuple(result.exact)), (kind, astuple(result.index)), ("difference", astuple(result.delta))]
-    if published and comparable:
+    if published:
         rows.append(("published", tuple(published)))
     return [f"{title if i == 0 else '':<15}{label:<11}" + "".join(f"{v * 100:>8.2f}" for v in values)
             for i, (label, values) in enumerate(rows)]

@@ -20,6 +20,8 @@ from .config import IndexConfig
 
 # Batches at least this large are searched on a GPU when faiss has one.
 _GPU_MIN_QUERIES = 256
+# faiss GPU indexes answer at most this many neighbours per query; larger k searches on the CPU.
+GPU_MAX_K = 2048
 # Smaller batches search on one thread: faiss's OpenMP pool and torch's busy-wait against each
 # other between calls, which made one-image queries ~30x slower on a 2-core machine.
 _PARALLEL_MIN_QUERIES = 64
@@ -170,12 +172,13 @@ class VectorIndex:
         if self.ntotal == 0:
             empty = np.full((len(queries), k), -1, np.int64)
             return Hits(empty, np.full((len(queries), k), -np.inf, np.float32))
+        k = min(k, self.ntotal)
         with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
-            scores, ids = self._searcher(len(queries)).search(queries, min(k, self.ntotal))
+            scores, ids = self._searcher(len(queries), k).search(queries, k)
         return Hits(ids, scores)
 
-    def _searcher(self, n_queries: int) -> faiss.Index:
-        if n_queries < _GPU_MIN_QUERIES or gpu_count() == 0:
+    def _searcher(self, n_queries: int, k: int) -> faiss.Index:
+        if n_queries < _GPU_MIN_QUERIES or k > GPU_MAX_K or gpu_count() == 0:
             return self._index
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)

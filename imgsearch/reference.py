@@ -53,3 +53,20 @@ FULL_SPLITS = {"flickr30k": (1000, 5000), "coco": (5000, 25000)}
 
 def lookup(model: str, pretrained: str | None, dataset: str) -> dict[str, Triple] | None:
     return RESULTS.get((model, pretrained or ""), {}).get(dataset)
+
+
+def find(model: str, tag: str | None, dataset: str, full_split: bool,
+         from_file: bool = False) -> tuple[dict[str, Triple] | None, str | None]:
+    """(published numbers, None), or (None, why there are none to compare with)."""
+    if dataset not in FULL_SPLITS:
+        return None, f"none are recorded for a dataset named {dataset!r} (only {', '.join(FULL_SPLITS)})"
+    if from_file:
+        return None, ("the model came from a checkpoint file; if it is one of open_clip's published checkpoints, "
+                      "name its tag with --published-as TAG")
+    found = lookup(model, tag, dataset)
+    if found is None:
+        known = ", ".join(f"{m}/{t}" for m, t in RESULTS)
+        return None, f"none are recorded for {model} ({tag or 'random weights'}); recorded: {known}"
+    if not full_split:
+        return None, "they are for the full Karpathy test split, and this run used a different set of images"
+    return found, None

@@ -5,19 +5,28 @@ import pytest
 
 from imgsearch.config import IndexConfig
 from imgsearch.evaluate import (
-    Metrics, exact_ranks, image_to_text_metrics, index_ranks, ranks_from_ids, text_to_image_metrics,
+    Metrics, Outcomes, exact_outcomes, image_to_text_metrics, index_outcomes, text_to_image_metrics,
 )
 from imgsearch.index import VectorIndex
 
 
 def brute_force(sim, relevant_sets, ks=(1, 5, 10)):
-    """The protocol read literally: sort each row, walk down to the first relevant item."""
-    ranks = []
+    """The protocol read literally, ties broken at random: the first relevant item of the tied block lands
+    at block position p with probability C(t + r - p, r - 1) / C(t + r, r) (the other r - 1 relevant items
+    take later places), so its rank is (items strictly above) + p."""
+    from math import comb
+
+    recalls, reciprocal = np.zeros(len(ks)), 0.0
     for row, relevant in zip(sim, relevant_sets):
-        order = sorted(range(len(row)), key=lambda j: (-row[j], j not in relevant))  # ties favour relevant
-        ranks.append(next(pos + 1 for pos, j in enumerate(order) if j in relevant))
-    ranks = np.array(ranks, float)
-    return [np.mean(ranks <= k) for k in ks] + [np.mean(1 / ranks)]
+        best = max(row[j] for j in relevant)
+        above = sum(v > best for v in row)
+        r = sum(row[j] == best for j in relevant)
+        t = sum(v == best for v in row) - r
+        for p in range(1, t + 2):
+            prob = comb(t + r - p, r - 1) / comb(t + r, r)
+            recalls += prob * np.array([above + p <= k for k in ks])
+            reciprocal += prob / (above + p)
+    return list(recalls / len(sim)) + [reciprocal / len(sim)]
 
 
 def test_text_to_image_hand_built():
@@ -46,9 +55,10 @@ def test_image_to_text_any_caption_counts():
     assert m.mrr == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
 
 
-def test_ties_resolve_in_the_querys_favour_and_k_beyond_gallery():
-    sim = np.array([[0.5, 0.5, 0.5]])  # all tied: rank 1 by the documented rule
-    assert text_to_image_metrics(sim, np.array([2])).r1 == 1.0
+def test_ties_favour_no_one_and_k_beyond_gallery():
+    sim = np.array([[0.5, 0.5, 0.5]])  # all tied: the relevant image is first one time in three
+    m = text_to_image_metrics(sim, np.array([2]))
+    assert m.r1 == pytest.approx(1 / 3) and m.r5 == 1.0 and m.mrr == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     m = text_to_image_metrics(np.array([[0.9, 0.1]]), np.array([1]))  # gallery of 2, k=5 and 10
     assert (m.r1, m.r5, m.r10, m.mrr) == (0.0, 1.0, 1.0, 0.5)
 
@@ -84,20 +94,21 @@ def test_chunked_exact_and_flat_index_ranks_equal_the_matrix_path(monkeypatch):
     owner = rng.integers(0, 40, 120)
     sim = texts @ images.T
     want = text_to_image_metrics(sim, owner)
-    got = Metrics.from_ranks(exact_ranks(texts, images, owner, np.arange(40)))
+    got = Metrics.from_outcomes(exact_outcomes(texts, images, owner, np.arange(40)))
     np.testing.assert_allclose(astuple(got), astuple(want))
     flat = VectorIndex.build(16, np.arange(40), images)
-    via_index = Metrics.from_ranks(index_ranks(flat, texts, owner, np.arange(40)))
+    via_index = Metrics.from_outcomes(index_outcomes(flat, texts, owner, np.arange(40)))
     np.testing.assert_allclose(astuple(via_index), astuple(want), atol=1e-12)
-    i2t = Metrics.from_ranks(index_ranks(VectorIndex.build(16, np.arange(120), texts), images, np.arange(40), owner))
+    i2t = Metrics.from_outcomes(index_outcomes(VectorIndex.build(16, np.arange(120), texts), images, np.arange(40), owner))
     np.testing.assert_allclose(astuple(i2t), astuple(image_to_text_metrics(sim.T, owner)))
 
 
-def test_ranks_from_top_k_lists_handle_padding_and_misses():
-    ids = np.array([[3, 1, -1], [0, 2, 1], [2, -1, -1]])
-    ranks = ranks_from_ids(ids, query_labels=np.array([1, 5, 2]), gallery_labels=np.array([0, 1, 2, 3]))
-    assert ranks.tolist() == [2.0, np.inf, 1.0]
-    m = Metrics.from_ranks(ranks)
+def test_padding_and_misses_in_top_k_lists():
+    scores = np.array([[0.9, 0.8, -np.inf], [0.9, 0.8, 0.7], [0.5, -np.inf, -np.inf]])
+    labels = np.array([[3, 1, -1], [0, 2, 1], [2, -1, -1]])
+    outcomes = Outcomes.from_scores(scores, labels == np.array([1, 5, 2])[:, None])
+    assert outcomes.found.tolist() == [True, False, True] and outcomes.higher[[0, 2]].tolist() == [1, 0]
+    m = Metrics.from_outcomes(outcomes)
     assert m.r1 == pytest.approx(1 / 3) and m.mrr == pytest.approx((0.5 + 0 + 1) / 3)
 
 
@@ -105,8 +116,8 @@ def test_ivf_index_ranks_never_beat_exact_recall_at_full_probe():
     rng = np.random.default_rng(8)
     images, texts = _unit(rng, 300), _unit(rng, 600)
     owner = rng.integers(0, 300, 600)
-    exact = Metrics.from_ranks(exact_ranks(texts, images, owner, np.arange(300)))
+    exact = Metrics.from_outcomes(exact_outcomes(texts, images, owner, np.arange(300)))
     full = VectorIndex.build(16, np.arange(300), images, IndexConfig(ivf_threshold=100, nprobe=10_000))
     assert full.kind == "ivf"
-    np.testing.assert_allclose(astuple(Metrics.from_ranks(index_ranks(full, texts, owner, np.arange(300)))),
+    np.testing.assert_allclose(astuple(Metrics.from_outcomes(index_outcomes(full, texts, owner, np.arange(300)))),
                                astuple(exact))
