@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
-_CHUNK = 1 << 22
+from .images import file_hash as content_hash  # the same BLAKE2b-128 as image files
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -15,14 +14,6 @@ def is_path(pretrained: str | None) -> bool:
         return False
     return os.sep in pretrained or "/" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES) or (
         os.path.isfile(pretrained))
-
-
-def content_hash(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str) -> dict:

@@ -11,7 +11,8 @@ INDEX=indexes/demo
 IS=.venv/bin/imgsearch
 MODEL_ARGS=(--model ViT-B-32 --pretrained "${IMGSEARCH_PRETRAINED:-laion2b_s34b_b79k}")
 if ! $IS index "$FOLDER" --index "$INDEX" "${MODEL_ARGS[@]}"; then
-  echo "demo: the pretrained model could not be loaded (no network?)." >&2
+  # imgsearch's own message above says what failed (download, checkpoint, device, disk...).
+  echo "demo: indexing with the pretrained model failed (see the error above)." >&2
   echo "demo: running the same pipeline with RANDOM weights instead: rankings below are meaningless." >&2
   INDEX=indexes/demo-random-weights
   $IS index "$FOLDER" --index "$INDEX" --model ViT-B-32 --pretrained none
