@@ -92,6 +92,11 @@ class Collection:
             api_hint="build one with Collection.index_folder(DIR), or open the folder of an existing one",
         )
 
+    def require_existing(self) -> None:
+        """Raise CollectionNotFoundError (saying how to build one) unless the collection exists."""
+        if not self.exists:
+            raise self._missing()
+
     def _store_for(self) -> Store:
         """The store for reading: opened read-only (no schema work, no writes) unless a writer has it."""
         if self._store is None:

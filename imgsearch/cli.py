@@ -247,8 +247,7 @@ def texts_add(
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
     with _user_errors(), _open(index, model, pretrained, device) as engine:
-        if not engine.exists:  # a mistyped --index must not create a collection
-            raise engine._missing()
+        engine.require_existing()  # a mistyped --index must not create a collection
         with _progress_bar("embedding", "text") as progress:
             added = engine.add_text_file(file, progress)
     typer.echo(f"added {added} texts from {file}")
