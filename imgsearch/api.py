@@ -43,27 +43,31 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     index_config: IndexConfig = IndexConfig(),
     device: str | None = None,
     embedder=None,
+    backend: str | None = None,
 ) -> "Collection":
     """Open (lazily) the collection at path, $IMGSEARCH_INDEX, or indexes/default.
 
     ``model``: the model for a new collection; for an existing one, None means "the one it was
     built with" and anything else must match it. ``device`` overrides where the model runs.
     ``embedder``: an already loaded ``Embedder`` to share between collections (its model must match).
+    ``backend``: "auto", "torch" or "onnx" (see ``ModelConfig.backend``).
     """
-    collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device)
+    collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device,
+                            backend)
     collection._embedder = embedder
     return collection
 
 
 class Collection:
     def __init__(self, folder: Path, model: ModelConfig | None = None, index_config=IndexConfig(),
-                 device: str | None = None):
+                 device: str | None = None, backend: str | None = None):
         self.folder = Path(folder)
         self.index_config = index_config
-        self._device = device
+        self._device, self._backend = device, backend
         self._requested_model = model
         self._store: Store | None = None
         self._embedder = None
+        self._light = None  # the torch-free query encoder, False when there is none
         self._indexes: dict[str, SyncedIndex] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -130,7 +134,8 @@ class Collection:
     def model(self) -> ModelConfig:
         """The collection's model (on the requested device)."""
         chosen = self._chosen_model()
-        return replace(chosen, device=self._device) if self._device else chosen
+        chosen = replace(chosen, device=self._device) if self._device else chosen
+        return replace(chosen, backend=self._backend) if self._backend else chosen
 
     def _stored_model(self) -> dict | None:
         """The manifest's model, once the collection holds vectors made by it."""
@@ -158,7 +163,8 @@ class Collection:
                          "separate collection for the other model",
                 api_hint="open it with model=None to use its own model, or open another folder for the other model",
             )
-        return built if asked is None else replace(built, device=asked.device, precision=asked.precision)
+        return built if asked is None else replace(built, device=asked.device, precision=asked.precision,
+                                                          backend=asked.backend)
 
     def _find_checkpoint(self, built: ModelConfig, fingerprint: dict, asked: ModelConfig | None) -> ModelConfig:
         """A checkpoint file is known by its content: a moved file is accepted at its new path."""
@@ -190,6 +196,30 @@ class Collection:
         stored, model = self._stored_model(), self.model
         if stored and stored.get("checkpoint") and model.pretrained != stored["pretrained"]:
             store.put("model", self._manifest(self._dim())["model"])
+
+    @property
+    def query_encoder(self):
+        """What encodes a query: the model's cached ONNX towers (no torch import) when they can, else ``embedder``."""
+        if self._embedder is not None:  # already loaded (a shared embedder, a long-lived process)
+            return self._embedder
+        if self._light is None:
+            self._light = self._onnx_query_encoder() or False
+        return self._light or self.embedder
+
+    def _onnx_query_encoder(self):
+        from .inference import backends
+
+        model = self.model
+        if model.backend == "torch" or model.device not in ("auto", "cpu") or model.precision not in ("auto", "fp32"):
+            return None
+        if not backends.onnxruntime_installed():
+            return None
+        export = backends.find_export(model.name, model.pretrained)
+        if export is None or not export.passed or not (export.torch_free_text and export.torch_free_images):
+            return None
+        from .inference.query import OnnxQueryEncoder
+
+        return OnnxQueryEncoder(export)
 
     @property
     def embedder(self):
@@ -264,12 +294,15 @@ class Collection:
         if progress:
             progress(0, len(entries), "loading model")
         self.embedder.load()  # a download or model error surfaces before any progress is shown
+        report.backend = self.embedder.backend
         stamp = self._stored_model() is None  # stamped with the first batch: a failed start leaves no trace
-        done = 0
+        done, noted = 0, False
         for batch in self.embedder.embed_files([e.path for e in entries], settings):
             changes = indexing.batch_changes(batch, entries, plan)
             if stamp and changes.new:
                 changes.manifest, stamp = self._manifest(batch.vectors.shape[1]), False
+            if not noted and (changes.new or changes.replaced):
+                changes.manifest, noted = {**changes.manifest, "backend": report.backend}, True
             applied = self._apply(store, changes)
             synced = synced or self._synced("images")
             self._mirror(synced, *applied)
@@ -355,7 +388,7 @@ class Collection:
         self._searchable("images", k)
         if not text.strip():
             raise BadInputError("empty query; give some text, or an image")
-        return self.search_vector(self.embedder.embed_texts([text])[0], k)
+        return self.search_vector(self.query_encoder.embed_texts([text])[0], k)
 
     def search_image(self, image: ImageQuery, k: int = 10) -> list[ImageHit]:
         """Images most like an image: a file path, an http(s) URL, or a PIL image."""
@@ -390,20 +423,20 @@ class Collection:
     def query_vector(self, query: str | ImageQuery) -> np.ndarray:
         """The embedding ``search`` would use for this query (same rules)."""
         if isinstance(query, str) and not imgs.looks_like_image_path(query):
-            return self.embedder.embed_texts([query])[0]
+            return self.query_encoder.embed_texts([query])[0]
         return self._image_vector(query)
 
     def _image_vector(self, image: ImageQuery) -> np.ndarray:
         if isinstance(image, Image.Image):
-            return self.embedder.embed_images([image])[0]
+            return self.query_encoder.embed_images([image])[0]
         hint = "; to search for these words as text, call search_text" if isinstance(image, str) else ""
         if not (isinstance(image, str) and imgs.is_url(image)) and not os.path.exists(os.path.expanduser(image)):
             raise BadInputError(f"query image not found: {image}{hint}")
         try:
-            loaded = imgs.load_query_image(image, min_side=self.embedder.image_size)  # as when indexed
+            loaded = imgs.load_query_image(image, min_side=self.query_encoder.image_size)  # as when indexed
         except imgs.ImageSkipped as exc:
             raise BadInputError(f"cannot use {image} as a query image: {exc}") from None
-        return self.embedder.embed_images([loaded.image])[0]
+        return self.query_encoder.embed_images([loaded.image])[0]
 
     # -- inspection -----------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
@@ -416,6 +449,7 @@ class Collection:
             image_index=index.kind if index else "flat", image_index_lists=index.nlist if index else None,
             nprobe=self.index_config.nprobe if index and index.kind == "ivf" else None,
             disk_bytes=disk, schema_version=store.get("schema_version", SCHEMA_VERSION),
+            backend=store.get("backend"), query_backend="onnx" if self._onnx_query_encoder() else "torch",
         )
 
     def skipped(self) -> list[SkippedFile]:

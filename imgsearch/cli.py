@@ -38,6 +38,11 @@ PretrainedOpt = typer.Option(
 )
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE",
                          help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu].")
+BackendOpt = typer.Option(
+    None, "--backend", metavar="auto|torch|onnx",
+    help="What runs the model on CPU: torch, or onnx (ONNX Runtime; exported once per model and cached) "
+         "[default: auto: torch with bf16 weights on CPUs with native bf16, else onnx; queries use the cached "
+         "ONNX export when there is one, without importing torch].")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 
 
@@ -51,8 +56,10 @@ def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
     return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
 
 
-def _open(index: Path | None, model=None, pretrained=None, device=None) -> api.Collection:
-    return api.open(index, model=_model(model, pretrained), device=device)
+def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None) -> api.Collection:
+    if backend is not None and backend not in ("auto", "torch", "onnx"):
+        _fail(f"--backend: unknown backend {backend!r}; use auto, torch or onnx", 2)
+    return api.open(index, model=_model(model, pretrained), device=device, backend=backend)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -112,6 +119,7 @@ def index(
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     device: Optional[str] = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(IndexingConfig.batch_size, "--batch-size", min=1, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
                                           help=f"Decoding processes [default: {_default_workers()}]."),
@@ -128,7 +136,7 @@ def index(
     are skipped; symlinked folders are followed (each file once)."""
     settings = IndexingConfig(batch_size=batch_size, workers=workers)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
-    with _user_errors(), _open(index, model, pretrained, device) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
             report = engine.index_folder(folder, settings, progress, excludes)
     if as_json:
@@ -137,7 +145,8 @@ def index(
 
 
 def _print_index_report(report) -> None:
-    rate = f" ({report.embedded / report.seconds:.1f} images/s)" if report.embedded and report.seconds else ""
+    rate = (f" ({report.embedded / report.seconds:.1f} images/s, {report.backend})"
+            if report.embedded and report.seconds else "")
     reused = f" ({report.reused} copies reused stored vectors)" if report.reused else ""
     typer.echo(
         f"{report.folder}: {report.added} added{reused}, {report.updated} updated, {report.moved} moved, "
@@ -165,6 +174,7 @@ def query(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="FILE",
                                              help="New location of the collection's checkpoint file, if it moved."),
     device: Optional[str] = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search the collection: by TEXT, or by --image. With --texts, find texts matching an image.
@@ -178,7 +188,7 @@ def query(
     if text is not None and looks_like_image_path(text):
         _fail(f"{text!r} looks like an image file name; to search by image use --image {text}, to search for "
               "the words add a few more (e.g. 'a photo called ...')", 2)
-    with _user_errors(), _open(index, pretrained=pretrained, device=device) as engine:
+    with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
         if texts:
             hits = engine.describe(image, k=top)
         elif image is not None:
@@ -204,7 +214,8 @@ def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
         f"collection  {about.path}\nmodel       {about.model} ({about.pretrained or 'random weights'}), "
         f"{about.dim} dimensions\nimages      {about.images}\ntexts       {about.texts}\n"
         f"skipped     {about.skipped}\nindex       {kind}\non disk     {about.disk_bytes / 1e6:.1f} MB\n"
-        f"schema      v{about.schema_version}"
+        f"schema      v{about.schema_version}\nbackend     {about.backend or '-'} (last index run); "
+        f"queries: {about.query_backend}"
     )
 
 
@@ -244,9 +255,10 @@ def texts_add(
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     device: Optional[str] = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
-    with _user_errors(), _open(index, model, pretrained, device) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend) as engine:
         engine.require_existing()  # a mistyped --index must not create a collection
         with _progress_bar("embedding", "text") as progress:
             added = engine.add_text_file(file, progress)
@@ -269,6 +281,7 @@ def eval_(
     model: str = typer.Option(ModelConfig.name, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(ModelConfig.pretrained, "--pretrained", help="Pretrained tag, checkpoint file, or 'none'."),
     device: Optional[str] = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     ivf_threshold: int = typer.Option(IndexConfig.ivf_threshold, "--ivf-threshold", min=0,
                                       help="Index size from which the index is IVF (0: always)."),
@@ -292,7 +305,7 @@ def eval_(
         _fail(f"--json-out: folder {json_out.parent} does not exist; create it or pick another path", 2)
     with _user_errors():
         data = load_dataset(dataset.lower(), annotations, images)
-        embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
+        embedder = Embedder(replace(chosen, device=device or chosen.device, backend=backend or chosen.backend)).load()
         with _progress_bar("embedding", "item", enabled=not as_json) as bar:
             report = evaluate(data, embedder, config, batch_size,
                               lambda stage, done, total: bar(done, total, f"embedding {stage}"), published_as)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from . import checkpoints
+from .inference import backends
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
 from .images import ImageDetails, ImageSkipped, load_image
@@ -188,13 +189,91 @@ def model_dim(config: ModelConfig) -> int:
     return int(cfg["embed_dim"])
 
 
+# Fixed inputs for the quality checks of 16-bit and exported paths (imgsearch/inference/backends.py).
+_PROBE_TEXTS = ("a photo of a dog", "a red car parked on a street", "two people on a beach at sunset",
+                "a plate of food", "snow on mountains", "a cat sleeping on a sofa", "city lights at night", "")
+
+
+def _probe_images(n: int = 4) -> list[Image.Image]:
+    """Seeded, photo-like test images: smooth colour gradients with noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:320].astype(np.float32)
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0.2, 1.0, 3)
+        base = np.stack([xx / 320 * a, yy / 256 * b, (xx + yy) / 576 * c], axis=-1) * 255
+        noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(noisy))
+    return out
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest row-wise cosine between two sets of normalised vectors."""
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+class _TorchTowers:
+    """The model's towers in torch: fp32, fp16/bf16 autocast on CUDA, or bf16 weights on CPU."""
+
+    def __init__(self, model: torch.nn.Module, device: str, precision: str):
+        self.model, self.device, self.precision = model, device, precision
+        self.label = f"torch {precision}" if precision != "auto" else "torch"
+
+    def _autocast(self):
+        if self.device.startswith("cuda") and self.precision in ("auto", "fp16", "bf16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return contextlib.nullcontext()
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.to(torch.bfloat16) if x.is_floating_point() and self._bf16_weights else x
+
+    @property
+    def _bf16_weights(self) -> bool:
+        return self.precision == "bf16" and not self.device.startswith("cuda")
+
+    def encode_image(self, pixels: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), self._autocast():
+            return _finish(self.model.encode_image(self._input(pixels)))
+
+    def encode_text(self, tokens: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), self._autocast():
+            return _finish(self.model.encode_text(self._input(tokens)))
+
+
+class _OnnxRunner:
+    """Exported towers in ONNX Runtime, fed from torch tensors (the indexing pipeline and tokenizer stay)."""
+
+    def __init__(self, towers):
+        self.towers, self.label = towers, "onnx fp32"
+
+    def encode_image(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.towers.encode_image(pixels.numpy())
+
+    def encode_text(self, tokens: torch.Tensor) -> np.ndarray:
+        return self.towers.encode_text(tokens.numpy())
+
+
+def _finish(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
 class Embedder:
-    """Turns texts, PIL images and image files into normalised CLIP vectors."""
+    """Turns texts, PIL images and image files into normalised CLIP vectors.
+
+    The backend (torch fp32/bf16/fp16, or ONNX Runtime) is chosen on first use from the config; ``backend``
+    names the one that ran.
+    """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         self.config = config
+        backends.check_backend(config.backend)
         self._loaded: tuple[torch.nn.Module, Callable, Callable] | None = None
         self._device: str | None = None
+        self._towers = None
+        self.notes: list[str] = []  # why a faster path was not taken, for `info` and the closing report
 
     @property
     def device(self) -> str:
@@ -209,8 +288,72 @@ class Embedder:
 
     def load(self) -> "Embedder":
         """Create the model now (downloading it if needed) rather than on first use."""
-        self._parts()
+        self._runner()
         return self
+
+    @property
+    def backend(self) -> str:
+        """What runs the towers, e.g. "torch bf16" or "onnx fp32"."""
+        return self._runner().label
+
+    def _runner(self):
+        if self._towers is None:
+            self._towers = self._choose_runner()
+        return self._towers
+
+    def _choose_runner(self):
+        model = self._parts()[0]
+        if self.device.startswith("cuda"):
+            if self.config.backend == "onnx":
+                raise ModelLoadError("the onnx backend runs on the CPU; use --device cpu, or --backend torch on a GPU")
+            return _TorchTowers(model, self.device, self.config.precision)
+        backend, precision = backends.cpu_plan(self.config.backend, self.config.precision)
+        export = self.export_onnx() if self.config.backend != "torch" else None  # from fp32 weights, once per model
+        if backend == "onnx":
+            if export is not None and (export.passed or self.config.backend == "onnx"):
+                from .inference.onnx import OnnxTowers
+
+                return _OnnxRunner(OnnxTowers(export))
+            self.notes.append("ONNX export unavailable or failed its check; torch fp32 runs instead")
+            precision = "fp32"
+        if precision == "bf16":
+            return self._bf16_towers(model)
+        return _TorchTowers(model, self.device, precision)
+
+    def _bf16_towers(self, model: torch.nn.Module) -> _TorchTowers:
+        """bf16 weights, cast once, if the probes keep cosine >= MIN_COSINE to fp32 (else fp32, with a note)."""
+        fp32 = _TorchTowers(model, self.device, "fp32")
+        half = _TorchTowers(_cast_copy(model, torch.bfloat16), self.device, "bf16")
+        worst = min(min_cosine(*(t.encode_image(self._probe_pixels()) for t in (fp32, half))),
+                    min_cosine(*(t.encode_text(self._probe_tokens()) for t in (fp32, half))))
+        if worst >= backends.MIN_COSINE or self.config.precision == "bf16":
+            self._loaded = (half.model, *self._loaded[1:])  # the fp32 weights are freed
+            return half
+        self.notes.append(f"bf16 failed the quality check (cosine {worst:.5f} < {backends.MIN_COSINE}); fp32 runs")
+        return fp32
+
+    def _probe_pixels(self) -> torch.Tensor:
+        preprocess = self._parts()[1]
+        return torch.stack([preprocess(im) for im in _probe_images()])
+
+    def _probe_tokens(self) -> torch.Tensor:
+        return self._parts()[2](list(_PROBE_TEXTS))
+
+    def export_onnx(self):
+        """This model's ONNX towers in the cache (exported and checked once), or None if it cannot be exported.
+
+        On CPU, ``auto`` exports while loading (from the fp32 weights), so that later queries need no torch."""
+        if not backends.onnxruntime_installed():
+            self.notes.append("onnxruntime is not installed (pip install onnxruntime)")
+            return None
+        found = backends.find_export(self.config.name, self.config.pretrained)
+        if found is not None:
+            return found
+        try:
+            return _export(self._parts(), self.config, self._probe_pixels(), self._probe_tokens())
+        except Exception as exc:  # an architecture the exporter cannot handle: torch still works
+            self.notes.append(f"ONNX export failed: {_first_sentence(exc)}")
+            return None
 
     @property
     def preprocess(self) -> Callable:
@@ -226,33 +369,15 @@ class Embedder:
         size = self._parts()[0].visual.image_size
         return int(max(size) if isinstance(size, (tuple, list)) else size)
 
-    def _autocast(self):
-        precision = self.config.precision
-        if self.device.startswith("cuda") and precision in ("auto", "fp16", "bf16"):
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        if precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _finish(self, features: torch.Tensor) -> np.ndarray:
-        features = features.float()
-        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return features.cpu().numpy().astype(np.float32, copy=False)
-
     def encode_preprocessed(self, batch: torch.Tensor) -> np.ndarray:
         """Forward a batch of already-preprocessed image tensors (N, 3, H, W)."""
-        model = self._parts()[0]
-        with torch.inference_mode(), self._autocast():
-            return self._finish(model.encode_image(batch.to(self.device, non_blocking=True)))
+        return self._runner().encode_image(batch)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = _TEXT_BATCH) -> np.ndarray:
-        model, _, tokenizer = self._parts()
+        runner, tokenizer = self._runner(), self._parts()[2]
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(list(texts[start : start + batch_size])).to(self.device)
-            with torch.inference_mode(), self._autocast():
-                out.append(self._finish(model.encode_text(tokens)))
+            out.append(runner.encode_text(tokenizer(list(texts[start : start + batch_size]))))
         return np.concatenate(out)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -296,6 +421,80 @@ def _die_with_parent(parent: int, _worker_id: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(0)
+
+
+def _cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+class _TowerForExport(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, text: bool):
+        super().__init__()
+        self.model, self.text = model, text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(x) if self.text else self.model.encode_image(x)
+
+
+def _export(parts, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tensor):
+    """Export both towers to ONNX in a private folder, check them against torch fp32, then publish the folder.
+
+    Concurrent exporters each write their own folder; the first rename wins and the others are discarded.
+    """
+    import shutil
+    import warnings
+
+    from .inference.onnx import OnnxTowers
+
+    model, preprocess, tokenizer = parts
+    final = backends.export_folder(config.name, config.pretrained)
+    work = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        torch_towers = _TorchTowers(model, "cpu", "fp32")
+        # Grad mode on: under no_grad, MultiheadAttention takes a fused fast path that ONNX cannot express.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for text, sample, name in ((True, tokens, "text"), (False, pixels, "image")):
+                torch.onnx.export(_TowerForExport(model, text), (sample[:2],), str(work / f"{name}.onnx"),
+                                  input_names=["tokens" if text else "pixels"], output_names=["features"],
+                                  dynamic_axes={"tokens" if text else "pixels": {0: "n"}, "features": {0: "n"}},
+                                  opset_version=17, dynamo=False)
+        meta = _export_meta(model, config, tokenizer)
+        staged = backends.OnnxExport(work, meta)
+        towers = OnnxTowers(staged, threads=1)
+        check = {"image_min_cosine": min_cosine(towers.encode_image(pixels.numpy()), torch_towers.encode_image(pixels)),
+                 "text_min_cosine": min_cosine(towers.encode_text(tokens.numpy()), torch_towers.encode_text(tokens))}
+        check["passed"] = min(check.values()) >= backends.MIN_COSINE
+        backends.write_meta(work, {**meta, "check": check})
+        if final.exists() and backends.find_export(config.name, config.pretrained) is None:
+            shutil.rmtree(final, ignore_errors=True)  # a broken leftover (folders are published whole)
+        try:
+            os.rename(work, final)
+        except OSError:  # another process published first
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return backends.find_export(config.name, config.pretrained)
+
+
+def _export_meta(model: torch.nn.Module, config: ModelConfig, tokenizer) -> dict:
+    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    if not cfg:
+        size = model.visual.image_size
+        cfg = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
+               "interpolation": "bicubic", "resize_mode": "shortest"}
+    simple = isinstance(tokenizer, open_clip.SimpleTokenizer) and tokenizer.reduction_fn is None and (
+        tokenizer.clean_fn.__name__ == "_clean_lower")
+    return {"model": config.name, "pretrained": config.pretrained, "dim": model_dim(config),
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "tokenizer": "clip-bpe" if simple else "open_clip",
+            "context_length": int(getattr(tokenizer, "context_length", 77) or 77),
+            "torch": torch.__version__, "open_clip": getattr(open_clip, "__version__", "")}
 
 
 class _FileDataset(torch.utils.data.Dataset):

@@ -189,6 +189,7 @@ def _trained_ivf(vectors: np.ndarray, nlist: int, config: IndexConfig) -> faiss.
     dim = vectors.shape[1]
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = config.kmeans_iterations
     sample_size = min(len(vectors), nlist * config.train_per_list)
     rng = np.random.default_rng(1234)
     sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]

@@ -49,6 +49,7 @@ class IndexReport(_AsDict):
     still_skipped: int = 0  # skipped in an earlier run and unchanged since
     seconds: float = 0.0
     interrupted: bool = False
+    backend: str = ""  # what ran the model this run, e.g. "torch bf16", "onnx fp32"; "" when nothing was embedded
 
     @property
     def embedded(self) -> int:
@@ -70,3 +71,5 @@ class CollectionInfo(_AsDict):
     nprobe: int | None
     disk_bytes: int
     schema_version: int
+    backend: str | None = None  # what ran the model in the last index run that embedded something
+    query_backend: str = "torch"  # what encodes a query now: "onnx" (cached export, no torch import) or "torch"

@@ -12,7 +12,11 @@ same id. Each thread keeps one connection, and every ``with`` block is one snaps
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
+import operator
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -110,6 +114,20 @@ class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at t
     size: int
     mtime_ns: int
     content_hash: str
+
+
+_new_state = functools.partial(tuple.__new__, ImageState)  # ImageState from a row tuple, without Python frames
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -294,9 +312,11 @@ class Store:
         if under is not None:  # a range on the unique path index: no LIKE, no escaping
             sql += " WHERE path >= ? AND path < ?"
             params = (under, under + "\U0010ffff")
-        with self._guard(), self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(sql, params)
-            return {r[1]: ImageState(*r) for r in rows}
+        with self._guard(), self.engine.connect() as conn, _gc_paused():
+            # The raw sqlite3 cursor and C-level construction: 1M states in ~1.5 s instead of ~4 s through Row objects
+            # and a Python loop (measured, docs/performance.md); the collector has nothing to find in fresh tuples.
+            rows = conn.connection.driver_connection.execute(sql, params).fetchall()
+            return dict(zip(map(operator.itemgetter(1), rows), map(_new_state, rows)))
 
     def skipped_states(self, under: str | None = None) -> dict[str, Skip]:
         query = sa.select(skipped_t.c.path, skipped_t.c.size, skipped_t.c.mtime_ns, skipped_t.c.reason)

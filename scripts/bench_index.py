@@ -20,6 +20,11 @@ process, side by side, so the ratios hold even on a noisy machine; each figure i
   finished child (a DataLoader worker; it counts pages it shares copy-on-write with this process),
   and torch.cuda.max_memory_allocated on a GPU.
 
+Backends side by side (``--backends torch-fp32 torch-bf16 onnx-fp32``): for each, model-only and end-to-end
+images/s with the ratio to torch fp32, and the quality guard on the same photos and their captions: cosine of
+image and text vectors to torch fp32 (min and mean), and the overlap of each caption's top-10 images with
+torch fp32's. Backends are run in turn, in reverse order on odd repeats.
+
 Quick smoke run with the tests' tiny architecture (32-px images, one layer):
 
     mkdir -p /tmp/tiny && python -c "import json, sys; sys.path.insert(0, 'tests'); \\
@@ -78,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding workers (default: the library's, min(8, CPU count))")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is printed")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                        help="compare these backends side by side (and their quality) instead")
     return parser.parse_args(argv)
+
+
+BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx-fp32": ("onnx", "fp32")}
 
 
 def fresh_collection(folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int) -> imgsearch.Collection:
@@ -181,6 +191,63 @@ def print_figures(figures: Figures, device: str, workers: int) -> None:
     print(f"  CUDA max allocated    {cuda}")
 
 
+def captions_for(images: Path) -> list[str]:
+    """The shared photos' human captions when the folder has them (coco_mini), else a few fixed texts."""
+    import json
+
+    found = sorted(images.glob("*captions*.json"))
+    if found:
+        return [c for item in json.loads(found[0].read_text()) for c in item["caption"]]
+    return ["a photo of a dog", "a red car", "people on a beach", "a plate of food", "a city street at night"]
+
+
+def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, paths: list[str]) -> None:
+    """Model-only and end-to-end images/s of each backend, and its vectors against torch fp32's."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    warm_dir = tmp / "warm"
+    warm_dir.mkdir()
+    shutil.copy(paths[0], warm_dir)
+    names = list(dict.fromkeys(["torch-fp32", *args.backends]))
+    engines = {n: fresh_collection(tmp / n, replace(model, backend=BACKENDS[n][0], precision=BACKENDS[n][1]),
+                                   warm_dir, args.batch_size) for n in names}
+    reference = engines["torch-fp32"].embedder
+    tensors = [reference.preprocess(load_image(p, min_side=reference.image_size).image) for p in paths]
+    batches = [torch.stack(tensors[i : i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
+    texts = captions_for(args.images)
+    model_s: dict[str, list[float]] = {n: [] for n in names}
+    e2e_s: dict[str, list[float]] = {n: [] for n in names}
+    vectors: dict[str, tuple] = {}
+    for run in range(args.repeat):
+        for n in names if run % 2 == 0 else names[::-1]:
+            embedder = engines[n].embedder
+            start = time.perf_counter()
+            images = np.concatenate([embedder.encode_preprocessed(b) for b in batches])
+            model_s[n].append(time.perf_counter() - start)
+            vectors[n] = (images, embedder.embed_texts(texts))
+            with imgsearch.open(tmp / f"{n}-e2e-{run}", embedder=embedder) as engine:
+                _, seconds = time_index(engine, args.images, IndexingConfig(batch_size=args.batch_size, workers=0))
+            e2e_s[n].append(seconds)
+    n_images = len(paths)
+    ref_model, ref_e2e = rate(n_images, model_s["torch-fp32"])[0], rate(n_images, e2e_s["torch-fp32"])[0]
+    ref_img, ref_txt = vectors["torch-fp32"]
+    ref_top = np.argsort(-(ref_txt @ ref_img.T), axis=1)[:, :10]
+    print(f"{'backend':12} {'ran as':12} {'model img/s':>11} {'x fp32':>7} {'e2e img/s':>10} {'x fp32':>7} "
+          f"{'img cos min/mean':>17} {'txt cos min/mean':>17} {'top-10 overlap':>15}")
+    for n in names:
+        img, txt = vectors[n]
+        icos, tcos = np.sum(img * ref_img, axis=1), np.sum(txt * ref_txt, axis=1)
+        top = np.argsort(-(txt @ img.T), axis=1)[:, :10]
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)])
+        m, e = rate(n_images, model_s[n])[0], rate(n_images, e2e_s[n])[0]
+        print(f"{n:12} {engines[n].embedder.backend:12} {m:11.2f} {m / ref_model:7.2f} {e:10.2f} {e / ref_e2e:7.2f} "
+              f"{icos.min():8.5f}/{icos.mean():.5f} {tcos.min():8.5f}/{tcos.mean():.5f} {overlap:15.3f}")
+    print(f"\n{len(texts)} captions ranked against {n_images} images for the top-10 overlap; end to end with "
+          "workers=0; the ONNX export (once per model, cached) happened before the clock started")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights loaded" notice
@@ -196,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads {torch.get_num_threads()}, decode workers {workers}")
     print(f"median of {args.repeat} run(s) each, all in this process; imports, model load and warm-up excluded\n")
     with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
+        if args.backends:
+            return compare_backends(Path(tmp), args, model, paths)
         figures = measure(Path(tmp), args, model, paths, workers)
     print_figures(figures, device, workers)
 

@@ -6,5 +6,14 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch and torchvision must be installed as a matching pair (a mismatched torchvision breaks open_clip).
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+TORCH=("torch==2.14.1" "torchvision==0.29.1")
+if command -v nvidia-smi >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q "${TORCH[@]}"
+else
+    # No NVIDIA GPU: PyTorch's CPU-only wheels (a few hundred MB instead of a 5.7 GB CUDA environment) where
+    # download.pytorch.org can be reached; pip prefers their +cpu builds. Where it cannot (an offline mirror),
+    # pip warns once and installs the build the other indexes have.
+    .venv/bin/python -m pip install -q --retries 0 --timeout 15 \
+        --extra-index-url https://download.pytorch.org/whl/cpu "${TORCH[@]}"
+fi
 .venv/bin/python -m pip install -q -e ".[test]"

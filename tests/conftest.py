@@ -28,10 +28,17 @@ def model_configs_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> Path:
+    """One cache of ONNX exports for the session (never the user's ~/.cache)."""
+    return tmp_path_factory.mktemp("imgsearch_cache")
+
+
 @pytest.fixture(autouse=True)
-def _tiny_model_env(model_configs_dir, monkeypatch):
+def _tiny_model_env(model_configs_dir, export_cache, monkeypatch):
     """Every test (and every CLI subprocess it starts) can use the tiny architecture by name."""
     monkeypatch.setenv("IMGSEARCH_MODEL_CONFIGS", str(model_configs_dir))
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(export_cache))
     monkeypatch.delenv("IMGSEARCH_INDEX", raising=False)
 
 

@@ -120,7 +120,7 @@ def test_ivf_switch_keeps_search_correct_and_survives_reopen(tmp_path, tiny_mode
     with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=config) as engine:
         engine.index_folder(folder)
         info = engine.info()
-        assert info.image_index == "ivf" and info.image_index_lists == round(4 * 60 ** 0.5)
+        assert info.image_index == "ivf" and info.image_index_lists == round(config.ivf_lists_factor * 60 ** 0.5)
     with imgsearch.open(tmp_path / "c", index_config=config) as engine:
         assert engine.info().image_index == "ivf"
         for i in (0, 17, 59):

@@ -1,0 +1,50 @@
+"""A torch-free encoder for queries: the cached ONNX towers, CLIP's tokenizer and the PIL transform.
+
+A text query in a fresh process then costs onnxruntime's import and one session, not torch's import and a model
+build. It has the same ``embed_texts`` / ``embed_images`` / ``image_size`` / ``dim`` as ``Embedder``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backends import OnnxExport
+from .onnx import OnnxTowers
+from .preprocess import preprocess
+from .tokenizer import ClipTokenizer
+
+# One intra-op thread for one query: measured faster than two on a 2-core machine (docs/performance.md).
+QUERY_THREADS = 1
+
+
+class OnnxQueryEncoder:
+    def __init__(self, export: OnnxExport, threads: int | None = QUERY_THREADS):
+        self.export = export
+        self._towers = OnnxTowers(export, threads)
+        self._tokenizer: ClipTokenizer | None = None
+        self.backend = "onnx fp32 (query)"
+
+    @property
+    def dim(self) -> int:
+        return int(self.export.meta["dim"])
+
+    @property
+    def image_size(self) -> int:
+        size = self.export.meta["preprocess"]["size"]
+        return int(max(size) if isinstance(size, (list, tuple)) else size)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self._tokenizer is None:
+            self._tokenizer = ClipTokenizer(self.export.meta.get("context_length", 77))
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return self._towers.encode_text(self._tokenizer(list(texts)))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        cfg = self.export.meta["preprocess"]
+        return self._towers.encode_image(np.stack([preprocess(im, cfg) for im in images]))

@@ -1,0 +1,172 @@
+"""Inference backends against each other on CPU: torch fp32, torch bf16 weights, ONNX Runtime; the torch-free
+tokenizer and transform against open_clip's own; queries in a process that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgsearch
+from imgsearch.inference import backends
+from imgsearch.inference.preprocess import preprocess
+from imgsearch.inference.tokenizer import ClipTokenizer
+
+from conftest import COCO_MINI, SHARED_DATA, write_image
+
+KARPATHY_COCO = SHARED_DATA / "annotations" / "coco_test_karpathy.json"
+EDGE_TEXTS = ["", "   ", "Café &amp;amp; crème brûlée 😀", "日本語のテキスト", "I'm 3 o'clock's BEST!!!",
+              "<start_of_text> hi <end_of_text>", "a + b - c", "x" * 400, "word " * 100, "tab\tand\nnewline"]
+
+
+def _embedder(config):
+    from imgsearch.embedder import Embedder
+
+    return Embedder(config)
+
+
+def test_tokenizer_matches_open_clip_on_every_coco_caption():
+    import open_clip
+
+    captions = [a["caption"] for a in json.loads(KARPATHY_COCO.read_text())["annotations"]] if (
+        KARPATHY_COCO.exists()) else []
+    texts = captions + EDGE_TEXTS
+    ours, theirs = ClipTokenizer()(texts), open_clip.get_tokenizer("ViT-B-32")(texts).numpy()
+    assert ours.shape == theirs.shape == (len(texts), 77)
+    bad = np.flatnonzero((ours != theirs).any(axis=1))
+    assert bad.size == 0, [texts[i] for i in bad[:5]]
+    assert len(texts) > 25_000 or not KARPATHY_COCO.exists()
+
+
+def test_transform_matches_the_models_own_on_real_and_odd_shaped_photos(tiny_embedder, tmp_path):
+    import open_clip
+
+    photos = sorted(COCO_MINI.glob("*/*.jpg"))[:6] if COCO_MINI.exists() else []
+    odd = [write_image(tmp_path / f"odd{i}.png", i, size) for i, size in enumerate([(7, 300), (300, 7), (33, 32)])]
+    for size in (32, 224):
+        theirs_fn = open_clip.image_transform(size, is_train=False)
+        cfg = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
+               "interpolation": "bicubic", "resize_mode": "shortest"}
+        for path in [*photos, *odd]:
+            with Image.open(path) as im:
+                ours, theirs = preprocess(im, cfg), theirs_fn(im).numpy()
+            assert ours.shape == theirs.shape
+            np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=str(path))
+
+
+def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_captions):
+    fp32 = _embedder(replace(tiny_model, backend="torch", precision="fp32"))
+    onnx = _embedder(replace(tiny_model, backend="onnx"))
+    assert onnx.backend == "onnx fp32" and fp32.backend == "torch fp32"
+    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    assert export is not None and export.passed and export.meta["check"]["text_min_cosine"] > 0.9999
+    texts = [c for item in coco_captions[:20] for c in item["caption"]]
+    images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:16]]
+    for a, b in ((onnx.embed_texts(texts), fp32.embed_texts(texts)),
+                 (onnx.embed_images(images), fp32.embed_images(images))):
+        assert np.sum(a * b, axis=1).min() > 0.9999
+    stamp = export.text_path.stat().st_mtime_ns
+    again = _embedder(replace(tiny_model, backend="onnx"))
+    again.embed_texts(["reuse"])
+    assert export.text_path.stat().st_mtime_ns == stamp, "the cached export was redone"
+
+
+def test_an_incomplete_export_is_ignored_and_redone(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    folder = backends.export_folder(tiny_model.name, tiny_model.pretrained)
+    folder.mkdir(parents=True)
+    (folder / "text.onnx").write_bytes(b"half a file")  # killed mid-export: no meta.json
+    assert backends.find_export(tiny_model.name, tiny_model.pretrained) is None
+    vec = _embedder(replace(tiny_model, backend="onnx")).embed_texts(["a dog"])
+    assert backends.find_export(tiny_model.name, tiny_model.pretrained).passed and vec.shape == (1, 32)
+
+
+def test_bf16_weights_stay_close_to_fp32(tiny_model, coco_captions):
+    fp32 = _embedder(replace(tiny_model, backend="torch", precision="fp32"))
+    bf16 = _embedder(replace(tiny_model, backend="torch", precision="bf16"))
+    assert bf16.backend == "torch bf16"
+    texts = [c for item in coco_captions[:10] for c in item["caption"]]
+    images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:8]]
+    for a, b in ((bf16.embed_texts(texts), fp32.embed_texts(texts)),
+                 (bf16.embed_images(images), fp32.embed_images(images))):
+        assert a.dtype == np.float32 and np.sum(a * b, axis=1).min() > 0.99
+
+
+@pytest.mark.parametrize("native, ort, precision, expected", [
+    (True, True, "auto", ("torch", "bf16")),
+    (False, True, "auto", ("onnx", "fp32")),
+    (False, False, "auto", ("torch", "fp32")),
+    (True, True, "fp32", ("onnx", "fp32")),
+    (False, True, "bf16", ("torch", "bf16")),
+])
+def test_auto_picks_by_cpu_and_what_is_installed(monkeypatch, native, ort, precision, expected):
+    monkeypatch.setattr(backends, "native_bf16", lambda: native)
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: ort)
+    assert backends.cpu_plan("auto", precision) == expected
+    assert backends.cpu_plan("torch", "fp32") == ("torch", "fp32")
+
+
+def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
+    monkeypatch.setattr(backends, "MIN_COSINE", 1.5)  # nothing can pass
+    monkeypatch.setattr(backends, "native_bf16", lambda: True)
+    bf16 = _embedder(replace(tiny_model, backend="auto"))
+    assert bf16.backend == "torch fp32" and "bf16 failed the quality check" in bf16.notes[0]
+    monkeypatch.setattr(backends, "native_bf16", lambda: False)
+    monkeypatch.setenv("IMGSEARCH_CACHE", os.environ["IMGSEARCH_CACHE"] + "_strict")
+    onnx = _embedder(replace(tiny_model, backend="auto"))
+    assert onnx.backend == "torch fp32" and "failed its check" in onnx.notes[-1]
+    assert not backends.find_export(tiny_model.name, tiny_model.pretrained).passed
+    forced = _embedder(replace(tiny_model, backend="onnx"))  # an explicit choice is honoured
+    assert forced.backend == "onnx fp32"
+
+
+def test_unknown_backend_is_a_clear_error(tiny_model):
+    with pytest.raises(imgsearch.ImgsearchError, match="unknown backend 'tensorrt'"):
+        _embedder(replace(tiny_model, backend="tensorrt"))
+
+
+QUERY_SCRIPT = """
+import sys, json, imgsearch
+with imgsearch.open(sys.argv[1]) as engine:
+    text = engine.search_text("a photo of a dog", k=5)
+    image = engine.search_image(sys.argv[2], k=3)
+    info = engine.info()
+print(json.dumps({"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
+                  "text": [(h.path, h.score) for h in text], "image": [(h.path, h.score) for h in image],
+                  "query_backend": info.query_backend, "backend": info.backend}))
+"""
+
+
+def test_queries_in_a_fresh_process_never_import_torch_and_match_torch(tmp_path, tiny_model, photo_dir):
+    folder = tmp_path / "coll"
+    with imgsearch.open(folder, model=tiny_model) as engine:
+        report = engine.index_folder(photo_dir)
+        assert report.backend and engine.query_encoder is engine.embedder  # the indexer answers with its model
+    query_image = str(sorted(photo_dir.rglob("*.png"))[0])
+    with imgsearch.open(folder, model=replace(tiny_model, backend="torch", precision="fp32")) as engine:
+        text_torch = engine.search_text("a photo of a dog", k=5)
+        image_torch = engine.search_image(query_image, k=3)
+    out = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(folder), query_image], capture_output=True,
+                         text=True, check=True, env=os.environ)
+    got = json.loads(out.stdout)
+    assert not got["torch"] and not got["open_clip"], "a query imported torch"
+    assert got["query_backend"] == "onnx" and got["backend"] == report.backend
+    assert [p for p, _ in got["image"]][0] == query_image
+    for fresh, loaded in ((got["text"], text_torch), (got["image"], image_torch)):
+        assert [p for p, _ in fresh] == [h.path for h in loaded]
+        np.testing.assert_allclose([s for _, s in fresh], [h.score for h in loaded], atol=1e-4)
+
+
+def test_torch_backend_queries_do_not_use_the_export(tmp_path, tiny_model, photo_dir):
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.index_folder(photo_dir)
+    with imgsearch.open(tmp_path / "c", backend="torch") as engine:
+        assert type(engine.query_encoder).__name__ == "Embedder"
+        assert engine.info().query_backend == "torch"
