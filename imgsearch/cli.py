@@ -25,6 +25,20 @@ texts_app = typer.Typer(help="Manage the text collection used for image -> text 
                         rich_markup_mode=None)
 app.add_typer(texts_app, name="texts")
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"imgsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Print the version and exit.")) -> None:
+    """Semantic image search: index folders of images with CLIP, then search them by text or image."""
+
 IndexOpt = typer.Option(
     None, "--index", envvar=COLLECTION_ENV, show_envvar=True, metavar="PATH",
     help="Collection folder [default: indexes/default].",

@@ -113,10 +113,28 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded(d, rel, excludes))
         for name in sorted(filenames):
             if is_image_name(name) and not name.startswith(".") and not _excluded(name, rel, excludes):
-                entry = _stat_entry(os.path.join(dirpath, name), seen_files)
+                path = os.path.join(dirpath, name)
+                if not _utf8(path):
+                    yield ScanProblem(_printable(path), "its name is not valid UTF-8 (shown with \\x escapes), so "
+                                      "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`")
+                    continue
+                entry = _stat_entry(path, seen_files)
                 if entry is not None:
                     yield entry
     yield from _folder_problems(unlistable)
+
+
+def _utf8(path: str) -> bool:
+    """False for names with bytes that are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _excluded(name: str, rel_folder: str, patterns: Sequence[str]) -> bool:

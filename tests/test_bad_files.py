@@ -319,3 +319,21 @@ def test_describing_a_bad_image_names_the_file(tmp_path, tiny_model):
     path = make_bad(tmp_path / "queries", "truncated.jpg")
     with pytest.raises(BadInputError, match=f"{path}.*truncated"):
         engine.describe(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_a_reason_and_never_stops_a_run(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / f"good{i}.png", seed=i)
+    bad = os.path.join(os.fsencode(folder), b"\xff\xfe_restored.jpg")
+    with open(bad, "wb") as f, open(folder / "good0.png", "rb") as src:
+        f.write(src.read())
+    for _ in range(2):  # the second run must not crash on it either
+        with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+            report = engine.index_folder(folder)
+            assert engine.info().images == 3
+    with imgsearch.open(tmp_path / "c") as engine:
+        skipped = {s.path: s.reason for s in engine.skipped()}
+    shown = str(folder / "\\xff\\xfe_restored.jpg")
+    assert shown in skipped and "not valid UTF-8" in skipped[shown], skipped
+    assert report.unchanged == 3

@@ -87,3 +87,16 @@ def test_every_command_has_help_and_is_documented():
         out = run(*command, "--help").stdout
         assert "Usage:" in out and len(out) > 200, command
         assert f"imgsearch {' '.join(command)}" in readme, f"README does not show `imgsearch {' '.join(command)}`"
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+    import sys
+
+    import imgsearch
+
+    for cmd in (["-m", "imgsearch", "--version"], ["-m", "imgsearch.cli", "--version"]):
+        out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == f"imgsearch {imgsearch.__version__}", out
+    help_out = subprocess.run([sys.executable, "-m", "imgsearch", "--help"], capture_output=True, text=True)
+    assert help_out.returncode == 0 and "index" in help_out.stdout and "--version" in help_out.stdout
