@@ -44,6 +44,8 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     device: str | None = None,
     embedder=None,
     backend: str | None = None,
+    wait: float = 0.0,
+    on_wait: Callable[[], None] | None = None,
 ) -> "Collection":
     """Open (lazily) the collection at path, $IMGSEARCH_INDEX, or indexes/default.
 
@@ -51,9 +53,12 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     built with" and anything else must match it. ``device`` overrides where the model runs.
     ``embedder``: an already loaded ``Embedder`` to share between collections (its model must match).
     ``backend``: "auto", "torch" or "onnx" (see ``ModelConfig.backend``).
+    ``wait``: seconds a write (index, texts, prune) waits for another process's write to end (``math.inf``: as
+    long as it takes; 0: fail at once); ``on_wait`` is called once when a write starts waiting.
     """
     collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device,
                             backend)
+    collection.wait, collection.on_wait = wait, on_wait
     collection._embedder = embedder
     return collection
 
@@ -68,6 +73,7 @@ class Collection:
         self._store: Store | None = None
         self._embedder = None
         self._light = None  # the torch-free query encoder, False when there is none
+        self.wait, self.on_wait = 0.0, None  # how long a write waits for another writer (see open)
         self._indexes: dict[str, SyncedIndex] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ class Collection:
         if not create and not self.exists:
             raise self._missing()
         self.folder.mkdir(parents=True, exist_ok=True)
-        with writer_lock(self.folder / ".lock"):
+        with writer_lock(self.folder / ".lock", self.wait, self.on_wait):
             if self._store is None or self._store.read_only:
                 self.close()
                 self._store = Store(self.folder / DB_NAME)
@@ -257,10 +263,13 @@ class Collection:
             plan = indexing.plan_run(store, root, tuple(excludes))
             report = indexing.report_for(root, plan)
             synced = self._synced("images") if self._dim() else None
-            if synced is not None:
-                synced.index  # noqa: B018 - load the saved index while it is current, then apply deltas
+            booked = indexing.bookkeeping(store, plan)
+            if synced is not None and (booked.touches_images or plan.to_embed or not synced.saved_is_current()):
+                # Load the saved index while it is current, then apply deltas; a missing or stale file (a crashed
+                # run) is rebuilt and saved here. A run that changes nothing never reads the file.
+                synced.index  # noqa: B018
             try:
-                self._mirror(synced, *self._apply(store, indexing.bookkeeping(store, plan)))
+                self._mirror(synced, *self._apply(store, booked))
                 synced = self._embed_plan(store, synced, plan, settings, report, progress)
             except KeyboardInterrupt:
                 report.interrupted = True
@@ -280,7 +289,7 @@ class Collection:
     @staticmethod
     def _mirror(synced: SyncedIndex | None, changes: Changes, new_ids: list[int], generation: int) -> None:
         """Bring the in-memory index in step with a batch the store has committed."""
-        if synced is None:
+        if synced is None or not changes.touches_images:  # the generation did not move: nothing to mirror
             return
         replaced = list(changes.replaced)
         vectors = [c.vector for c in changes.new] + [c.vector for c in changes.replaced.values()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
@@ -70,10 +71,22 @@ def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
     return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
 
 
-def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None) -> api.Collection:
+WaitOpt = typer.Option(True, "--wait/--no-wait",
+                       help="While another imgsearch process writes to the collection, wait for it (with a "
+                            "message) or fail at once.")
+
+
+def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False) -> api.Collection:
     if backend is not None and backend not in ("auto", "torch", "onnx"):
         _fail(f"--backend: unknown backend {backend!r}; use auto, torch or onnx", 2)
-    return api.open(index, model=_model(model, pretrained), device=device, backend=backend)
+    folder = index or "the collection"
+
+    def waiting() -> None:
+        typer.echo(f"imgsearch: another imgsearch process is writing to {folder}; waiting for it to finish "
+                   "(Ctrl-C to stop, --no-wait to fail at once)", err=True)
+
+    return api.open(index, model=_model(model, pretrained), device=device, backend=backend,
+                    wait=math.inf if wait else 0.0, on_wait=waiting)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -143,6 +156,7 @@ def index(
         False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."),
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Embed every image under FOLDER. Re-running is incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, moved ones (even to another folder) followed
@@ -150,7 +164,7 @@ def index(
     are skipped; symlinked folders are followed (each file once)."""
     settings = IndexingConfig(batch_size=batch_size, workers=workers)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
-    with _user_errors(), _open(index, model, pretrained, device, backend) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
             report = engine.index_folder(folder, settings, progress, excludes)
     if as_json:
@@ -249,10 +263,11 @@ def prune(
     index: Optional[Path] = IndexOpt,
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
     as_json: bool = JsonOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Remove entries whose files no longer exist, in every folder of the collection (a folder that
     was deleted or renamed without re-indexing it). Files on a disk that is not mounted count as gone."""
-    with _user_errors(), _open(index) as engine:
+    with _user_errors(), _open(index, wait=wait) as engine:
         gone = engine.prune(dry_run=dry_run)
     if as_json:
         return _print_json({"dry_run": dry_run, "removed": gone})
@@ -270,9 +285,10 @@ def texts_add(
     pretrained: Optional[str] = PretrainedOpt,
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
-    with _user_errors(), _open(index, model, pretrained, device, backend) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
         engine.require_existing()  # a mistyped --index must not create a collection
         with _progress_bar("embedding", "text") as progress:
             added = engine.add_text_file(file, progress)
@@ -280,9 +296,9 @@ def texts_add(
 
 
 @texts_app.command("clear")
-def texts_clear(index: Optional[Path] = IndexOpt) -> None:
+def texts_clear(index: Optional[Path] = IndexOpt, wait: bool = WaitOpt) -> None:
     """Remove every text from the collection."""
-    with _user_errors(), _open(index) as engine:
+    with _user_errors(), _open(index, wait=wait) as engine:
         removed = engine.clear_texts()
     typer.echo(f"removed {removed} texts")
 

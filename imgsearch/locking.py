@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+from typing import Callable
 from pathlib import Path
 
 from .errors import CollectionError
@@ -20,8 +22,12 @@ _held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def writer_lock(path: Path):
-    """Hold ``path`` (a lock file) exclusively, or raise CollectionError at once."""
+def writer_lock(path: Path, wait: float = 0.0, on_wait: Callable[[], None] | None = None):
+    """Hold ``path`` (a lock file) exclusively.
+
+    Held by another process: wait up to ``wait`` seconds (``math.inf``: until it is free), calling ``on_wait``
+    once when waiting starts, then raise CollectionError. Held by this process: raise at once (waiting would
+    never end)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; single-writer is then the user's job
@@ -35,16 +41,31 @@ def writer_lock(path: Path):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise _busy(path) from None
+            _acquire(fd, path, wait, on_wait)
             yield
         finally:
             os.close(fd)  # closing releases the record lock
     finally:
         with _held_guard:
             _held.discard(key)
+
+
+def _acquire(fd: int, path: Path, wait: float, on_wait) -> None:
+    """Poll rather than block, so Ctrl-C and the deadline both work."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise _busy(path) from None
+        if on_wait is not None:
+            on_wait()
+            on_wait = None
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
 def _busy(path: Path) -> CollectionError:

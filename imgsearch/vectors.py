@@ -51,6 +51,10 @@ class SyncedIndex:
                 return
         self.rebuild()
 
+    def saved_is_current(self) -> bool:
+        """Whether the file on disk matches the store (cheap: the stamp, not the index, is read)."""
+        return self._stamp() == self.store.generation(self.table) and self.file.exists()
+
     def _stamp(self) -> int | None:
         try:
             return int(self.stamp.read_text())

@@ -346,3 +346,62 @@ def test_a_failed_save_removes_its_temporary_file(engine, photo_dir, monkeypatch
     with pytest.raises(DiskFullError, match="no space left"):
         engine.index_folder(photo_dir, FAST)
     assert not list(engine.folder.glob("*.tmp"))
+
+
+def test_a_second_writer_waits_with_a_message_or_fails_at_once_with_no_wait(tmp_path, photo_dir):
+    """Scheduled runs that collide: the CLI waits for the first writer by default; --no-wait fails fast."""
+    coll = tmp_path / "c"
+    coll.mkdir()
+    holder = (
+        "import sys, time; from pathlib import Path; from imgsearch.locking import writer_lock\n"
+        "with writer_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
+    )
+    cmd = [sys.executable, "-m", "imgsearch", "index", str(photo_dir), "--index", str(coll),
+           "--model", TINY_MODEL, "--pretrained", "none", "-q"]
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(coll / ".lock"), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        fast = subprocess.run([*cmd, "--no-wait"], capture_output=True, text=True, timeout=120)
+        assert fast.returncode == 1 and "another imgsearch process is writing" in fast.stderr
+        assert time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(coll / ".lock"), "4"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        waited = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.poll() is not None, "the second writer did not wait for the first"
+    finally:
+        proc.kill()
+    assert waited.returncode == 0, waited.stderr
+    assert "waiting for it to finish" in waited.stderr and "10 added" in waited.stdout
+
+
+def test_a_no_change_run_does_not_even_read_the_index_file(tmp_path, tiny_model, photo_dir, monkeypatch):
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.index_folder(photo_dir)
+    loads = []
+    real_load = index_module.VectorIndex.load.__func__
+    monkeypatch.setattr(index_module.VectorIndex, "load",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert engine.index_folder(photo_dir).unchanged == 10
+    assert loads == []
+    os.remove(next(photo_dir.rglob("*.png")))
+    with imgsearch.open(tmp_path / "c") as engine:  # a change loads it, applies the delta, and searches stay right
+        assert engine.index_folder(photo_dir).removed == 1
+        assert len(loads) == 1 and engine.info().images == 9
+        assert len(engine.search_text("anything", k=20)) == 9
+
+
+def test_a_no_change_run_still_repairs_a_stale_index_file(tmp_path, tiny_model, photo_dir):
+    """After a crash the stamp lags the store: the next index run (even with nothing to do) rebuilds and saves."""
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        engine.index_folder(photo_dir)
+    (tmp_path / "c" / "images.faiss").unlink()
+    with imgsearch.open(tmp_path / "c") as engine:
+        assert engine.index_folder(photo_dir).unchanged == 10
+    assert (tmp_path / "c" / "images.faiss").exists()
