@@ -116,15 +116,17 @@ def _progress_bar(description: str, unit: str, enabled: bool = True):
     from tqdm import tqdm
 
     enabled = enabled and sys.stderr.isatty()
-    bar = tqdm(desc=description, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-    shown = {"stage": description}
+    shown: dict = {"stage": description, "bar": None}  # the bar appears with the first progress, not before
 
     def update(done: int, total: int, stage: str | None = None) -> None:
         if not enabled:
             return
-        if stage and shown["stage"] != stage:
-            shown["stage"] = stage
+        bar = shown["bar"]
+        if bar is None:
+            bar = shown["bar"] = tqdm(desc=stage or description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        elif stage and shown["stage"] != stage:
             bar.set_description(stage, refresh=False)
+        shown["stage"] = stage or shown["stage"]
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -132,7 +134,8 @@ def _progress_bar(description: str, unit: str, enabled: bool = True):
     try:
         yield update
     finally:
-        bar.close()
+        if shown["bar"] is not None:
+            shown["bar"].close()
 
 
 def _default_workers() -> int:

@@ -100,3 +100,30 @@ def test_version_and_python_dash_m():
         assert out.returncode == 0 and out.stdout.strip() == f"imgsearch {imgsearch.__version__}", out
     help_out = subprocess.run([sys.executable, "-m", "imgsearch", "--help"], capture_output=True, text=True)
     assert help_out.returncode == 0 and "index" in help_out.stdout and "--version" in help_out.stdout
+
+
+def test_an_error_before_any_work_prints_no_progress_bar_on_a_terminal(tmp_path):
+    """On a real terminal (a pty), `index /nonexistent` prints the error alone: no empty bar, no blank line."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run([sys.executable, "-m", "imgsearch", "index", str(tmp_path / "nonexistent"),
+                           "--index", str(tmp_path / "c")], stdout=follower, stderr=follower, timeout=120)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the other side is closed and drained
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    text = out.decode()
+    assert proc.returncode != 0
+    assert text.startswith("imgsearch: error: not a folder"), repr(text)
+    assert "img/s" not in text and "0img" not in text
