@@ -57,15 +57,15 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     long as it takes; 0: fail at once); ``on_wait`` is called once when a write starts waiting.
     """
     collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device,
-                            backend)
-    collection.wait, collection.on_wait = wait, on_wait
+                            backend, wait, on_wait)
     collection._embedder = embedder
     return collection
 
 
 class Collection:
     def __init__(self, folder: Path, model: ModelConfig | None = None, index_config=IndexConfig(),
-                 device: str | None = None, backend: str | None = None):
+                 device: str | None = None, backend: str | None = None, wait: float = 0.0,
+                 on_wait: Callable[[], None] | None = None):
         self.folder = Path(folder)
         self.index_config = index_config
         self._device, self._backend = device, backend
@@ -73,7 +73,7 @@ class Collection:
         self._store: Store | None = None
         self._embedder = None
         self._light = None  # the torch-free query encoder, False when there is none
-        self.wait, self.on_wait = 0.0, None  # how long a write waits for another writer (see open)
+        self.wait, self.on_wait = wait, on_wait  # how long a write waits for another writer (see open)
         self._indexes: dict[str, SyncedIndex] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -208,9 +208,13 @@ class Collection:
         """What encodes a query: the model's cached ONNX towers (no torch import) when they can, else ``embedder``."""
         if self._embedder is not None:  # already loaded (a shared embedder, a long-lived process)
             return self._embedder
+        return self._light_encoder() or self.embedder
+
+    def _light_encoder(self):
+        """The torch-free query encoder, looked up once (None when there is none)."""
         if self._light is None:
             self._light = self._onnx_query_encoder() or False
-        return self._light or self.embedder
+        return self._light or None
 
     def _onnx_query_encoder(self):
         from .inference import backends
@@ -458,7 +462,7 @@ class Collection:
             image_index=index.kind if index else "flat", image_index_lists=index.nlist if index else None,
             nprobe=self.index_config.nprobe if index and index.kind == "ivf" else None,
             disk_bytes=disk, schema_version=store.get("schema_version", SCHEMA_VERSION),
-            backend=store.get("backend"), query_backend="onnx" if self._onnx_query_encoder() else "torch",
+            backend=store.get("backend"), query_backend="onnx" if self._light_encoder() else "torch",
         )
 
     def skipped(self) -> list[SkippedFile]:

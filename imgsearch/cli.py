@@ -16,6 +16,7 @@ from . import api
 from .config import COLLECTION_ENV, DEFAULT_EXCLUDES, IndexConfig, IndexingConfig, ModelConfig
 from .errors import ImgsearchError
 from .images import looks_like_image_path
+from .inference.backends import BACKENDS
 
 # rich_markup_mode=None: rich markup would swallow "[default: ...]" in help texts.
 app = typer.Typer(
@@ -38,7 +39,8 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
                                        help="Print the version and exit.")) -> None:
-    """Semantic image search: index folders of images with CLIP, then search them by text or image."""
+    pass  # the app's help text is the Typer(help=...) above
+
 
 IndexOpt = typer.Option(
     None, "--index", envvar=COLLECTION_ENV, show_envvar=True, metavar="PATH",
@@ -59,6 +61,9 @@ BackendOpt = typer.Option(
          "[default: auto: torch with bf16 weights on CPUs with native bf16, else onnx; queries use the cached "
          "ONNX export when there is one, without importing torch].")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+WaitOpt = typer.Option(True, "--wait/--no-wait",
+                       help="While another imgsearch process writes to the collection, wait for it (with a "
+                            "message) or fail at once.")
 
 
 def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
@@ -71,14 +76,9 @@ def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
     return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
 
 
-WaitOpt = typer.Option(True, "--wait/--no-wait",
-                       help="While another imgsearch process writes to the collection, wait for it (with a "
-                            "message) or fail at once.")
-
-
 def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False) -> api.Collection:
-    if backend is not None and backend not in ("auto", "torch", "onnx"):
-        _fail(f"--backend: unknown backend {backend!r}; use auto, torch or onnx", 2)
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend: unknown backend {backend!r}; use {', '.join(BACKENDS)}", 2)
     folder = index or "the collection"
 
     def waiting() -> None:

@@ -324,20 +324,20 @@ class Embedder:
         """bf16 weights, cast once, if the probes keep cosine >= MIN_COSINE to fp32 (else fp32, with a note)."""
         fp32 = _TorchTowers(model, self.device, "fp32")
         half = _TorchTowers(_cast_copy(model, torch.bfloat16), self.device, "bf16")
-        worst = min(min_cosine(*(t.encode_image(self._probe_pixels()) for t in (fp32, half))),
-                    min_cosine(*(t.encode_text(self._probe_tokens()) for t in (fp32, half))))
+        pixels, tokens = self._probes
+        worst = min(min_cosine(fp32.encode_image(pixels), half.encode_image(pixels)),
+                    min_cosine(fp32.encode_text(tokens), half.encode_text(tokens)))
         if worst >= backends.MIN_COSINE or self.config.precision == "bf16":
             self._loaded = (half.model, *self._loaded[1:])  # the fp32 weights are freed
             return half
         self.notes.append(f"bf16 failed the quality check (cosine {worst:.5f} < {backends.MIN_COSINE}); fp32 runs")
         return fp32
 
-    def _probe_pixels(self) -> torch.Tensor:
-        preprocess = self._parts()[1]
-        return torch.stack([preprocess(im) for im in _probe_images()])
-
-    def _probe_tokens(self) -> torch.Tensor:
-        return self._parts()[2](list(_PROBE_TEXTS))
+    @functools.cached_property
+    def _probes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels, tokens) of the fixed probe images and texts, made once for every quality check."""
+        _, preprocess, tokenizer = self._parts()
+        return torch.stack([preprocess(im) for im in _probe_images()]), tokenizer(list(_PROBE_TEXTS))
 
     def export_onnx(self):
         """This model's ONNX towers in the cache (exported and checked once), or None if it cannot be exported.
@@ -350,7 +350,7 @@ class Embedder:
         if found is not None:
             return found
         try:
-            return _export(self._parts(), self.config, self._probe_pixels(), self._probe_tokens())
+            return _export(self._parts(), self.config, *self._probes)
         except Exception as exc:  # an architecture the exporter cannot handle: torch still works
             self.notes.append(f"ONNX export failed: {_first_sentence(exc)}")
             return None
