@@ -1,7 +1,7 @@
 """The Python API: open a collection, index folders, add texts, search, describe.
 
     import imgsearch
-    engine = imgsearch.open("indexes/default")
+    engine = imgsearch.open()                 # the default collection (see imgsearch.config.data_dir)
     engine.index_folder("~/Pictures")
     engine.search("a red car", k=10)          # text -> images
     engine.search("beach.jpg")                # image -> images
@@ -28,13 +28,20 @@ from .errors import (
 )
 from .locking import writer_lock
 from .planning import Plan
-from .results import CollectionInfo, ImageHit, IndexReport, SkippedFile, TextHit
+from .index import IdFilter, similar_pairs
+from .results import CollectionInfo, DuplicateGroup, ImageHit, IndexReport, SkippedFile, TextHit
+from .search.duplicates import Row as DuplicateRow
+from .search.duplicates import group_duplicates
+from .search.filters import Filters, ImageColumns
+from .search.query import Query, Term, combine
 from .store import SCHEMA_VERSION, Changes, Store
 from .vectors import SyncedIndex, remove_leftovers
 
 DB_NAME = "imgsearch.db"
 Progress = Callable[..., None]  # (done, total[, stage])
 ImageQuery = str | os.PathLike | Image.Image  # a file path, an http(s) URL, or a PIL image
+# Cosine at or above which two images are near-duplicates by default (see docs/search.md for what it catches).
+DUPLICATE_THRESHOLD = 0.95
 
 
 def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for users
@@ -47,7 +54,8 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     wait: float = 0.0,
     on_wait: Callable[[], None] | None = None,
 ) -> "Collection":
-    """Open (lazily) the collection at path, $IMGSEARCH_INDEX, or indexes/default.
+    """Open (lazily) the collection at path, else $IMGSEARCH_INDEX, else the per-user default
+    (``~/.local/share/imgsearch/default`` on Linux; see ``config.data_dir``).
 
     ``model``: the model for a new collection; for an existing one, None means "the one it was
     built with" and anything else must match it. ``device`` overrides where the model runs.
@@ -75,6 +83,9 @@ class Collection:
         self._light = None  # the torch-free query encoder, False when there is none
         self.wait, self.on_wait = wait, on_wait  # how long a write waits for another writer (see open)
         self._indexes: dict[str, SyncedIndex] = {}
+        self._columns: tuple | None = None  # (store version, ImageColumns) for filters
+        self._selection: tuple | None = None  # (store version, Filters, IdFilter): the last filter's ids
+        self._known_dim: int | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
     def __enter__(self) -> "Collection":
@@ -241,8 +252,10 @@ class Collection:
 
     def _dim(self) -> int | None:
         """The vectors' dimension, from the store (never by loading the model); None while empty."""
-        store = self._store_for()
-        return store.get("dim") or store.first_vector_size("images") or store.first_vector_size("texts")
+        if self._known_dim is None:  # fixed once known: a collection never changes model
+            store = self._store_for()
+            self._known_dim = store.get("dim") or store.first_vector_size("images") or store.first_vector_size("texts")
+        return self._known_dim
 
     def _synced(self, table: str) -> SyncedIndex:
         if table not in self._indexes:
@@ -266,6 +279,7 @@ class Collection:
             self._note_moved_checkpoint(store)  # also refuses a model other than the collection's, up front
             plan = indexing.plan_run(store, root, tuple(excludes))
             report = indexing.report_for(root, plan)
+            report.backfilled = indexing.backfill_details(store, root, progress)  # rows from before schema v3
             synced = self._synced("images") if self._dim() else None
             booked = indexing.bookkeeping(store, plan)
             if synced is not None and (booked.touches_images or plan.to_embed or not synced.saved_is_current()):
@@ -385,33 +399,54 @@ class Collection:
         return removed
 
     # -- search ---------------------------------------------------------------------------------
-    def search(self, query: str | ImageQuery, k: int = 10) -> list[ImageHit]:
-        """Images best matching a text or an image (a path, an http(s) URL, a ``Path``, a PIL image).
+    def search(self, query: str | ImageQuery | Query, k: int = 10, filters: Filters | None = None,
+               offset: int = 0) -> list[ImageHit]:
+        """Images best matching a query: a ``Query``, its written form (``"beach + sunset - people"``,
+        ``"2*red car + img:night.jpg"``; see ``imgsearch.search.query``), or an image (a path, an http(s) URL,
+        a ``Path``, a PIL image). ``filters`` narrow the result (and override the query's own);
+        ``offset`` skips that many of the best (paging).
 
-        The rule goes by the form of the string, never by whether a file exists: one that looks like an
-        image file ("beach.jpg", "photos/a b.png", a URL) is an image query, and a missing file is an
-        error, never a text search. ``search_text`` and ``search_image`` say which outright.
+        A string that is one image file name ("beach.jpg", "photos/a b.png", a URL) is an image query, and a
+        missing file is an error, never a text search. ``search_text`` and ``search_image`` say which outright.
         """
-        if isinstance(query, str) and not imgs.looks_like_image_path(query):
-            return self.search_text(query, k)
-        return self.search_image(query, k)
-
-    def search_text(self, text: str, k: int = 10) -> list[ImageHit]:
-        """Images best matching a text, taken as text whatever it looks like."""
+        query = self._as_query(query, filters)
         self._searchable("images", k)
-        if not text.strip():
-            raise BadInputError("empty query; give some text, or an image")
-        return self.search_vector(self.query_encoder.embed_texts([text])[0], k)
+        if offset < 0:
+            raise BadInputError(f"offset must be 0 or more, got {offset}")
+        return self._image_hits(self.query_vector(query), k, query.filters, offset)
 
-    def search_image(self, image: ImageQuery, k: int = 10) -> list[ImageHit]:
+    def search_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[ImageHit]:
+        """Images best matching a text, taken as text whatever it looks like (no operators, no prefixes)."""
+        return self.search(Query((Term.text(text),), filters or Filters()), k)
+
+    def search_image(self, image: ImageQuery, k: int = 10, filters: Filters | None = None) -> list[ImageHit]:
         """Images most like an image: a file path, an http(s) URL, or a PIL image."""
-        self._searchable("images", k)
-        return self.search_vector(self._image_vector(image), k)
+        return self.search(Query((Term.image(image),), filters or Filters()), k)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[ImageHit]:
-        hits = self._search("images", vector, k)
+    def search_vector(self, vector: np.ndarray, k: int = 10, filters: Filters | None = None,
+                      offset: int = 0) -> list[ImageHit]:
+        self._searchable("images", k)
+        return self._image_hits(vector, k, filters or Filters(), offset)
+
+    def _image_hits(self, vector: np.ndarray, k: int, filters: Filters, offset: int) -> list[ImageHit]:
+        allowed = self._allowed(filters) if filters else None
+        found = self._synced("images").index.search(vector, k + offset, allowed)
+        hits = [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0][offset:]
         rows = self._store_for().images_by_id([i for i, _ in hits])
-        return [ImageHit(i, rows[i].path, s, rows[i].width, rows[i].height) for i, s in hits if i in rows]
+        return [_image_hit(rows[i], s) for i, s in hits if i in rows]
+
+    def _allowed(self, filters: Filters) -> IdFilter:
+        """Ids passing the filters, from columns cached until the collection changes; the last selection is kept,
+        so paging or a new query under the same filters does not select again."""
+        version = self._store_for().filter_version()
+        if self._selection is not None and self._selection[:2] == (version, filters):
+            return self._selection[2]
+        if self._columns is None or self._columns[0] != version:
+            version, rows = self._store_for().filter_rows()
+            self._columns = (version, ImageColumns.from_rows(rows))
+        chosen = IdFilter(self._columns[1].select(filters))
+        self._selection = (version, filters, chosen)
+        return chosen
 
     def describe(self, image: ImageQuery, k: int = 5) -> list[TextHit]:
         """Texts of the collection's text set best matching an image (image -> text)."""
@@ -433,11 +468,31 @@ class Collection:
         found = self._synced(table).index.search(vector, k)
         return [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0]
 
-    def query_vector(self, query: str | ImageQuery) -> np.ndarray:
-        """The embedding ``search`` would use for this query (same rules)."""
-        if isinstance(query, str) and not imgs.looks_like_image_path(query):
-            return self.query_encoder.embed_texts([query])[0]
-        return self._image_vector(query)
+    @staticmethod
+    def _as_query(query: str | ImageQuery | Query, filters: Filters | None = None) -> Query:
+        if not isinstance(query, Query):
+            query = Query.parse(query, bare_images=True) if isinstance(query, str) else Query((Term.image(query),))
+        return query.with_filters(filters) if filters is not None else query
+
+    def query_vector(self, query: str | ImageQuery | Query) -> np.ndarray:
+        """The embedding ``search`` uses for this query (same rules): the weighted sum of its terms'
+        normalised embeddings, renormalised."""
+        query = self._as_query(query)
+        vectors = [self._term_vector(term) for term in query.terms]
+        if len(vectors) == 1 and query.terms[0].weight > 0:
+            return vectors[0]
+        return combine(vectors, [t.weight for t in query.terms])
+
+    def _term_vector(self, term: Term) -> np.ndarray:
+        if term.kind == "text":
+            return self.query_encoder.embed_texts([term.value])[0]
+        if term.kind == "image":
+            return self._image_vector(term.value)
+        found = self._store_for().image_vectors([term.value])
+        if term.value not in found:
+            raise BadInputError(f"no image with id {term.value} in {self.folder}; ids come from search results "
+                                "(--json), and a deleted image's id is never reused")
+        return found[term.value].copy()
 
     def _image_vector(self, image: ImageQuery) -> np.ndarray:
         if isinstance(image, Image.Image):
@@ -450,6 +505,20 @@ class Collection:
         except imgs.ImageSkipped as exc:
             raise BadInputError(f"cannot use {image} as a query image: {exc}") from None
         return self.query_encoder.embed_images([loaded.image])[0]
+
+    # -- duplicates -----------------------------------------------------------------------------
+    def duplicates(self, threshold: float | None = DUPLICATE_THRESHOLD) -> list[DuplicateGroup]:
+        """Groups of identical files (same bytes) and, unless ``threshold`` is None, of near-duplicates: images
+        whose vectors have cosine >= threshold (resized, re-encoded, lightly edited copies). Best copy first in
+        each group, biggest groups first. Lists only: nothing is deleted or moved."""
+        if threshold is not None and not 0 < threshold <= 1:
+            raise BadInputError(f"threshold must be in (0, 1], got {threshold}; e.g. 0.95 (higher: stricter)")
+        store, dim = self._store_for(), self._dim()
+        if not dim:
+            return []
+        _, ids, vectors = store.snapshot_vectors("images", dim)
+        rows = [DuplicateRow(*r) for r in store.duplicate_rows()]
+        return group_duplicates(rows, ids, vectors, threshold, similar_pairs)
 
     # -- inspection -----------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
@@ -467,3 +536,8 @@ class Collection:
 
     def skipped(self) -> list[SkippedFile]:
         return [SkippedFile(s.path, s.reason) for s in self._store_for().skipped()]
+
+
+def _image_hit(row, score: float) -> ImageHit:
+    taken = row.taken_at if row.taken_at is not None else row.mtime_ns / 1e9
+    return ImageHit(row.id, row.path, score, row.width, row.height, row.size, taken, row.format or None)

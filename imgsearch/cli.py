@@ -17,6 +17,7 @@ from .config import COLLECTION_ENV, DEFAULT_EXCLUDES, IndexConfig, IndexingConfi
 from .errors import ImgsearchError
 from .images import looks_like_image_path
 from .inference.backends import BACKENDS
+from .search import Filters, Query, Term
 
 # rich_markup_mode=None: rich markup would swallow "[default: ...]" in help texts.
 app = typer.Typer(
@@ -44,7 +45,7 @@ def _main(version: bool = typer.Option(False, "--version", is_eager=True, callba
 
 IndexOpt = typer.Option(
     None, "--index", envvar=COLLECTION_ENV, show_envvar=True, metavar="PATH",
-    help="Collection folder [default: indexes/default].",
+    help="Collection folder [default: ~/.local/share/imgsearch/default, or $XDG_DATA_HOME/imgsearch/default].",
 )
 ModelOpt = typer.Option(None, "--model", metavar="NAME",
                         help="open_clip model name for a new collection [default: ViT-B-32].")
@@ -188,6 +189,9 @@ def _print_index_report(report) -> None:
         typer.echo(f"  skipped {item.path}: {item.reason}", err=True)
     if len(report.skipped) > 20:
         typer.echo(f"  ... and {len(report.skipped) - 20} more: see `imgsearch skipped`", err=True)
+    if report.backfilled:
+        typer.echo(f"  read the format and date of {report.backfilled} images indexed by an older imgsearch "
+                   "(for --after/--before/--format filters; nothing was re-embedded)", err=True)
     if report.still_skipped:
         typer.echo(f"  {report.still_skipped} files skipped in earlier runs are still unreadable "
                    "(`imgsearch skipped` lists them)", err=True)
@@ -195,12 +199,27 @@ def _print_index_report(report) -> None:
 
 @app.command()
 def query(
-    text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"a red car\". Always text: "
-                                         "one that looks like an image file name is refused (use --image)."),
-    image: Optional[str] = typer.Option(None, "--image", "-i", metavar="PATH|URL",
-                                        help="Search with this image file or http(s) URL instead of text."),
+    text: Optional[str] = typer.Argument(
+        None, help="What to look for: \"a red car\", or terms joined by ' + ' and ' - ' with optional weights and "
+                   "image terms: \"beach + sunset - people\", \"2*red car + 0.5*night\", \"sunset + img:photos/a.jpg\". "
+                   "Quotes keep text literal. A bare image file name is refused (write img:NAME)."),
+    image: list[str] = typer.Option([], "--image", "-i", metavar="PATH|URL",
+                                    help="Search with this image file or http(s) URL (repeatable; added to TEXT)."),
+    minus: list[str] = typer.Option([], "--minus", metavar="TEXT|PATH",
+                                    help="Subtract this text or image from the query (repeatable)."),
     texts: bool = typer.Option(False, "--texts", help="Return texts from the text collection (image -> text)."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="How many results."),
+    folders: list[Path] = typer.Option([], "--in", metavar="FOLDER",
+                                       help="Only images under FOLDER (repeatable)."),
+    after: Optional[str] = typer.Option(None, "--after", metavar="DATE", help=(
+        "Only images taken on or after DATE (YYYY, YYYY-MM, YYYY-MM-DD[ HH:MM], local time): EXIF "
+        "DateTimeOriginal, else the file's modification time.")),
+    before: Optional[str] = typer.Option(None, "--before", metavar="DATE", help="Only images taken before DATE."),
+    min_width: Optional[int] = typer.Option(None, "--min-width", metavar="PX", help="Only images at least PX wide."),
+    min_height: Optional[int] = typer.Option(None, "--min-height", metavar="PX", help="Only images at least PX tall."),
+    formats: Optional[str] = typer.Option(None, "--format", metavar="LIST",
+                                          help="Only these formats, e.g. jpg,png (jpeg png webp gif bmp tiff heif avif)."),
+    orientation: Optional[str] = typer.Option(None, "--orientation", metavar="landscape|portrait|square"),
     index: Optional[Path] = IndexOpt,
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="FILE",
                                              help="New location of the collection's checkpoint file, if it moved."),
@@ -208,28 +227,83 @@ def query(
     backend: Optional[str] = BackendOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Search the collection: by TEXT, or by --image. With --texts, find texts matching an image.
-
-    TEXT is never taken for a file: a query such as "beach.jpg" is refused with a pointer to --image,
-    so a mistyped image path cannot turn into a text search."""
-    if (text is None) == (image is None):
-        _fail("give either a TEXT query or --image PATH (not both)", 2)
-    if texts and image is None:
-        _fail("--texts finds texts for an image: add --image PATH", 2)
-    if text is not None and looks_like_image_path(text):
-        _fail(f"{text!r} looks like an image file name; to search by image use --image {text}, to search for "
-              "the words add a few more (e.g. 'a photo called ...')", 2)
+    """Search the collection: by TEXT, by --image, or by both combined. With --texts, find texts
+    matching an image. The query vector is the weighted sum of the terms' normalised embeddings,
+    renormalised (see docs/search.md)."""
+    if texts and (len(image) != 1 or text is not None or minus):
+        _fail("--texts finds texts for one image: give exactly one --image PATH and no TEXT or --minus", 2)
+    if not texts:
+        try:  # a malformed query or filter is a usage error, found before anything loads
+            filters = Filters(tuple(folders), after, before, min_width, min_height, formats or (), orientation)
+            wanted = _query(text, image, minus, filters)
+        except ImgsearchError as exc:
+            _fail(exc.for_cli(), 2)
     with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
-        if texts:
-            hits = engine.describe(image, k=top)
-        elif image is not None:
-            hits = engine.search_image(image, k=top)
-        else:
-            hits = engine.search_text(text, k=top)
+        hits = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
     if as_json:
         return _print_json([h.to_dict() for h in hits])
     for h in hits:
         typer.echo(f"{h.score:.4f}\t{h.text if texts else h.path}")
+
+
+def _query(text: str | None, images: list[str], minus: list[str], filters) -> Query:
+    if text is None and not images:
+        _fail("give a TEXT query, --image PATH, or both", 2)
+    terms = list(Query.parse(text).terms) if text is not None else []
+    terms += [Term.image(i) for i in images]
+    terms += [Term.image(m, -1.0) if looks_like_image_path(m) else Term.text(m, -1.0) for m in minus]
+    return Query(tuple(terms), filters)
+
+
+@app.command()
+def dupes(
+    threshold: float = typer.Option(api.DUPLICATE_THRESHOLD, "--threshold", "-t", min=0.0, max=1.0,
+                                    help="Cosine similarity from which two images are near-duplicates (higher: "
+                                         "stricter)."),
+    exact: bool = typer.Option(False, "--exact", help="Only identical files (same bytes)."),
+    index: Optional[Path] = IndexOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List groups of duplicate images: identical files, and near-duplicates (resized, re-encoded or lightly
+    edited copies) by similarity. The best copy (most pixels, then largest file) comes first. Nothing is
+    deleted or moved."""
+    with _user_errors(), _open(index) as engine:
+        groups = engine.duplicates(None if exact else threshold)
+    if as_json:
+        return _print_json([g.to_dict() for g in groups])
+    for n, group in enumerate(groups, 1):
+        typer.echo(f"group {n}: {len(group.images)} images, {group.kind}")
+        for image in group.images:
+            size = f"{image.width}x{image.height}" if image.width else "?x?"
+            mark = "same file" if image.exact_copy and image is not group.images[0] else f"{image.similarity:.3f}"
+            typer.echo(f"  {mark:>9}  {size:>11}  {image.size / 1e6:7.2f} MB  {image.path}")
+    extra = sum(len(g.images) - 1 for g in groups)
+    typer.echo(f"{len(groups)} groups; {extra} images are copies of another", err=True)
+
+
+@app.command()
+def models(as_json: bool = JsonOpt) -> None:
+    """Recommended models: embedding size, indexing cost relative to ViT-B-32, published text->image Recall@5
+    (COCO 5K, Flickr30K 1K), and whether the weights are already downloaded. Use one with
+    `imgsearch index DIR --model NAME --pretrained TAG --index NEW_PATH`."""
+    from .catalog import describe
+
+    with _user_errors():
+        found = describe()
+    if as_json:
+        return _print_json([m.to_dict() for m in found])
+
+    def pct(x):
+        return f"{x:.1%}" if x is not None else "-"
+
+    typer.echo(f"{'model':27} {'pretrained':19} {'dim':>4} {'cost':>5} {'COCO R@5':>8} {'F30K R@5':>8}  cached  notes")
+    for m in found:
+        cost = f"{m.relative_cost:g}x" if m.relative_cost else "?"
+        typer.echo(f"{m.name:27} {m.pretrained:19} {m.dim or '?':>4} {cost:>5} {pct(m.coco_text_to_image_r5):>8} "
+                   f"{pct(m.flickr_text_to_image_r5):>8}  {'yes' if m.cached else 'no':6}  {m.why}"
+                   f"{'' if m.languages == 'English' else f' ({m.languages})'}")
+    typer.echo("cost: image-tower compute per image relative to ViT-B-32 (indexing time scales with it); R@5: "
+               "published text->image numbers (open_clip / CLIP_benchmark), '-' where none are recorded", err=True)
 
 
 @app.command()

@@ -7,12 +7,14 @@ as JSON in their manifest so a collection always reopens with its own model.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-# Where collections live unless --index / IMGSEARCH_INDEX says otherwise.
-DEFAULT_COLLECTION = Path("indexes") / "default"
+# Where collections live unless --index / IMGSEARCH_INDEX says otherwise: the platform's per-user data folder
+# (see data_dir), so that a collection is found from any working directory.
 COLLECTION_ENV = "IMGSEARCH_INDEX"
+DEFAULT_NAME = "default"
 # A directory of extra open_clip model configs (JSON), e.g. custom or tiny test architectures.
 MODEL_CONFIGS_ENV = "IMGSEARCH_MODEL_CONFIGS"
 
@@ -93,6 +95,11 @@ class IndexingConfig:
     max_pixels: int = 128_000_000
     # Save the FAISS index at least this often during a long run, so a crash loses little work.
     checkpoint_seconds: float = 120.0
+    # "fast": JPEGs decoded at reduced size in the decoder where the model input allows (DCT scaling), upright by
+    # EXIF, transparency on white; the vectors differ little from a full decode (docs/performance.md).
+    # "reference": exactly as CLIP_benchmark decodes (full size, Image.convert("RGB"), no EXIF rotation), which
+    # `imgsearch eval` uses so that published numbers can be reproduced.
+    decode: str = "fast"
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -101,8 +108,20 @@ class IndexingConfig:
         return 0 if cores <= 2 else min(8, cores - 1)
 
 
+def data_dir() -> Path:
+    """imgsearch's per-user data folder: $XDG_DATA_HOME/imgsearch (default ~/.local/share/imgsearch) on Linux and
+    other Unixes, ~/Library/Application Support/imgsearch on macOS, %LOCALAPPDATA%\\imgsearch on Windows."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imgsearch"
+
+
 def collection_path(explicit: str | os.PathLike | None = None) -> Path:
-    """The collection folder: explicit path, else $IMGSEARCH_INDEX, else indexes/default."""
+    """The collection folder: explicit path, else $IMGSEARCH_INDEX, else <data_dir()>/default."""
     if explicit:
-        return Path(explicit)
-    return Path(os.environ.get(COLLECTION_ENV) or DEFAULT_COLLECTION)
+        return Path(explicit).expanduser()
+    return Path(os.environ.get(COLLECTION_ENV) or data_dir() / DEFAULT_NAME).expanduser()

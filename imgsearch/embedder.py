@@ -27,7 +27,7 @@ from . import checkpoints
 from .inference import backends
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
-from .images import ImageDetails, ImageSkipped, load_image
+from .images import ImageDetails, ImageSkipped, load_image, load_reference_image
 
 _TEXT_BATCH = 256
 
@@ -91,11 +91,10 @@ def _check_downloadable(name: str, tag: str) -> None:
 
     Without this, huggingface_hub retries an unreachable host for about a minute per file.
     """
-    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
-    repo, filename = os.path.split(cfg.get("hf_hub") or "")
-    repo = repo.rstrip("/")
-    if (repo and _cached_on_hub(repo, filename)) or (not repo and _cached_url(cfg.get("url") or "")):
+    if weights_cached(name, tag):
         return
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    repo = os.path.split(cfg.get("hf_hub") or "")[0].rstrip("/")
     source = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo}" if repo else cfg.get("url", "")
     problem = "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else _unreachable(source)
     if problem:
@@ -108,6 +107,20 @@ def _check_downloadable(name: str, tag: str) -> None:
             api_hint="download them on a machine with internet and pass the file as "
                      "ModelConfig(pretrained='/path/to/open_clip_model.safetensors')",
         )
+
+
+def architecture(name: str) -> dict | None:
+    """open_clip's architecture config for a model name (None if unknown)."""
+    register_extra_model_configs()
+    return open_clip.get_model_config(name)
+
+
+def weights_cached(name: str, tag: str) -> bool:
+    """Whether open_clip's weights for (name, tag) are in the local cache already (no download needed)."""
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    repo, filename = os.path.split(cfg.get("hf_hub") or "")
+    repo = repo.rstrip("/")
+    return _cached_on_hub(repo, filename) if repo else _cached_url(cfg.get("url") or "")
 
 
 def _cached_on_hub(repo: str, filename: str) -> bool:
@@ -394,7 +407,9 @@ class Embedder:
         Unreadable files come back as failures with a reason; they never stop the run.
         """
         preprocess = self._parts()[1]
-        dataset = _FileDataset(list(paths), preprocess, self.image_size, settings.max_pixels)
+        if settings.decode not in ("fast", "reference"):
+            raise ValueError(f"IndexingConfig.decode must be 'fast' or 'reference', got {settings.decode!r}")
+        dataset = _FileDataset(list(paths), preprocess, self.image_size, settings.max_pixels, settings.decode)
         workers = min(settings.resolved_workers(), max(1, len(paths) // settings.batch_size))
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -500,16 +515,17 @@ def _export_meta(model: torch.nn.Module, config: ModelConfig, tokenizer) -> dict
 class _FileDataset(torch.utils.data.Dataset):
     """Decodes one file in a worker: (position, tensor or None, details, reason)."""
 
-    def __init__(self, paths: list[str], preprocess: Callable, min_side: int, max_pixels: int):
+    def __init__(self, paths: list[str], preprocess: Callable, min_side: int, max_pixels: int, decode: str = "fast"):
         self.paths, self.preprocess = paths, preprocess
         self.min_side, self.max_pixels = min_side, max_pixels
+        self.load = load_image if decode == "fast" else load_reference_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            loaded = load_image(self.paths[i], self.min_side, self.max_pixels)
+            loaded = self.load(self.paths[i], self.min_side, self.max_pixels)
             return i, self.preprocess(loaded.image), loaded.details, None
         except ImageSkipped as exc:
             return i, None, None, str(exc)

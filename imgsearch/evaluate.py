@@ -199,10 +199,11 @@ class EvalReport:
 
 def embed_dataset(dataset: RetrievalDataset, embedder, batch_size: int = 64,
                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image vectors, caption vectors); any unreadable image is an error, since metrics would be off."""
+    """(image vectors, caption vectors); any unreadable image is an error, since metrics would be off.
+    Images are decoded as the CLIP_benchmark protocol does (full size, no EXIF rotation), not as indexing does."""
     images = np.zeros((dataset.n_images, embedder.dim), np.float32)
     done = 0
-    for batch in embedder.embed_files(dataset.image_paths, IndexingConfig(batch_size=batch_size)):
+    for batch in embedder.embed_files(dataset.image_paths, IndexingConfig(batch_size=batch_size, decode="reference")):
         if batch.failures:
             pos, reason = batch.failures[0]
             raise DatasetError(f"cannot read {dataset.image_paths[pos]}: {reason}; every image must be readable")

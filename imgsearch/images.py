@@ -6,6 +6,7 @@ image or raises ``ImageSkipped`` whose text is the reason stored for the user.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import hashlib
 import io
@@ -190,6 +191,41 @@ class ImageDetails:
     width: int  # original size, upright
     height: int
     content_hash: str
+    format: str | None = None  # Pillow's format, as stored: "jpeg", "png"...
+    taken_at: float | None = None  # EXIF DateTimeOriginal (epoch seconds), None without one
+
+
+def read_details(path: str) -> tuple[str | None, float | None]:
+    """(format, taken_at) from a file's header, without decoding its pixels; (None, None) if unreadable."""
+    register_optional_formats()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return _format(img), _taken_at(img)
+    except Exception:  # noqa: BLE001 - any failure only means "unknown"; the file was indexed before
+        return None, None
+
+
+def _format(img: Image.Image) -> str | None:
+    from .search.filters import format_name
+
+    return format_name(img.format)
+
+
+def _taken_at(img: Image.Image) -> float | None:
+    """EXIF DateTimeOriginal as epoch seconds: with its OffsetTimeOriginal when present, else local time."""
+    try:
+        exif = img.getexif().get_ifd(0x8769)
+        stamp, offset = exif.get(0x9003), exif.get(0x9011)
+        if not stamp:
+            return None
+        when = datetime.datetime.strptime(str(stamp).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+        if offset:
+            when = datetime.datetime.strptime(f"{when:%Y-%m-%d %H:%M:%S}{str(offset).strip()}", "%Y-%m-%d %H:%M:%S%z")
+        return when.timestamp()
+    except (ValueError, TypeError, OSError, SyntaxError):  # "0000:00:00 00:00:00", garbage, a broken IFD
+        return None
 
 
 @dataclass(frozen=True)
@@ -205,6 +241,24 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
     Raises ImageSkipped with a reason for anything that is not a readable, sane image.
     """
     return decode_image(_read(path), min_side, max_pixels)
+
+
+def load_reference_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
+    """Decode exactly as the CLIP_benchmark protocol does: full size, ``Image.convert("RGB")``, no EXIF rotation
+    (``min_side`` is ignored). For evaluation, so that published numbers can be reproduced."""
+    data = _read(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageSkipped(f"decompression bomb: {img.width}x{img.height} pixels exceeds {max_pixels:,}")
+                found_format, rgb = _format(img), img.convert("RGB")
+    except ImageSkipped:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageSkipped(f"not a readable image: {exc}") from None
+    return LoadedImage(rgb, ImageDetails(rgb.width, rgb.height, bytes_hash(data), found_format))
 
 
 def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
@@ -246,6 +300,7 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
                     f"decompression bomb: {width}x{height} = {width * height:,} pixels "
                     f"exceeds the limit of {max_pixels:,}"
                 )
+            found_format, taken_at = _format(img), _taken_at(img)
             orientation = img.getexif().get(0x0112, 1)
             if orientation in _TRANSPOSED:
                 width, height = height, width
@@ -254,7 +309,7 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
             img.load()
             upright = ImageOps.exif_transpose(img)
             rgb = _to_rgb(upright)
-    return LoadedImage(rgb, ImageDetails(width, height, bytes_hash(data)))
+    return LoadedImage(rgb, ImageDetails(width, height, bytes_hash(data), found_format, taken_at))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -25,6 +25,9 @@ GPU_MAX_K = 2048
 # Smaller batches search on one thread: faiss's OpenMP pool and torch's busy-wait against each
 # other between calls, which made one-image queries ~30x slower on a 2-core machine.
 _PARALLEL_MIN_QUERIES = 64
+# A filter keeping at least this share of the ids is applied after an ordinary (wider) search: scanning with a
+# selector costs ~6x more per passing vector in faiss (measured, docs/performance.md), and most pass anyway.
+_POST_FILTER_SHARE = 0.5
 
 
 @contextlib.contextmanager
@@ -38,6 +41,25 @@ def _faiss_threads(n: int | None):
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+class IdFilter:
+    """A set of allowed ids as faiss's bitmap selector (one bit per id up to the largest); build once, search many."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = np.asarray(ids, np.int64)
+        member = np.zeros(int(self.ids.max()) + 1 if len(self.ids) else 1, bool)
+        member[self.ids] = True
+        self.member = member
+        self._bitmap = np.packbits(member, bitorder="little")  # bit i of byte i // 8: IDSelectorBitmap's layout
+        self.selector = faiss.IDSelectorBitmap(len(self._bitmap), faiss.swig_ptr(self._bitmap))  # points into it
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        inside = (ids >= 0) & (ids < len(self.member))
+        return inside & self.member[np.where(inside, ids, 0)]
 
 
 @dataclass(frozen=True)
@@ -165,17 +187,58 @@ class VectorIndex:
         self._gpu_index = None
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
-    def search(self, queries: np.ndarray, k: int) -> Hits:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | IdFilter | None = None) -> Hits:
+        """The k best ids per query; ``allowed``: only these ids (a filter), still k of them when k exist."""
         queries = _check_vectors(np.atleast_2d(queries), self.dim)
         if k < 1:
             raise ValueError("k must be at least 1")
-        if self.ntotal == 0:
+        if self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             empty = np.full((len(queries), k), -1, np.int64)
             return Hits(empty, np.full((len(queries), k), -np.inf, np.float32))
+        if allowed is not None:
+            return self._search_allowed(queries, k, allowed if isinstance(allowed, IdFilter) else IdFilter(allowed))
         k = min(k, self.ntotal)
         with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
             scores, ids = self._searcher(len(queries), k).search(queries, k)
         return Hits(ids, scores)
+
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: IdFilter) -> Hits:
+        """Search only the allowed ids, through a bitmap selector (one bit test per scanned vector).
+
+        IVF probes nprobe / selectivity lists, so a filter keeping 1% scans every list (exact over the subset)
+        while one keeping a fifth probes five times the usual; if a query still finds fewer than k of the allowed
+        ids, it is searched again over every list. A filter keeping half or more filters a wider ordinary search.
+        """
+        k, selector = min(k, len(allowed)), allowed.selector
+        share = len(allowed) / self.ntotal
+        if share >= _POST_FILTER_SHARE:  # most ids pass: an ordinary search for more, then drop the others
+            found = self._post_filtered(queries, k, allowed, share)
+            if found is not None:
+                return found
+        ivf = self._ivf()
+        nprobe = None if ivf is None else min(ivf.nlist, math.ceil(ivf.nprobe * self.ntotal / len(allowed)))
+        with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
+            scores, ids = self._index.search(queries, k, params=self._params(selector, nprobe))
+            if nprobe is not None and nprobe < ivf.nlist and (ids[:, -1] < 0).any():
+                scores, ids = self._index.search(queries, k, params=self._params(selector, ivf.nlist))
+        return Hits(ids, scores)
+
+    def _post_filtered(self, queries: np.ndarray, k: int, allowed: IdFilter, share: float) -> Hits | None:
+        """k allowed hits out of an unfiltered search for k / share * 3 + 10; None when a query falls short."""
+        wider = self.search(queries, min(self.ntotal, math.ceil(k / share * 3) + 10))
+        ids, scores = np.full((len(queries), k), -1, np.int64), np.full((len(queries), k), -np.inf, np.float32)
+        for row, (found, score) in enumerate(zip(wider.ids, wider.scores)):
+            keep = allowed.contains(found)
+            if keep.sum() < k:
+                return None
+            ids[row], scores[row] = found[keep][:k], score[keep][:k]
+        return Hits(ids, scores)
+
+    @staticmethod
+    def _params(selector, nprobe: int | None):
+        if nprobe is None:
+            return faiss.SearchParameters(sel=selector)
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
 
     def _searcher(self, n_queries: int, k: int) -> faiss.Index:
         if n_queries < _GPU_MIN_QUERIES or k > GPU_MAX_K or gpu_count() == 0:
@@ -183,6 +246,35 @@ class VectorIndex:
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
         return self._gpu_index
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, nprobe: int = 4, exact_below: int = 10_000,
+                  batch: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows (i < j) with inner product >= threshold: (i, j, similarity) as arrays of positions.
+
+    Below ``exact_below`` rows this is exact (Flat); above, an IVF index with 2*sqrt(n) lists is trained for the
+    occasion and searched with ``nprobe`` lists, which finds near-identical vectors (they share a cell) at a
+    small fraction of the all-pairs cost. Measured at 200k x 512 (docs/performance.md): 894 lists, nprobe 4
+    found every planted copy at cosine >= 0.955 in 17 s; 447 lists, nprobe 8 took 35 s.
+    """
+    vectors = _check_vectors(vectors, vectors.shape[1] if vectors.ndim == 2 else 0)
+    n, dim = vectors.shape
+    if n < exact_below:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        config = IndexConfig()
+        index = _trained_ivf(vectors, ivf_lists(n, config), config)
+        index.nprobe = min(nprobe, index.nlist)
+    index.add(vectors)
+    found_i, found_j, found_s = [], [], []
+    for start in range(0, n, batch):
+        lims, sims, hits = index.range_search(vectors[start : start + batch], float(threshold))
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
+        keep = hits > rows  # each pair once, never a row with itself
+        found_i.append(rows[keep])
+        found_j.append(hits[keep])
+        found_s.append(sims[keep])
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
 
 
 def _trained_ivf(vectors: np.ndarray, nlist: int, config: IndexConfig) -> faiss.Index:

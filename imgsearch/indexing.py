@@ -31,7 +31,8 @@ def bookkeeping(store: Store, plan: Plan) -> Changes:
     """Everything decided without the model: moves, touches, deletions, scan problems, copies."""
     sources = [state.id for _, state in plan.copies]
     vectors, rows = (store.image_vectors(sources), store.images_by_id(sources)) if sources else ({}, {})
-    copies = [NewImage(e.path, e.size, e.mtime_ns, s.content_hash, rows[s.id].width, rows[s.id].height, vectors[s.id])
+    copies = [NewImage(e.path, e.size, e.mtime_ns, s.content_hash, rows[s.id].width, rows[s.id].height, vectors[s.id],
+                       rows[s.id].format, rows[s.id].taken_at)
               for e, s in plan.copies if s.id in vectors]
     return Changes(new=copies, moved=plan.moved + plan.touched, deleted=[s.id for s in plan.vanished.values()],
                    skipped=plan.problems, unskipped=plan.gone_skips)
@@ -54,7 +55,7 @@ def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Chang
     for pos, details, vector in zip(batch.positions, batch.details, batch.vectors):
         entry = entries[pos]
         row = NewImage(entry.path, entry.size, entry.mtime_ns, details.content_hash,
-                       details.width, details.height, vector)
+                       details.width, details.height, vector, details.format or "", details.taken_at)
         if entry.path in plan.changed:
             changes.replaced[plan.changed[entry.path][0].id] = row
         else:
@@ -72,6 +73,23 @@ def tally(report: IndexReport, changes: Changes) -> None:
     report.updated += len(changes.replaced)
     report.removed += len(changes.deleted)
     report.skipped.extend(SkippedFile(s.path, s.reason) for s in changes.skipped)
+
+
+def backfill_details(store: Store, root: Path, progress=None, batch: int = 2000) -> int:
+    """Read format and date from the headers of rows stored before schema v3 (no pixels decoded, nothing
+    re-embedded); returns how many rows were filled. A file that cannot be read gets format "" (unknown)."""
+    missing = store.missing_details(os.path.join(str(root), ""))
+    for start in range(0, len(missing), batch):
+        chunk = missing[start : start + batch]
+        store.set_details([(i, *_details_or_unknown(path)) for i, path in chunk])
+        if progress:
+            progress(start + len(chunk), len(missing), "reading details")
+    return len(missing)
+
+
+def _details_or_unknown(path: str) -> tuple[str, float | None]:
+    found, taken_at = imgs.read_details(path)
+    return found or "", taken_at
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -17,6 +17,9 @@ class ImageHit(_AsDict):
     score: float  # cosine similarity, -1..1, higher is better
     width: int | None = None
     height: int | None = None
+    size: int | None = None  # bytes
+    taken_at: float | None = None  # epoch seconds: EXIF DateTimeOriginal, else the file's modification time
+    format: str | None = None  # "jpeg", "png"...
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class IndexReport(_AsDict):
     still_skipped: int = 0  # skipped in an earlier run and unchanged since
     seconds: float = 0.0
     interrupted: bool = False
+    backfilled: int = 0  # rows from an older collection whose format and date were read (not re-embedded)
     backend: str = ""  # what ran the model this run, e.g. "torch bf16", "onnx fp32"; "" when nothing was embedded
 
     @property
@@ -73,3 +77,22 @@ class CollectionInfo(_AsDict):
     schema_version: int
     backend: str | None = None  # what ran the model in the last index run that embedded something
     query_backend: str = "torch"  # what encodes a query now: "onnx" (cached export, no torch import) or "torch"
+
+
+@dataclass(frozen=True)
+class DuplicateImage(_AsDict):
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    similarity: float  # cosine to the group's first (best) image; 1.0 for the first
+    exact_copy: bool  # the same bytes as the group's first image
+
+
+@dataclass(frozen=True)
+class DuplicateGroup(_AsDict):
+    """Images that are the same picture: the best copy (most pixels, then largest file) first."""
+
+    kind: str  # "exact" (identical files) or "near" (resized, re-encoded, edited copies, maybe exact ones too)
+    images: tuple[DuplicateImage, ...]

@@ -5,7 +5,7 @@ FAISS files are a cache that can always be rebuilt. Each batch of changes is one
 transaction that also bumps a generation counter, which the FAISS side records
 when it saves, to tell whether its file is current.
 
-Layout (schema v2): image metadata in ``images``, small rows packed many to a page so that
+Layout (schema v3): image metadata in ``images`` (v3 added the filter fields ``format`` and ``taken_at``), small rows packed many to a page so that
 the scan at the start of every run reads little; vectors in ``image_vectors``, keyed by the
 same id. Each thread keeps one connection, and every ``with`` block is one snapshot.
 """
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from .errors import CollectionError, DiskFullError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
 PAGE_SIZE = 16384
 _READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
@@ -49,6 +49,10 @@ images_t = sa.Table(
     sa.Column("width", sa.Integer),
     sa.Column("height", sa.Integer),
     sa.Column("indexed_at", sa.Float, nullable=False),
+    # v3: Pillow's format name ("jpeg", "png"...), NULL until read (rows from before v3 are back-filled by
+    # the next index run, from the file's header); EXIF DateTimeOriginal in epoch seconds, NULL without one.
+    sa.Column("format", sa.String(8)),
+    sa.Column("taken_at", sa.Float),
     sqlite_autoincrement=True,  # ids are never reused: a deleted image's id never names another
 )
 image_vectors_t = sa.Table(
@@ -78,7 +82,7 @@ skipped_t = sa.Table(
 # Where each table's vectors live: (table holding them, id column).
 _VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t}
 _COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
-_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at")
+_V1_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at")
 
 
 def _migrate_to_1(conn: sa.Connection) -> None:
@@ -95,17 +99,30 @@ def _migrate_to_1(conn: sa.Connection) -> None:
 
 def _migrate_to_2(conn: sa.Connection) -> None:
     """Version 2: vectors move out of ``images`` into ``image_vectors``, ids kept, nothing re-embedded."""
-    columns = ", ".join(_IMAGE_COLUMNS)
+    columns = ", ".join(_V1_IMAGE_COLUMNS)
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_images_content_hash")
     conn.exec_driver_sql("ALTER TABLE images RENAME TO images_v1")
-    _md.create_all(conn, tables=[images_t, image_vectors_t])
+    conn.exec_driver_sql(  # the v2 layout of images (v3 adds its columns next)
+        "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,"
+        " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER,"
+        " height INTEGER, indexed_at FLOAT NOT NULL)")
+    conn.exec_driver_sql("CREATE INDEX ix_images_content_hash ON images (content_hash)")
+    _md.create_all(conn, tables=[image_vectors_t])
     conn.exec_driver_sql(f"INSERT INTO images ({columns}) SELECT {columns} FROM images_v1")
     conn.exec_driver_sql("INSERT INTO image_vectors (id, vector) SELECT id, vector FROM images_v1")
     conn.exec_driver_sql("DROP TABLE images_v1")
 
 
+def _migrate_to_3(conn: sa.Connection) -> None:
+    """Version 3: filter fields. Adding columns rewrites nothing; the next index run reads them from file headers."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN format VARCHAR(8)")
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN taken_at FLOAT")
+
+
 # Step-by-step upgrades: MIGRATIONS[v] brings a database from version v-1 to v.
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+# Upgrades that free pages (vectors moved out of a table): the database is compacted after them.
+_COMPACTING = {2}
 
 
 class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at the start of every run
@@ -116,7 +133,24 @@ class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at t
     content_hash: str
 
 
-_new_state = functools.partial(tuple.__new__, ImageState)  # ImageState from a row tuple, without Python frames
+_new_state = functools.partial(tuple.__new__, ImageState)
+
+
+class ImageRow(NamedTuple):
+    """An image's metadata, as search results show it."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: float | None
+    content_hash: str
+
+
+_ROW_COLUMNS = ", ".join(ImageRow._fields)  # ImageState from a row tuple, without Python frames
 
 
 @contextlib.contextmanager
@@ -139,6 +173,8 @@ class NewImage:
     width: int | None
     height: int | None
     vector: np.ndarray
+    format: str | None = None
+    taken_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -241,8 +277,8 @@ class Store:
                     MIGRATIONS[step](conn)
                     self._put(conn, "schema_version", step)
                 self.schema_version = SCHEMA_VERSION
-            if version:  # an upgrade freed the old pages: give them back, with the new page size
-                self._compact()
+            if version and _COMPACTING & set(range(version + 1, SCHEMA_VERSION + 1)):
+                self._compact()  # an upgrade freed the old pages: give them back, with the new page size
 
     @property
     def outdated(self) -> bool:
@@ -385,7 +421,7 @@ class Store:
             return
         by_id = images_t.c.id == sa.bindparam("b_id")
         values = {k: sa.bindparam(k) for k in ("path", "size", "mtime_ns", "content_hash", "width", "height",
-                                                "indexed_at")}
+                                                "indexed_at", "format", "taken_at")}
         conn.execute(sa.update(images_t).where(by_id).values(values),
                      [dict(_image_values(img, now), b_id=i) for i, img in replaced.items()])
         conn.execute(sa.update(image_vectors_t).where(image_vectors_t.c.id == sa.bindparam("b_id")).values(
@@ -422,11 +458,58 @@ class Store:
         with self._guard(), self.engine.begin() as conn:
             self._forget_skips(conn, list(paths))
 
-    def images_by_id(self, ids: Sequence[int]) -> dict[int, sa.Row]:
-        cols = [images_t.c.id, images_t.c.path, images_t.c.width, images_t.c.height]
+    def images_by_id(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        ids = list(ids)
+        found: dict[int, ImageRow] = {}
         with self._guard(), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(*cols).where(images_t.c.id.in_(list(ids))))
-            return {r.id: r for r in rows}
+            cursor = conn.connection.driver_connection  # raw: this runs once per search, ~0.3 ms less than Core
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                sql = f"SELECT {_ROW_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+                found.update((r[0], ImageRow(*r)) for r in cursor.execute(sql, chunk))
+        return found
+
+    def filter_rows(self) -> tuple[tuple, list[tuple]]:
+        """(version, rows of (id, path, width, height, taken, format)) for every image, from one snapshot;
+        taken is EXIF DateTimeOriginal, else mtime. The version changes whenever any of these fields does."""
+        sql = "SELECT id, path, width, height, COALESCE(taken_at, mtime_ns * 1e-9), format FROM images ORDER BY id"
+        with self._guard(), self.engine.connect() as conn, _gc_paused():
+            raw = conn.connection.driver_connection
+            found = dict(raw.execute("SELECT key, value FROM meta WHERE key IN ('images_generation', "
+                                     "'details_generation')").fetchall())
+            version = int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
+            return version, raw.execute(sql).fetchall()
+
+    def duplicate_rows(self) -> list[tuple]:
+        """(id, path, size, width, height, content_hash) of every image."""
+        sql = "SELECT id, path, size, width, height, content_hash FROM images"
+        with self._guard(), self.engine.connect() as conn:
+            return conn.connection.driver_connection.execute(sql).fetchall()
+
+    def filter_version(self) -> tuple:
+        """Changes whenever an image's filter fields may have: checked before every filtered search."""
+        sql = "SELECT key, value FROM meta WHERE key IN ('images_generation', 'details_generation')"
+        with self._guard(), self.engine.connect() as conn:
+            found = dict(conn.connection.driver_connection.execute(sql).fetchall())
+        return int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
+
+    def missing_details(self, under: str | None = None) -> list[tuple[int, str]]:
+        """(id, path) of rows whose format and date were never read (stored before schema v3)."""
+        sql, params = "SELECT id, path FROM images WHERE format IS NULL", ()
+        if under is not None:
+            sql, params = sql + " AND path >= ? AND path < ?", (under, under + "\U0010ffff")
+        with self._guard(), self.engine.connect() as conn:
+            return conn.connection.driver_connection.execute(sql, params).fetchall()
+
+    def set_details(self, details: Sequence[tuple[int, str, float | None]]) -> None:
+        """Store (id, format, taken_at) read from files, without touching vectors or the index's generation."""
+        if not details:
+            return
+        with self._guard(), self.engine.begin() as conn:
+            conn.execute(sa.update(images_t).where(images_t.c.id == sa.bindparam("b_id")).values(
+                format=sa.bindparam("format"), taken_at=sa.bindparam("taken_at")),
+                [{"b_id": i, "format": f, "taken_at": t} for i, f, t in details])
+            self._bump(conn, "details")
 
     def image_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         t = image_vectors_t
@@ -511,7 +594,7 @@ class Store:
 def _image_values(img: NewImage, now: float) -> dict:
     return dict(
         path=img.path, size=img.size, mtime_ns=img.mtime_ns, content_hash=img.content_hash,
-        width=img.width, height=img.height, indexed_at=now,
+        width=img.width, height=img.height, indexed_at=now, format=img.format, taken_at=img.taken_at,
     )
 
 

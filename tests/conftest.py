@@ -35,8 +35,10 @@ def export_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _tiny_model_env(model_configs_dir, export_cache, monkeypatch):
-    """Every test (and every CLI subprocess it starts) can use the tiny architecture by name."""
+def _tiny_model_env(model_configs_dir, export_cache, monkeypatch, tmp_path_factory):
+    """Every test (and every CLI subprocess it starts) can use the tiny architecture by name; the default
+    collection lives in a temporary XDG data folder, never the user's."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg_data")))
     monkeypatch.setenv("IMGSEARCH_MODEL_CONFIGS", str(model_configs_dir))
     monkeypatch.setenv("IMGSEARCH_CACHE", str(export_cache))
     monkeypatch.delenv("IMGSEARCH_INDEX", raising=False)

@@ -56,7 +56,7 @@ def test_user_errors_are_one_line_with_non_zero_exit(built, tmp_path):
     cases = [
         (("query", "x", "--index", tmp_path / "missing"), "no collection at"),
         (("query", "--image", tmp_path / "nope.jpg", "--index", coll), "query image not found"),
-        (("query", "--index", coll), "give either a TEXT query or --image"),
+        (("query", "--index", coll), "give a TEXT query, --image PATH, or both"),
         (("index", photos, "--index", coll, "--model", "ViT-B-32"), "was built with imgsearch-tiny"),
         (("index", tmp_path / "nowhere", "--index", coll), "not a folder"),
         (("query", "--image", photos / "img0.jpg", "--texts", "--index", coll), "no texts"),

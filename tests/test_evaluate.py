@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
 
-from imgsearch.config import IndexConfig
+from imgsearch.config import IndexConfig, IndexingConfig
 from imgsearch.datasets import load_dataset
 from imgsearch.errors import DatasetError
 from imgsearch.evaluate import evaluate, format_table
@@ -79,3 +80,21 @@ def test_cli_eval_writes_a_json_report(small_set, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "R@1" in proc.stdout and json.loads(out.read_text())["n_images"] == 30
+
+
+def test_evaluation_decodes_images_exactly_as_the_reference_protocol(small_set, tiny_embedder):
+    """CLIP_benchmark decodes full size with Image.convert("RGB") and the model's own preprocessing; indexing's
+    draft decoding differs from it (the issue measured min cosine 0.992), so evaluation must not use it."""
+    import torch
+    from PIL import Image
+
+    from imgsearch.evaluate import embed_dataset
+
+    data = load_dataset("coco", small_set, COCO_MINI)
+    images, _ = embed_dataset(data, tiny_embedder)
+    preprocess = tiny_embedder.preprocess
+    reference = tiny_embedder.encode_preprocessed(torch.stack(
+        [preprocess(Image.open(p).convert("RGB")) for p in data.image_paths]))
+    assert np.allclose(images, reference, atol=1e-5)
+    fast = np.concatenate([b.vectors for b in tiny_embedder.embed_files(data.image_paths, IndexingConfig(workers=0))])
+    assert np.einsum("ij,ij->i", fast, reference).min() < 0.99999  # the fast decode is not the reference one

@@ -19,6 +19,7 @@ import imgsearch
 from imgsearch import index as index_module
 from imgsearch.config import IndexingConfig, ModelConfig
 from imgsearch.errors import BadInputError, CollectionError, DiskFullError, ModelLoadError
+from imgsearch.store import SCHEMA_VERSION
 
 from conftest import COCO_MINI, TINY_MODEL, write_image
 
@@ -70,7 +71,7 @@ def test_a_v1_collection_from_the_previous_release_is_upgraded_in_place(tmp_path
         old = {r[0]: (r[1], np.frombuffer(r[2], np.float32)) for r in v1.execute("SELECT id, path, vector FROM images")}
     with imgsearch.open(folder) as engine:  # a reader: upgrades once under the writer lock
         info = engine.info()
-        assert (info.schema_version, info.images, info.texts, info.dim) == (2, 12, 3, 32)
+        assert (info.schema_version, info.images, info.texts, info.dim) == (SCHEMA_VERSION, 12, 3, 32)
         some_id, (path, vector) = next(iter(old.items()))
         hit = engine.search_vector(vector, k=1)[0]
         assert (hit.id, hit.path) == (some_id, path)
