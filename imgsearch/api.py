@@ -429,9 +429,7 @@ class Collection:
         return self._image_hits(vector, k, filters or Filters(), offset)
 
     def _image_hits(self, vector: np.ndarray, k: int, filters: Filters, offset: int) -> list[ImageHit]:
-        allowed = self._allowed(filters) if filters else None
-        found = self._synced("images").index.search(vector, k + offset, allowed)
-        hits = [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0][offset:]
+        hits = self._search("images", vector, k + offset, self._allowed(filters) if filters else None)[offset:]
         rows = self._store_for().images_by_id([i for i, _ in hits])
         return [_image_hit(rows[i], s) for i, s in hits if i in rows]
 
@@ -463,9 +461,9 @@ class Collection:
             hint = "imgsearch index DIR" if table == "images" else "imgsearch texts add FILE"
             raise EmptyCollectionError(f"no {table} in {self.folder} yet; add some with `{hint}`")
 
-    def _search(self, table: str, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        self._searchable(table, k)
-        found = self._synced(table).index.search(vector, k)
+    def _search(self, table: str, vector: np.ndarray, k: int, allowed=None) -> list[tuple[int, float]]:
+        """(id, score) best first; the caller has checked ``_searchable``."""
+        found = self._synced(table).index.search(vector, k, allowed)
         return [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0]
 
     @staticmethod

@@ -6,6 +6,7 @@ image or raises ``ImageSkipped`` whose text is the reason stored for the user.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fnmatch
 import hashlib
@@ -246,26 +247,15 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
 def load_reference_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
     """Decode exactly as the CLIP_benchmark protocol does: full size, ``Image.convert("RGB")``, no EXIF rotation
     (``min_side`` is ignored). For evaluation, so that published numbers can be reproduced."""
-    data = _read(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageSkipped(f"decompression bomb: {img.width}x{img.height} pixels exceeds {max_pixels:,}")
-                found_format, rgb = _format(img), img.convert("RGB")
-    except ImageSkipped:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageSkipped(f"not a readable image: {exc}") from None
-    return LoadedImage(rgb, ImageDetails(rgb.width, rgb.height, bytes_hash(data), found_format))
+    return decode_image(_read(path), 0, max_pixels, reference=True)
 
 
-def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
-    """``load_image`` for bytes already in memory (an upload, a download)."""
+def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000,
+                 reference: bool = False) -> LoadedImage:
+    """``load_image`` (or, with ``reference``, ``load_reference_image``) for bytes already in memory."""
     register_optional_formats()
     try:
-        return _decode(data, min_side, max_pixels)
+        return _decode_reference(data, max_pixels) if reference else _decode(data, min_side, max_pixels)
     except ImageSkipped:
         raise
     except UnidentifiedImageError:
@@ -288,7 +278,9 @@ def _read(path: str) -> bytes:
     return data
 
 
-def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
+@contextlib.contextmanager
+def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The image, opened (not decoded), once its size has passed the decompression-bomb check."""
     with warnings.catch_warnings():
         # max_pixels replaces Pillow's warning limit (89M), which would refuse e.g. a 96M panorama;
         # Pillow still raises DecompressionBombError past twice that.
@@ -300,15 +292,26 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
                     f"decompression bomb: {width}x{height} = {width * height:,} pixels "
                     f"exceeds the limit of {max_pixels:,}"
                 )
-            found_format, taken_at = _format(img), _taken_at(img)
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation in _TRANSPOSED:
-                width, height = height, width
-            if min_side and img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(upright)
+            yield img
+
+
+def _decode_reference(data: bytes, max_pixels: int) -> LoadedImage:
+    with _opened(data, max_pixels) as img:
+        return LoadedImage(img.convert("RGB"), ImageDetails(img.width, img.height, bytes_hash(data), _format(img)))
+
+
+def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
+    with _opened(data, max_pixels) as img:
+        width, height = img.size
+        found_format, taken_at = _format(img), _taken_at(img)
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in _TRANSPOSED:
+            width, height = height, width
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(upright)
     return LoadedImage(rgb, ImageDetails(width, height, bytes_hash(data), found_format, taken_at))
 
 

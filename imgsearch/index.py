@@ -30,6 +30,11 @@ _PARALLEL_MIN_QUERIES = 64
 _POST_FILTER_SHARE = 0.5
 
 
+def _threads_for(n_queries: int):
+    """One faiss thread for a few queries (see _PARALLEL_MIN_QUERIES), faiss's own setting for a batch."""
+    return _faiss_threads(1 if n_queries < _PARALLEL_MIN_QUERIES else None)
+
+
 @contextlib.contextmanager
 def _faiss_threads(n: int | None):
     if n is None:
@@ -198,7 +203,7 @@ class VectorIndex:
         if allowed is not None:
             return self._search_allowed(queries, k, allowed if isinstance(allowed, IdFilter) else IdFilter(allowed))
         k = min(k, self.ntotal)
-        with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
+        with _threads_for(len(queries)):
             scores, ids = self._searcher(len(queries), k).search(queries, k)
         return Hits(ids, scores)
 
@@ -217,7 +222,7 @@ class VectorIndex:
                 return found
         ivf = self._ivf()
         nprobe = None if ivf is None else min(ivf.nlist, math.ceil(ivf.nprobe * self.ntotal / len(allowed)))
-        with _faiss_threads(1 if len(queries) < _PARALLEL_MIN_QUERIES else None):
+        with _threads_for(len(queries)):
             scores, ids = self._index.search(queries, k, params=self._params(selector, nprobe))
             if nprobe is not None and nprobe < ivf.nlist and (ids[:, -1] < 0).any():
                 scores, ids = self._index.search(queries, k, params=self._params(selector, ivf.nlist))

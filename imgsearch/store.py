@@ -5,8 +5,8 @@ FAISS files are a cache that can always be rebuilt. Each batch of changes is one
 transaction that also bumps a generation counter, which the FAISS side records
 when it saves, to tell whether its file is current.
 
-Layout (schema v3): image metadata in ``images`` (v3 added the filter fields ``format`` and ``taken_at``), small rows packed many to a page so that
-the scan at the start of every run reads little; vectors in ``image_vectors``, keyed by the
+Layout (schema v3): image metadata in ``images`` (v3 added the filter fields ``format`` and ``taken_at``),
+small rows packed many to a page so that the scan at the start of every run reads little; vectors in ``image_vectors``, keyed by the
 same id. Each thread keeps one connection, and every ``with`` block is one snapshot.
 """
 
@@ -133,7 +133,7 @@ class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at t
     content_hash: str
 
 
-_new_state = functools.partial(tuple.__new__, ImageState)
+_new_state = functools.partial(tuple.__new__, ImageState)  # ImageState from a row tuple, without Python frames
 
 
 class ImageRow(NamedTuple):
@@ -150,7 +150,8 @@ class ImageRow(NamedTuple):
     content_hash: str
 
 
-_ROW_COLUMNS = ", ".join(ImageRow._fields)  # ImageState from a row tuple, without Python frames
+_ROW_COLUMNS = ", ".join(ImageRow._fields)
+_FILTER_VERSION_SQL = "SELECT key, value FROM meta WHERE key IN ('images_generation', 'details_generation')"
 
 
 @contextlib.contextmanager
@@ -475,10 +476,7 @@ class Store:
         sql = "SELECT id, path, width, height, COALESCE(taken_at, mtime_ns * 1e-9), format FROM images ORDER BY id"
         with self._guard(), self.engine.connect() as conn, _gc_paused():
             raw = conn.connection.driver_connection
-            found = dict(raw.execute("SELECT key, value FROM meta WHERE key IN ('images_generation', "
-                                     "'details_generation')").fetchall())
-            version = int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
-            return version, raw.execute(sql).fetchall()
+            return _filter_version(raw), raw.execute(sql).fetchall()
 
     def duplicate_rows(self) -> list[tuple]:
         """(id, path, size, width, height, content_hash) of every image."""
@@ -488,10 +486,8 @@ class Store:
 
     def filter_version(self) -> tuple:
         """Changes whenever an image's filter fields may have: checked before every filtered search."""
-        sql = "SELECT key, value FROM meta WHERE key IN ('images_generation', 'details_generation')"
         with self._guard(), self.engine.connect() as conn:
-            found = dict(conn.connection.driver_connection.execute(sql).fetchall())
-        return int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
+            return _filter_version(conn.connection.driver_connection)
 
     def missing_details(self, under: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of rows whose format and date were never read (stored before schema v3)."""
@@ -589,6 +585,11 @@ class Store:
                 ids[i] = row_id
                 flat[i * row_bytes : (i + 1) * row_bytes] = blob
         return generation, ids, vectors
+
+
+def _filter_version(raw: sqlite3.Connection) -> tuple[int, int]:
+    found = dict(raw.execute(_FILTER_VERSION_SQL).fetchall())
+    return int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
 
 
 def _image_values(img: NewImage, now: float) -> dict:

@@ -104,9 +104,6 @@ class Filters:
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) not in (None, ()) for f in fields(self))
 
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, ())}
-
 
 @dataclass(frozen=True)
 class ImageColumns:
@@ -135,9 +132,6 @@ class ImageColumns:
             fmt[i] = format_index.setdefault(name, len(format_index))
             folder[i] = folder_index.setdefault(os.path.dirname(path), len(folder_index))
         return cls(ids, width, height, taken, fmt, tuple(format_index), folder, tuple(folder_index))
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def select(self, filters: Filters) -> np.ndarray:
         """Ids (sorted, as the rows were) of the images that pass every condition."""
@@ -175,6 +169,5 @@ def _under(folder: str, roots: tuple[str, ...]) -> bool:
 
 
 def _orientation(width: np.ndarray, height: np.ndarray, which: str) -> np.ndarray:
-    known = (width > 0) & (height > 0)
-    shape = {"landscape": width > height, "portrait": width < height, "square": width == height}[which]
-    return known & shape
+    compare = {"landscape": np.greater, "portrait": np.less, "square": np.equal}[which]
+    return (width > 0) & (height > 0) & compare(width, height)

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import BadInputError
 from .filters import Filters
 
@@ -113,12 +115,11 @@ def _parse_terms(text: str, bare_images: bool) -> list[Term]:
             pieces, sign, op = [], (1.0 if match["op"] == "+" else -1.0), match["op"]
         else:
             pieces.append((kind == "quoted", match[kind]))
-    _finish(terms, pieces, sign, op, text, bare_images, last=True)
+    _finish(terms, pieces, sign, op, text, bare_images)
     return terms
 
 
-def _finish(terms: list, pieces: list, sign: float, op: str | None, text: str, bare_images: bool,
-            last: bool = False) -> None:
+def _finish(terms: list, pieces: list, sign: float, op: str | None, text: str, bare_images: bool) -> None:
     if not "".join(p for _, p in pieces).strip():
         where = f"after '{op}'" if op else "at the start"
         raise BadInputError(f"empty term {where} in query {text!r}; remove the extra operator or add a term")
@@ -193,13 +194,11 @@ def _prefixed(prefix: str, value: str, weight: float) -> Term:
         return Term.indexed(int(value), weight)
 
 
-def combine(vectors, weights) -> "Any":
-    """The query vector: normalise(sum of weight * normalised term vector). Refuses terms that cancel out."""
-    import numpy as np
-
-    vectors = np.asarray(vectors, np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    total = (np.asarray(weights, np.float32)[:, None] * vectors / np.maximum(norms, 1e-12)).sum(axis=0)
+def combine(vectors, weights) -> np.ndarray:
+    """The query vector: normalise(sum of weight * term vector). Term vectors come from the encoders or the
+    store, which hold every vector L2-normalised (the one convention, enforced where vectors are made).
+    Refuses terms that cancel out."""
+    total = np.asarray(weights, np.float32) @ np.asarray(vectors, np.float32)
     length = float(np.linalg.norm(total))
     if length < 1e-4:
         raise BadInputError("the query's terms cancel each other out (their weighted sum is zero); "
