@@ -8,11 +8,24 @@
     engine.search("beach + sunset - people", filters=imgsearch.Filters(after="2023", formats="jpg"))
 """
 
-from .api import Collection, open
-from .config import IndexConfig, IndexingConfig, ModelConfig
-from .errors import ImgsearchError
-from .results import CollectionInfo, DuplicateGroup, DuplicateImage, ImageHit, IndexReport, SkippedFile, TextHit
-from .search import Filters, Query, Term
+from importlib import import_module
+
+# Names load on first use (PEP 562): `import imgsearch` stays cheap, and so does the CLI's query through a server.
+_HOMES = {
+    "Collection": "api", "open": "api", "IndexConfig": "config", "IndexingConfig": "config", "ModelConfig": "config",
+    "ImgsearchError": "errors", "CollectionInfo": "results", "DuplicateGroup": "results", "DuplicateImage": "results",
+    "ImageHit": "results", "IndexReport": "results", "SkippedFile": "results", "TextHit": "results",
+    "Filters": "search", "Query": "search", "Term": "search",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'imgsearch' has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Collection", "open", "IndexConfig", "IndexingConfig", "ModelConfig", "ImgsearchError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +23,11 @@ from PIL import Image
 
 from . import checkpoints, indexing
 from . import images as imgs
-from .config import DEFAULT_EXCLUDES, IndexConfig, IndexingConfig, ModelConfig, collection_path
+from .config import (
+    DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig, collection_path,
+)
 from .errors import (
-    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError,
+    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
 )
 from .locking import writer_lock
 from .planning import Plan
@@ -40,8 +43,6 @@ from .vectors import SyncedIndex, remove_leftovers
 DB_NAME = "imgsearch.db"
 Progress = Callable[..., None]  # (done, total[, stage])
 ImageQuery = str | os.PathLike | Image.Image  # a file path, an http(s) URL, or a PIL image
-# Cosine at or above which two images are near-duplicates by default (see docs/search.md for what it catches).
-DUPLICATE_THRESHOLD = 0.95
 
 
 def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for users
@@ -53,6 +54,7 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     backend: str | None = None,
     wait: float = 0.0,
     on_wait: Callable[[], None] | None = None,
+    live: bool = False,
 ) -> "Collection":
     """Open (lazily) the collection at path, else $IMGSEARCH_INDEX, else the per-user default
     (``~/.local/share/imgsearch/default`` on Linux; see ``config.data_dir``).
@@ -63,9 +65,10 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
     ``backend``: "auto", "torch" or "onnx" (see ``ModelConfig.backend``).
     ``wait``: seconds a write (index, texts, prune) waits for another process's write to end (``math.inf``: as
     long as it takes; 0: fail at once); ``on_wait`` is called once when a write starts waiting.
+    ``live``: a long-lived reader (a server) that calls ``refresh`` to take in other processes' writes.
     """
     collection = Collection(collection_path(path), model or (embedder and embedder.config), index_config, device,
-                            backend, wait, on_wait)
+                            backend, wait, on_wait, live)
     collection._embedder = embedder
     return collection
 
@@ -73,8 +76,10 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
 class Collection:
     def __init__(self, folder: Path, model: ModelConfig | None = None, index_config=IndexConfig(),
                  device: str | None = None, backend: str | None = None, wait: float = 0.0,
-                 on_wait: Callable[[], None] | None = None):
+                 on_wait: Callable[[], None] | None = None, live: bool = False):
         self.folder = Path(folder)
+        self.live = live
+        self._index_lock = threading.Lock()  # searches and a live refresh's changes to the index, one at a time
         self.index_config = index_config
         self._device, self._backend = device, backend
         self._requested_model = model
@@ -259,8 +264,21 @@ class Collection:
 
     def _synced(self, table: str) -> SyncedIndex:
         if table not in self._indexes:
-            self._indexes[table] = SyncedIndex(self._store_for(), table, self.folder, self._dim(), self.index_config)
+            self._indexes[table] = SyncedIndex(self._store_for(), table, self.folder, self._dim(), self.index_config,
+                                               live=self.live)
         return self._indexes[table]
+
+    def refresh(self) -> bool:
+        """Take in what other processes (a concurrent ``index`` run) committed since the indexes were loaded,
+        without reloading them; for collections opened with ``live=True``. Searches running meanwhile see
+        the old or the new state, never a mix. Returns whether anything changed."""
+        if not self.live:
+            raise RuntimeError("refresh needs a collection opened with live=True")
+        if not self.exists:
+            return False
+        if self._known_dim is None and self._dim():  # the first images arrived since
+            return True
+        return any([synced.catch_up(self._index_lock) for synced in list(self._indexes.values())])
 
     # -- indexing -------------------------------------------------------------------------------
     def index_folder(
@@ -433,23 +451,55 @@ class Collection:
         rows = self._store_for().images_by_id([i for i, _ in hits])
         return [_image_hit(rows[i], s) for i, s in hits if i in rows]
 
+    def browse(self, filters: Filters | None = None, offset: int = 0, limit: int = 50) -> list[ImageHit]:
+        """Images passing the filters (all without), most recently taken first; ``score`` is None."""
+        if offset < 0 or limit < 1:
+            raise BadInputError(f"offset must be 0 or more and limit at least 1, got {offset} and {limit}")
+        if not self._dim():
+            return []
+        ids = [int(i) for i in self._image_columns().newest_first(filters or Filters())[offset : offset + limit]]
+        rows = self._store_for().images_by_id(ids)
+        return [_image_hit(rows[i], None) for i in ids if i in rows]
+
+    def image(self, image_id: int) -> ImageHit | None:
+        """An indexed image's details (``score`` None), or None when no image has that id."""
+        row = self.row(image_id)
+        return None if row is None else _image_hit(row, None)
+
+    @property
+    def is_empty(self) -> bool:
+        """No image indexed yet (cheap: one row is looked for)."""
+        return not self._store_for().has_rows("images")
+
+    def row(self, image_id: int):
+        """The stored record of an indexed image (``store.ImageRow``: path, size, mtime_ns, content_hash...),
+        or None when no image has that id."""
+        return self._store_for().images_by_id([image_id]).get(image_id)
+
+    def _image_columns(self) -> ImageColumns:
+        version = self._store_for().filter_version()
+        if self._columns is None or self._columns[0] != version:
+            version, rows = self._store_for().filter_rows()
+            self._columns = (version, ImageColumns.from_rows(rows))
+        return self._columns[1]
+
     def _allowed(self, filters: Filters) -> IdFilter:
         """Ids passing the filters, from columns cached until the collection changes; the last selection is kept,
         so paging or a new query under the same filters does not select again."""
         version = self._store_for().filter_version()
         if self._selection is not None and self._selection[:2] == (version, filters):
             return self._selection[2]
-        if self._columns is None or self._columns[0] != version:
-            version, rows = self._store_for().filter_rows()
-            self._columns = (version, ImageColumns.from_rows(rows))
-        chosen = IdFilter(self._columns[1].select(filters))
-        self._selection = (version, filters, chosen)
+        columns = self._image_columns()
+        chosen = IdFilter(columns.select(filters))
+        self._selection = (self._columns[0], filters, chosen)
         return chosen
 
-    def describe(self, image: ImageQuery, k: int = 5) -> list[TextHit]:
-        """Texts of the collection's text set best matching an image (image -> text)."""
+    def describe(self, image: ImageQuery | Query, k: int = 5) -> list[TextHit]:
+        """Texts of the collection's text set best matching an image (image -> text): a path, a URL, a PIL
+        image, or a ``Query`` (e.g. ``Query.of(Term.indexed(42))`` for an indexed image, without decoding it)."""
         self._searchable("texts", k)
-        hits = self._search("texts", self._image_vector(image), k)
+        vector = self.query_vector(image) if isinstance(image, Query) else self._image_vector(image)
+        hits = self._search("texts", vector, k)
         rows = self._store_for().texts_by_id([i for i, _ in hits])
         return [TextHit(i, rows[i].text, s, rows[i].source) for i, s in hits if i in rows]
 
@@ -463,7 +513,8 @@ class Collection:
 
     def _search(self, table: str, vector: np.ndarray, k: int, allowed=None) -> list[tuple[int, float]]:
         """(id, score) best first; the caller has checked ``_searchable``."""
-        found = self._synced(table).index.search(vector, k, allowed)
+        with self._index_lock:
+            found = self._synced(table).index.search(vector, k, allowed)
         return [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0]
 
     @staticmethod
@@ -488,7 +539,7 @@ class Collection:
             return self._image_vector(term.value)
         found = self._store_for().image_vectors([term.value])
         if term.value not in found:
-            raise BadInputError(f"no image with id {term.value} in {self.folder}; ids come from search results "
+            raise NotFoundError(f"no image with id {term.value} in {self.folder}; ids come from search results "
                                 "(--json), and a deleted image's id is never reused")
         return found[term.value].copy()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
@@ -12,10 +13,8 @@ from typing import Optional
 
 import typer
 
-from . import api
-from .config import COLLECTION_ENV, DEFAULT_EXCLUDES, IndexConfig, IndexingConfig, ModelConfig
+from .config import COLLECTION_ENV, SERVER_ENV, TOKEN_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig
 from .errors import ImgsearchError
-from .images import looks_like_image_path
 from .inference.backends import BACKENDS
 from .search import Filters, Query, Term
 
@@ -77,7 +76,7 @@ def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
     return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
 
 
-def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False) -> api.Collection:
+def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False):
     if backend is not None and backend not in BACKENDS:
         _fail(f"--backend: unknown backend {backend!r}; use {', '.join(BACKENDS)}", 2)
     folder = index or "the collection"
@@ -85,6 +84,8 @@ def _open(index: Path | None, model=None, pretrained=None, device=None, backend=
     def waiting() -> None:
         typer.echo(f"imgsearch: another imgsearch process is writing to {folder}; waiting for it to finish "
                    "(Ctrl-C to stop, --no-wait to fail at once)", err=True)
+
+    from . import api  # imported when a command needs it: a query through a server never does
 
     return api.open(index, model=_model(model, pretrained), device=device, backend=backend,
                     wait=math.inf if wait else 0.0, on_wait=waiting)
@@ -225,11 +226,16 @@ def query(
                                              help="New location of the collection's checkpoint file, if it moved."),
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
+    server: Optional[str] = typer.Option(
+        None, "--server", envvar=SERVER_ENV, show_envvar=True, metavar="URL|off",
+        help="Ask this running `imgsearch serve` (answers in a fraction of a second) [default: the collection's "
+             "running server if there is one, else in-process]; 'off' always searches in-process."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Search the collection: by TEXT, by --image, or by both combined. With --texts, find texts
     matching an image. The query vector is the weighted sum of the terms' normalised embeddings,
-    renormalised (see docs/search.md)."""
+    renormalised (see docs/search.md). A running `imgsearch serve` for the collection answers it when
+    there is one."""
     if texts and (len(image) != 1 or text is not None or minus):
         _fail("--texts finds texts for one image: give exactly one --image PATH and no TEXT or --minus", 2)
     if not texts:
@@ -238,17 +244,73 @@ def query(
             wanted = _query(text, image, minus, filters)
         except ImgsearchError as exc:
             _fail(exc.for_cli(), 2)
-    with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
-        hits = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
+    hits = None
+    if server != "off" and not (pretrained or device or backend):  # those ask for an in-process model
+        hits = _ask_server(server, index, None if texts else wanted, image[0] if texts else None, top)
+    if hits is None:
+        with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
+            found = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
+        hits = [h.to_dict() for h in found]
     if as_json:
-        return _print_json([h.to_dict() for h in hits])
+        return _print_json(hits)
     for h in hits:
-        typer.echo(f"{h.score:.4f}\t{h.text if texts else h.path}")
+        typer.echo(f"{h['score']:.4f}\t{h['text'] if texts else h['path']}")
+
+
+def _ask_server(url: str | None, index: Path | None, wanted: Query | None, describe: str | None, top: int):
+    """Hits (as dicts) from a running server, or None to search in-process: no server was found, or the query
+    needs what a server cannot take. A server named by --server (or $IMGSEARCH_SERVER) must answer."""
+    from .config import collection_path
+    from .server import discovery
+    from .server.client import Client, Unreachable
+
+    named, token = url is not None, os.environ.get(TOKEN_ENV)
+    if not named:
+        found = discovery.find(collection_path(index))
+        if found is None:
+            return None
+        url, token = found["url"], token or found.get("token")
+    plan = _server_plan(wanted) if describe is None else None
+    if describe is None and plan is None:
+        return None  # e.g. two image terms: only one image can be uploaded
+    client = Client(url, token)
+    try:
+        with _user_errors():
+            if describe is not None:
+                return client.describe(describe, top)
+            return client.search(*plan, k=top, filters=_filter_params(wanted.filters))
+    except Unreachable as exc:
+        if named:
+            _fail(f"{exc}; start one with `imgsearch serve`, or search in-process with --server off")
+        return None  # a server that stopped without withdrawing its announcement
+
+
+def _server_plan(wanted: Query) -> tuple[str | None, str | None] | None:
+    """(written query, image file to upload) for a server, or None when it cannot take the query: a server
+    reads no local files, so at most one image, a local file added with weight 1, is uploaded."""
+    images = [t for t in wanted.terms if t.kind == "image"]
+    if len(images) > 1 or any(t.weight != 1 or not isinstance(t.value, str) or t.value.startswith(("http://", "https://"))
+                              for t in images):
+        return None
+    rest = tuple(t for t in wanted.terms if t.kind != "image")
+    return (str(Query(rest)) if rest else None), (images[0].value if images else None)
+
+
+def _filter_params(filters: Filters) -> dict:
+    """The filters as the server's query parameters (folders absolute, dates as @seconds: read here)."""
+    def seconds(value: float | None) -> str | None:
+        return None if value is None else f"@{value!r}"
+
+    return {"in": list(filters.folders), "after": seconds(filters.after), "before": seconds(filters.before),
+            "min_width": filters.min_width, "min_height": filters.min_height,
+            "format": ",".join(filters.formats) or None, "orientation": filters.orientation}
 
 
 def _query(text: str | None, images: list[str], minus: list[str], filters) -> Query:
     if text is None and not images:
         _fail("give a TEXT query, --image PATH, or both", 2)
+    from .images import looks_like_image_path
+
     terms = list(Query.parse(text).terms) if text is not None else []
     terms += [Term.image(i) for i in images]
     terms += [Term.image(m, -1.0) if looks_like_image_path(m) else Term.text(m, -1.0) for m in minus]
@@ -256,8 +318,34 @@ def _query(text: str | None, images: list[str], minus: list[str], filters) -> Qu
 
 
 @app.command()
+def serve(
+    index: Optional[Path] = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free one)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True, metavar="SECRET",
+                                        help="Require this token on every request (needed off loopback)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image upload accepted."),
+    device: Optional[str] = DeviceOpt,
+    backend: Optional[str] = BackendOpt,
+) -> None:
+    """Serve the collection: a web gallery at http://HOST:PORT/ and an HTTP JSON API under /api (schema at
+    /api/openapi.json). The model loads once; `imgsearch query` then asks this server and answers at once.
+    Searches see what a concurrent `imgsearch index` commits, without a restart."""
+    from .server.service import ServeConfig
+
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend: unknown backend {backend!r}; use {', '.join(BACKENDS)}", 2)
+    config = ServeConfig(index=index, host=host, port=port, token=token or None,
+                         max_upload_bytes=int(max_upload_mb * 2**20), backend=backend, device=device)
+    with _user_errors():
+        from .server.app import serve as run
+
+        run(config)
+
+
+@app.command()
 def dupes(
-    threshold: float = typer.Option(api.DUPLICATE_THRESHOLD, "--threshold", "-t", min=0.0, max=1.0,
+    threshold: float = typer.Option(DUPLICATE_THRESHOLD, "--threshold", "-t", min=0.0, max=1.0,
                                     help="Cosine similarity from which two images are near-duplicates (higher: "
                                          "stricter)."),
     exact: bool = typer.Option(False, "--exact", help="Only identical files (same bytes)."),

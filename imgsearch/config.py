@@ -14,9 +14,14 @@ from pathlib import Path
 # Where collections live unless --index / IMGSEARCH_INDEX says otherwise: the platform's per-user data folder
 # (see data_dir), so that a collection is found from any working directory.
 COLLECTION_ENV = "IMGSEARCH_INDEX"
+SERVER_ENV = "IMGSEARCH_SERVER"  # the URL of a running `imgsearch serve` for queries ("off": never use one)
+TOKEN_ENV = "IMGSEARCH_TOKEN"  # the token a server requires (and the default of `serve --token`)
 DEFAULT_NAME = "default"
 # A directory of extra open_clip model configs (JSON), e.g. custom or tiny test architectures.
 MODEL_CONFIGS_ENV = "IMGSEARCH_MODEL_CONFIGS"
+
+# Cosine at or above which two images are near-duplicates by default (see docs/search.md for what it catches).
+DUPLICATE_THRESHOLD = 0.95
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}

@@ -54,3 +54,11 @@ class DiskFullError(ImgsearchError):
 
 class InvalidEmbeddingsError(ImgsearchError):
     """A model produced NaN or inf vectors, which no metric can rank."""
+
+
+class NotFoundError(BadInputError):
+    """Something asked for by id (an image, a file) does not exist, or no longer does."""
+
+
+class TooLargeError(BadInputError):
+    """An upload is over the size limit."""

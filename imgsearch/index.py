@@ -160,6 +160,16 @@ class VectorIndex:
         ivf = self._ivf()
         return ivf.nlist if ivf is not None else None
 
+    def ids(self) -> np.ndarray:
+        """Every id the index holds (any order)."""
+        ivf = self._ivf()
+        if ivf is None:
+            return faiss.vector_to_array(faiss.downcast_index(self._index).id_map).astype(np.int64)
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
     @property
     def is_exact(self) -> bool:
         ivf = self._ivf()

@@ -14,7 +14,7 @@ class _AsDict:
 class ImageHit(_AsDict):
     id: int
     path: str
-    score: float  # cosine similarity, -1..1, higher is better
+    score: float | None  # cosine similarity, -1..1, higher is better (None: listed by browse, not searched)
     width: int | None = None
     height: int | None = None
     size: int | None = None  # bytes

@@ -24,14 +24,16 @@ from .store import Store
 class SyncedIndex:
     """The FAISS index of one table ("images" or "texts") of a collection."""
 
-    def __init__(self, store: Store, table: str, folder: Path, dim: int, config: IndexConfig):
-        self.store, self.table, self.dim, self.config = store, table, dim, config
+    def __init__(self, store: Store, table: str, folder: Path, dim: int, config: IndexConfig, live: bool = False):
+        """``live``: will ``catch_up`` (a long-lived reader); costs one more read when the index opens."""
+        self.store, self.table, self.dim, self.config, self.live = store, table, dim, config, live
         self.file = folder / f"{table}.faiss"
         self.stamp = folder / f"{table}.faiss.generation"
         self._index: VectorIndex | None = None
         self._generation = -1  # the store generation the in-memory index reflects
         self._saved_generation = -1
         self._last_save = time.monotonic()
+        self._since = 0.0  # for catch_up: the index has every row written before this store time
 
     @property
     def index(self) -> VectorIndex:
@@ -40,7 +42,8 @@ class SyncedIndex:
         return self._index
 
     def _open(self) -> None:
-        current = self.store.generation(self.table)
+        # Read before loading: a catch-up that starts earlier than it needs to is only slower.
+        current, since = self.store.newest_write(self.table) if self.live else (self.store.generation(self.table), 0.0)
         if self._stamp() == current and self.file.exists():
             try:
                 self._index = VectorIndex.load(self.file, self.config)
@@ -48,8 +51,10 @@ class SyncedIndex:
                 self._index = None
             if self._index is not None and self._index.dim == self.dim:
                 self._generation = self._saved_generation = current
+                self._since = since
                 return
         self.rebuild()
+        self._since = since
 
     def saved_is_current(self) -> bool:
         """Whether the file on disk matches the store (cheap: the stamp, not the index, is read)."""
@@ -65,6 +70,27 @@ class SyncedIndex:
         generation, ids, vectors = self.store.snapshot_vectors(self.table, self.dim)
         self._index = VectorIndex.build(self.dim, ids, vectors, self.config)
         self._generation = generation
+
+    def catch_up(self, lock=contextlib.nullcontext()) -> bool:
+        """Bring a loaded index up to what other processes committed since (a long-lived reader such as
+        the server): rows added or re-embedded are (re)added, deleted ones removed. Reads the store without
+        ``lock``, then changes the index holding it, so searches under the same lock never see it half-done.
+        Returns whether anything changed. Cheap when nothing did: one small read."""
+        if not self.live:
+            raise RuntimeError("catch_up needs a SyncedIndex opened with live=True")
+        if self._index is None or self.store.generation(self.table) == self._generation:
+            return False
+        changed = self.store.changes_since(self.table, self.dim, self._since)
+        if changed.generation == self._generation:
+            return False
+        held = self._index.ids()
+        gone = np.setdiff1d(held, changed.ids, assume_unique=True)
+        rewritten = np.intersect1d(changed.written_ids, held, assume_unique=True)
+        with lock:
+            self._index.remove(np.concatenate([gone, rewritten]))
+            self._index.add(changed.written_ids, changed.written_vectors)
+            self._generation, self._since = changed.generation, changed.newest
+        return True
 
     def update(self, generation: int, add_ids=(), add_vectors=None, remove_ids=()) -> None:
         """Mirror a committed store change; the caller passes the generation it produced."""

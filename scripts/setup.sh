@@ -17,3 +17,12 @@ else
         --extra-index-url https://download.pytorch.org/whl/cpu "${TORCH[@]}"
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
+# The gallery's browser tests need a Chromium; Playwright's own download is not used (offline machines).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+            || echo "setup: could not install chromium; the gallery's browser tests will be skipped" >&2
+    else
+        echo "setup: no chromium found; install it (apt-get install chromium) to run the gallery's browser tests" >&2
+    fi
+fi

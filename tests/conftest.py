@@ -87,3 +87,56 @@ def photo_dir(tmp_path) -> Path:
     for i in range(10):
         write_image(folder / ("sub" if i % 2 else "") / f"img{i}.{'png' if i % 3 else 'jpg'}", seed=i)
     return folder
+
+
+class Served:
+    """A real `imgsearch serve` subprocess on a free port, found through its discovery file."""
+
+    def __init__(self, collection: Path, *args: str, env: dict | None = None):
+        import subprocess
+        import sys
+        import time
+
+        self.collection = collection
+        discovery = collection / "server.json"
+        discovery.unlink(missing_ok=True)
+        self.log = collection.parent / f"serve-{collection.name}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(collection),
+                                      "--port", "0", *args], stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("w"), env=dict(os.environ, **(env or {})))
+        deadline = time.monotonic() + 120
+        while not discovery.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start: {self.log.read_text()}")
+            time.sleep(0.1)
+        self.url = json.loads(discovery.read_text())["url"]
+
+    def get(self, path: str, params=None, body: bytes | None = None, headers: dict | None = None,
+            method: str | None = None):
+        """(status, headers, body bytes), whatever the status."""
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        query = f"?{urllib.parse.urlencode(params, doseq=True)}" if params else ""
+        request = urllib.request.Request(self.url + path + query, data=body, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    def json(self, path: str, params=None, **kwargs):
+        status, _, body = self.get(path, params, **kwargs)
+        return status, json.loads(body)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

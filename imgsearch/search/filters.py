@@ -35,9 +35,15 @@ def format_name(name: str | None) -> str | None:
 
 def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float | None:
     """Seconds since the epoch at the start of a date given as YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]
-    (local time, like EXIF dates and file times), a datetime/date, or already a number."""
+    (local time, like EXIF dates and file times), a datetime/date, or already a number (``"@1700000000"``
+    as text: seconds since the epoch, as GNU date writes them)."""
     if text is None or isinstance(text, (int, float)):
         return None if text is None else float(text)
+    if isinstance(text, str) and text.startswith("@"):
+        try:
+            return float(text[1:])
+        except ValueError:
+            raise BadInputError(f"{flag}: {text!r} is not @SECONDS since the epoch") from None
     if isinstance(text, dt.datetime):
         return text.timestamp()
     if isinstance(text, dt.date):
@@ -135,6 +141,15 @@ class ImageColumns:
 
     def select(self, filters: Filters) -> np.ndarray:
         """Ids (sorted, as the rows were) of the images that pass every condition."""
+        return self.ids[self._passing(filters)]
+
+    def newest_first(self, filters: Filters) -> np.ndarray:
+        """Ids of the images that pass, most recently taken first (ties: higher id first)."""
+        keep = np.flatnonzero(self._passing(filters))
+        order = np.lexsort((-self.ids[keep], -self.taken[keep]))
+        return self.ids[keep[order]]
+
+    def _passing(self, filters: Filters) -> np.ndarray:
         keep = np.ones(len(self.ids), bool)
         if filters.folders:
             keep &= _in_codes(self.folder_codes, [_under(f, filters.folders) for f in self.folders])
@@ -150,7 +165,7 @@ class ImageColumns:
             keep &= _in_codes(self.format_codes, [n in filters.formats for n in self.format_names])
         if filters.orientation is not None:
             keep &= _orientation(self.width, self.height, filters.orientation)
-        return self.ids[keep]
+        return keep
 
 
 def _in_codes(codes: np.ndarray, wanted: list[bool]) -> np.ndarray:

@@ -1,0 +1,301 @@
+// The imgsearch gallery: a search box over the HTTP API, a lazily loaded grid, a large view. No dependencies.
+"use strict";
+
+const PAGE = 60;
+const $ = (id) => document.getElementById(id);
+const state = {
+  q: "", upload: null, filters: {}, results: [], offset: 0, done: false, loading: false, token: 0,
+  maxResults: 1000, texts: 0, current: -1,
+};
+
+// -- talking to the server ---------------------------------------------------------------------
+function params(extra) {
+  const p = new URLSearchParams();
+  for (const [key, value] of Object.entries({ ...state.filters, ...extra })) {
+    if (value !== "" && value !== null && value !== undefined) p.append(key, value);
+  }
+  return p;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ error: "bad response", detail: response.statusText }));
+  if (!response.ok) throw new Error(body.detail || body.error || response.statusText);
+  return body;
+}
+
+function pageRequest(offset) {
+  const p = params({ offset, limit: PAGE });
+  if (state.upload) {
+    if (state.q) p.set("q", state.q);
+    return api(`/api/search?${p}`, { method: "POST", body: state.upload });
+  }
+  if (state.q) { p.set("q", state.q); return api(`/api/search?${p}`); }
+  return api(`/api/images?${p}`);
+}
+
+// -- results -----------------------------------------------------------------------------------
+function status(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function run() {
+  const token = ++state.token;  // a newer search makes older answers irrelevant
+  Object.assign(state, { results: [], offset: 0, done: false, loading: false, current: -1 });
+  $("grid").replaceChildren();
+  location.hash = state.q ? `q=${encodeURIComponent(state.q)}` : "";
+  await loadMore(token);
+}
+
+async function loadMore(token = state.token) {
+  if (state.loading || state.done) return;
+  state.loading = true;
+  const started = performance.now();
+  try {
+    const body = await pageRequest(state.offset);
+    if (token !== state.token) return;
+    append(body.results);
+    state.offset += body.results.length;
+    state.done = body.results.length < PAGE || state.offset + PAGE > state.maxResults;
+    const what = state.upload ? "image" + (state.q ? ` + “${state.q}”` : "") : state.q ? `“${state.q}”` : "newest first";
+    const ms = Math.round(performance.now() - started);
+    status(`${state.results.length} image${state.results.length === 1 ? "" : "s"} · ${what} · ${ms} ms` +
+           (state.done && state.offset + PAGE > state.maxResults ? ` · showing the best ${state.results.length}` : ""));
+  } catch (error) {
+    if (token === state.token) { status(error.message, true); state.done = true; }
+  } finally {
+    if (token === state.token) state.loading = false;
+  }
+  if (token === state.token && !state.done && nearBottom()) loadMore(token);
+}
+
+function append(hits) {
+  const fragment = document.createDocumentFragment();
+  for (const hit of hits) {
+    const index = state.results.push(hit) - 1;
+    const tile = document.createElement("figure");
+    tile.className = "tile";
+    tile.tabIndex = 0;
+    tile.setAttribute("role", "listitem");
+    tile.dataset.index = index;
+    tile.dataset.id = hit.id;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = basename(hit.path);
+    img.src = `/api/images/${hit.id}/thumbnail?size=256`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = hit.score === null ? basename(hit.path) : hit.score.toFixed(3);
+    tile.title = hit.path;
+    tile.append(img, caption);
+    fragment.append(tile);
+  }
+  $("grid").append(fragment);
+}
+
+function nearBottom() {
+  return document.documentElement.scrollHeight - (window.scrollY + window.innerHeight) < 1200;
+}
+
+const basename = (path) => path.split(/[\\/]/).pop();
+
+// -- the large view ----------------------------------------------------------------------------
+function open(index) {
+  const hit = state.results[index];
+  if (!hit) return;
+  state.current = index;
+  $("large").src = `/api/images/${hit.id}/thumbnail?size=1024`;
+  $("large").alt = basename(hit.path);
+  $("meta-path").textContent = hit.path;
+  const rows = [
+    ["Score", hit.score === null ? "–" : hit.score.toFixed(4)],
+    ["Size", hit.width ? `${hit.width} × ${hit.height} px` : "–"],
+    ["File", hit.size ? formatBytes(hit.size) + (hit.format ? ` · ${hit.format}` : "") : "–"],
+    ["Date", hit.taken_at ? new Date(hit.taken_at * 1000).toLocaleString() : "–"],
+    ["Id", String(hit.id)],
+  ];
+  $("meta").replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    return [dt, dd];
+  }));
+  $("original").href = `/api/images/${hit.id}/file`;
+  $("describe").hidden = state.texts === 0;
+  $("texts").replaceChildren();
+  if (!$("viewer").open) $("viewer").showModal();
+  select(index);
+}
+
+function close() { if ($("viewer").open) $("viewer").close(); }
+
+function select(index) {
+  document.querySelectorAll(".tile.selected").forEach((t) => t.classList.remove("selected"));
+  const tile = $("grid").children[index];
+  if (tile) { tile.classList.add("selected"); tile.scrollIntoView({ block: "nearest" }); }
+}
+
+async function moreLikeThis() {
+  const hit = state.results[state.current];
+  if (!hit) return;
+  close();
+  clearImage(false);
+  $("q").value = state.q = `id:${hit.id}`;
+  await run();
+}
+
+async function describe() {
+  const hit = state.results[state.current];
+  if (!hit) return;
+  try {
+    const body = await api(`/api/images/${hit.id}/describe?k=5`);
+    $("texts").replaceChildren(...body.results.map((t) => {
+      const li = document.createElement("li");
+      li.textContent = `${t.text} (${t.score.toFixed(3)})`;
+      return li;
+    }));
+  } catch (error) { status(error.message, true); }
+}
+
+function formatBytes(n) {
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// -- searching by image ------------------------------------------------------------------------
+function useImage(file) {
+  if (!file || !file.type.startsWith("image/")) { status("that is not an image file", true); return; }
+  state.upload = file;
+  const chip = $("image-chip");
+  const img = chip.querySelector("img");
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(file);
+  chip.hidden = false;
+  state.q = $("q").value.trim();
+  run();
+}
+
+function clearImage(rerun = true) {
+  if (!state.upload) return;
+  state.upload = null;
+  $("image-chip").hidden = true;
+  $("upload").value = "";
+  if (rerun) run();
+}
+
+// -- keyboard ----------------------------------------------------------------------------------
+function columns() {
+  const tiles = $("grid").children;
+  if (tiles.length < 2) return 1;
+  const top = tiles[0].offsetTop;
+  let n = 0;
+  while (n < tiles.length && tiles[n].offsetTop === top) n++;
+  return n;
+}
+
+function focusTile(index) {
+  const tiles = $("grid").children;
+  index = Math.max(0, Math.min(tiles.length - 1, index));
+  if (tiles[index]) { tiles[index].focus(); select(index); }
+  if (index > tiles.length - 2 * columns()) loadMore();
+}
+
+document.addEventListener("keydown", (event) => {
+  const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+  if ($("viewer").open) {
+    const moves = { ArrowRight: 1, ArrowLeft: -1 };
+    if (event.key in moves) { event.preventDefault(); open(Math.max(0, Math.min(state.results.length - 1, state.current + moves[event.key]))); if (state.current > state.results.length - 4) loadMore(); }
+    else if (event.key === "m") moreLikeThis();
+    else if (event.key === "d" && state.texts) describe();
+    return;  // Esc closes the dialog by itself
+  }
+  if (event.key === "/" && !typing) { event.preventDefault(); $("q").focus(); $("q").select(); return; }
+  if (typing) {
+    if (event.key === "ArrowDown" && event.target === $("q")) { event.preventDefault(); focusTile(0); }
+    return;
+  }
+  const tile = event.target.closest && event.target.closest(".tile");
+  if (!tile) return;
+  const index = Number(tile.dataset.index);
+  const steps = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() };
+  if (event.key in steps) {
+    event.preventDefault();
+    if (event.key === "ArrowUp" && index < columns()) { $("q").focus(); return; }
+    focusTile(index + steps[event.key]);
+  } else if (event.key === "Enter" || event.key === " ") { event.preventDefault(); open(index); }
+});
+
+// -- wiring ------------------------------------------------------------------------------------
+$("search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.q = $("q").value.trim();
+  run();
+});
+$("grid").addEventListener("click", (event) => {
+  const tile = event.target.closest(".tile");
+  if (tile) open(Number(tile.dataset.index));
+});
+$("upload").addEventListener("change", () => useImage($("upload").files[0]));
+$("clear-image").addEventListener("click", () => clearImage());
+$("toggle-filters").addEventListener("click", () => {
+  const hidden = ($("filters").hidden = !$("filters").hidden);
+  $("toggle-filters").setAttribute("aria-expanded", String(!hidden));
+});
+$("filters").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.filters = Object.fromEntries([...new FormData($("filters")).entries()].filter(([, v]) => v !== ""));
+  run();
+});
+$("filters").addEventListener("reset", () => { state.filters = {}; setTimeout(run); });
+$("more").addEventListener("click", moreLikeThis);
+$("describe").addEventListener("click", describe);
+$("close").addEventListener("click", close);
+$("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) close(); });
+$("viewer").addEventListener("close", () => { const t = $("grid").children[state.current]; if (t) t.focus(); });
+window.addEventListener("scroll", () => { if (nearBottom()) loadMore(); }, { passive: true });
+
+let dragDepth = 0;
+window.addEventListener("dragenter", (e) => { if (e.dataTransfer.types.includes("Files")) { dragDepth++; $("drop").hidden = false; } });
+window.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; $("drop").hidden = true; } });
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dragDepth = 0;
+  $("drop").hidden = true;
+  useImage(e.dataTransfer.files[0]);
+});
+window.addEventListener("paste", (e) => {
+  const item = [...(e.clipboardData || {}).items || []].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+  if (item) { e.preventDefault(); useImage(item.getAsFile()); }
+});
+
+async function start() {
+  try {
+    const body = await api("/api/info");
+    state.maxResults = body.max_results;
+    if (body.state !== "ready") {
+      const notice = $("notice");
+      const title = document.createElement("h2");
+      title.textContent = body.state === "missing" ? "No collection yet" : "The collection is empty";
+      const hint = document.createElement("p");
+      hint.textContent = body.hint;
+      notice.replaceChildren(title, hint);
+      notice.hidden = false;
+      status("");
+      setTimeout(start, 3000);  // the page fills in by itself once images are indexed
+      return;
+    }
+    $("notice").hidden = true;
+    state.texts = body.info.texts;
+    const hash = new URLSearchParams(location.hash.slice(1));
+    state.q = hash.get("q") || "";
+    $("q").value = state.q;
+    await run();
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+start();
