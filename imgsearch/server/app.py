@@ -254,6 +254,9 @@ def _bound(config: ServeConfig) -> socket.socket:
         sock.close()
         raise BadInputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; pick another "
                             "--port (0 picks a free one) or stop what is using it") from None
+    # Accepted connections inherit this; uvicorn sets it only on sockets it binds itself, and without it every
+    # keep-alive request after the first waits ~40 ms (Nagle's algorithm against delayed ACKs).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.listen(128)
     sock.set_inheritable(True)
     os.set_blocking(sock.fileno(), False)
