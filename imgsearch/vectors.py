@@ -75,10 +75,17 @@ class SyncedIndex:
         """Bring a loaded index up to what other processes committed since (a long-lived reader such as
         the server): rows added or re-embedded are (re)added, deleted ones removed. Reads the store without
         ``lock``, then changes the index holding it, so searches under the same lock never see it half-done.
-        Returns whether anything changed. Cheap when nothing did: one small read."""
+        Returns whether anything changed. Cheap when nothing did: one small read.
+
+        An index grown out of its structure (Flat past the IVF threshold, IVF lists for another size) is swapped
+        for the writer's saved one, retrained, as soon as that file matches the store."""
         if not self.live:
             raise RuntimeError("catch_up needs a SyncedIndex opened with live=True")
-        if self._index is None or self.store.generation(self.table) == self._generation:
+        if self._index is None:
+            return False
+        if self._index.needs_rebuild() and self._load_saved(lock):
+            return True
+        if self.store.generation(self.table) == self._generation:
             return False
         changed = self.store.changes_since(self.table, self.dim, self._since)
         if changed.generation == self._generation:
@@ -90,6 +97,22 @@ class SyncedIndex:
             self._index.remove(np.concatenate([gone, rewritten]))
             self._index.add(changed.written_ids, changed.written_vectors)
             self._generation, self._since = changed.generation, changed.newest
+        if self._index.needs_rebuild():
+            self._load_saved(lock)
+        return True
+
+    def _load_saved(self, lock) -> bool:
+        generation, since = self.store.newest_write(self.table)
+        if self._stamp() != generation or not self.file.exists():
+            return False
+        try:
+            loaded = VectorIndex.load(self.file, self.config)
+        except RuntimeError:  # being replaced at this moment: the next check will do
+            return False
+        if loaded.dim != self.dim or self._stamp() != generation:
+            return False
+        with lock:
+            self._index, self._generation, self._saved_generation, self._since = loaded, generation, generation, since
         return True
 
     def update(self, generation: int, add_ids=(), add_vectors=None, remove_ids=()) -> None:

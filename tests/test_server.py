@@ -374,3 +374,24 @@ def test_a_live_reader_catches_up_like_a_fresh_load(tmp_path, tiny_embedder, ivf
     assert reader._synced("images").index.ntotal == 45
     with pytest.raises(RuntimeError, match="live=True"):
         fresh.refresh()
+
+
+def test_a_live_reader_takes_the_writers_retrained_index_once_it_outgrows_its_own(tmp_path, tiny_embedder):
+    from conftest import write_image
+
+    photos = tmp_path / "photos"
+    for i in range(10):
+        write_image(photos / f"p{i}.png", seed=i)
+    config = IndexConfig(ivf_threshold=30)
+    writer = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config)
+    writer.index_folder(photos)
+    reader = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config, live=True)
+    probe = tiny_embedder.embed_texts(["a probe"])[0]
+    reader.search_vector(probe, 5)
+    assert reader.info().image_index == "flat"
+    for i in range(10, 60):
+        write_image(photos / f"p{i}.png", seed=i)
+    writer.index_folder(photos)  # past the threshold: the writer trains and saves an IVF index
+    assert reader.refresh() is True
+    assert reader.info().image_index == "ivf" and reader._synced("images").index.ntotal == 60
+    assert reader.refresh() is False  # nothing new since
