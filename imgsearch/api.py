@@ -428,7 +428,7 @@ class Collection:
         missing file is an error, never a text search. ``search_text`` and ``search_image`` say which outright.
         """
         query = self._as_query(query, filters)
-        self._searchable("images", k)
+        self.require_searchable("images", k)
         if offset < 0:
             raise BadInputError(f"offset must be 0 or more, got {offset}")
         return self._image_hits(self.query_vector(query), k, query.filters, offset)
@@ -443,7 +443,7 @@ class Collection:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filters: Filters | None = None,
                       offset: int = 0) -> list[ImageHit]:
-        self._searchable("images", k)
+        self.require_searchable("images", k)
         return self._image_hits(vector, k, filters or Filters(), offset)
 
     def _image_hits(self, vector: np.ndarray, k: int, filters: Filters, offset: int) -> list[ImageHit]:
@@ -457,7 +457,8 @@ class Collection:
             raise BadInputError(f"offset must be 0 or more and limit at least 1, got {offset} and {limit}")
         if not self._dim():
             return []
-        ids = [int(i) for i in self._image_columns().newest_first(filters or Filters())[offset : offset + limit]]
+        columns = self._image_columns(self._store_for().filter_version())
+        ids = [int(i) for i in columns.newest_first(filters or Filters())[offset : offset + limit]]
         rows = self._store_for().images_by_id(ids)
         return [_image_hit(rows[i], None) for i in ids if i in rows]
 
@@ -476,8 +477,8 @@ class Collection:
         or None when no image has that id."""
         return self._store_for().images_by_id([image_id]).get(image_id)
 
-    def _image_columns(self) -> ImageColumns:
-        version = self._store_for().filter_version()
+    def _image_columns(self, version: tuple) -> ImageColumns:
+        """The filter columns, read again only when the store's filter version is no longer ``version``."""
         if self._columns is None or self._columns[0] != version:
             version, rows = self._store_for().filter_rows()
             self._columns = (version, ImageColumns.from_rows(rows))
@@ -489,22 +490,22 @@ class Collection:
         version = self._store_for().filter_version()
         if self._selection is not None and self._selection[:2] == (version, filters):
             return self._selection[2]
-        columns = self._image_columns()
-        chosen = IdFilter(columns.select(filters))
+        chosen = IdFilter(self._image_columns(version).select(filters))
         self._selection = (self._columns[0], filters, chosen)
         return chosen
 
     def describe(self, image: ImageQuery | Query, k: int = 5) -> list[TextHit]:
         """Texts of the collection's text set best matching an image (image -> text): a path, a URL, a PIL
         image, or a ``Query`` (e.g. ``Query.of(Term.indexed(42))`` for an indexed image, without decoding it)."""
-        self._searchable("texts", k)
+        self.require_searchable("texts", k)
         vector = self.query_vector(image) if isinstance(image, Query) else self._image_vector(image)
         hits = self._search("texts", vector, k)
         rows = self._store_for().texts_by_id([i for i, _ in hits])
         return [TextHit(i, rows[i].text, s, rows[i].source) for i, s in hits if i in rows]
 
-    def _searchable(self, table: str, k: int) -> None:
-        """Fail before any model loads when the search cannot succeed."""
+    def require_searchable(self, table: str = "images", k: int = 1) -> None:
+        """Fail before any model loads when a search of ``table`` ("images" or "texts") for k results cannot
+        succeed: CollectionNotFoundError, EmptyCollectionError (saying how to add some), or BadInputError."""
         if k < 1:
             raise BadInputError(f"k must be at least 1, got {k}")
         if not self._dim() or self._synced(table).index.ntotal == 0:
@@ -512,7 +513,7 @@ class Collection:
             raise EmptyCollectionError(f"no {table} in {self.folder} yet; add some with `{hint}`")
 
     def _search(self, table: str, vector: np.ndarray, k: int, allowed=None) -> list[tuple[int, float]]:
-        """(id, score) best first; the caller has checked ``_searchable``."""
+        """(id, score) best first; the caller has checked ``require_searchable``."""
         with self._index_lock:
             found = self._synced(table).index.search(vector, k, allowed)
         return [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0]) if i >= 0]

@@ -13,7 +13,10 @@ from typing import Optional
 
 import typer
 
-from .config import COLLECTION_ENV, SERVER_ENV, TOKEN_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig
+from .config import (
+    COLLECTION_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, SERVER_ENV, TOKEN_ENV, IndexConfig, IndexingConfig,
+    ModelConfig,
+)
 from .errors import ImgsearchError
 from .inference.backends import BACKENDS
 from .search import Filters, Query, Term
@@ -289,9 +292,13 @@ def _server_plan(wanted: Query) -> tuple[str | None, str | None] | None:
     """(written query, image file to upload) for a server, or None when it cannot take the query: a server
     reads no local files, so at most one image, a local file added with weight 1, is uploaded."""
     images = [t for t in wanted.terms if t.kind == "image"]
-    if len(images) > 1 or any(t.weight != 1 or not isinstance(t.value, str) or t.value.startswith(("http://", "https://"))
-                              for t in images):
+    if len(images) > 1:
         return None
+    if images:
+        from .images import is_url
+
+        if images[0].weight != 1 or not isinstance(images[0].value, str) or is_url(images[0].value):
+            return None
     rest = tuple(t for t in wanted.terms if t.kind != "image")
     return (str(Query(rest)) if rest else None), (images[0].value if images else None)
 

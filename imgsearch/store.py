@@ -163,6 +163,10 @@ class Changed(NamedTuple):
 # The column each table stamps with the time a row's vector was written (a writer holds the lock, so stamps
 # only grow from one commit to the next).
 _STAMP_COLUMN = {"images": "indexed_at", "texts": "added_at"}
+_WRITTEN_SINCE_SQL = {
+    "images": "SELECT i.id, v.vector FROM images i JOIN image_vectors v ON v.id = i.id WHERE i.indexed_at >= ?",
+    "texts": "SELECT id, vector FROM texts WHERE added_at >= ?",
+}
 _ROW_COLUMNS = ", ".join(ImageRow._fields)
 _FILTER_VERSION_SQL = "SELECT key, value FROM meta WHERE key IN ('images_generation', 'details_generation')"
 
@@ -599,32 +603,27 @@ class Store:
                 flat[i * row_bytes : (i + 1) * row_bytes] = blob
         return generation, ids, vectors
 
-
     def changes_since(self, table: str, dim: int, since: float) -> "Changed":
         """What a long-lived reader needs to catch up, from one snapshot: the generation, every id, and the
         (id, vector) of rows written at or after ``since`` (new or re-embedded; see ``Changed``)."""
-        stamp = _STAMP_COLUMN[table]
         with self._guard(), self.engine.connect() as conn, _gc_paused():
+            generation, newest = self._newest_write(conn, table)
             raw = conn.connection.driver_connection
-            generation = self._get(conn, f"{table}_generation", 0)
             ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {table}")), np.int64)
-            newest = raw.execute(f"SELECT max({stamp}) FROM {table}").fetchone()[0]
-            if table == "images":
-                sql = ("SELECT i.id, v.vector FROM images i JOIN image_vectors v ON v.id = i.id "
-                       "WHERE i.indexed_at >= ?")
-            else:
-                sql = "SELECT id, vector FROM texts WHERE added_at >= ?"
-            rows = raw.execute(sql, (since,)).fetchall()
+            rows = raw.execute(_WRITTEN_SINCE_SQL[table], (since,)).fetchall()
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
         return Changed(generation, ids, np.array([r[0] for r in rows], np.int64), vectors,
-                       since if newest is None else float(newest))
+                       since if newest is None else newest)
 
     def newest_write(self, table: str) -> tuple[int, float]:
         """(generation, time of the newest row write) from one snapshot: where a reader's catch-up starts."""
         with self._guard(), self.engine.connect() as conn:
-            generation = self._get(conn, f"{table}_generation", 0)
-            newest = conn.exec_driver_sql(f"SELECT max({_STAMP_COLUMN[table]}) FROM {table}").scalar()
-        return generation, float(newest or 0.0)
+            generation, newest = self._newest_write(conn, table)
+        return generation, newest or 0.0
+
+    def _newest_write(self, conn: sa.Connection, table: str) -> tuple[int, float | None]:
+        newest = conn.exec_driver_sql(f"SELECT max({_STAMP_COLUMN[table]}) FROM {table}").scalar()
+        return self._get(conn, f"{table}_generation", 0), None if newest is None else float(newest)
 
 
 def _filter_version(raw: sqlite3.Connection) -> tuple[int, int]:

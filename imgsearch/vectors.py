@@ -42,19 +42,30 @@ class SyncedIndex:
         return self._index
 
     def _open(self) -> None:
-        # Read before loading: a catch-up that starts earlier than it needs to is only slower.
-        current, since = self.store.newest_write(self.table) if self.live else (self.store.generation(self.table), 0.0)
-        if self._stamp() == current and self.file.exists():
-            try:
-                self._index = VectorIndex.load(self.file, self.config)
-            except RuntimeError:  # unreadable file: the store still has every vector
-                self._index = None
-            if self._index is not None and self._index.dim == self.dim:
-                self._generation = self._saved_generation = current
-                self._since = since
-                return
-        self.rebuild()
+        current, since = self._current()
+        saved = self._saved(current)
+        if saved is not None:
+            self._index, self._generation, self._saved_generation = saved, current, current
+        else:
+            self.rebuild()
         self._since = since
+
+    def _current(self) -> tuple[int, float]:
+        """(store generation, where a catch-up starts): read before loading, since a catch-up that starts
+        earlier than it needs to is only slower."""
+        return self.store.newest_write(self.table) if self.live else (self.store.generation(self.table), 0.0)
+
+    def _saved(self, generation: int) -> VectorIndex | None:
+        """The saved index when its stamp says ``generation`` and it loads; else None (the store has every vector).
+        Writers hold the lock, so no save replaces the file under them; for a live reader, a file replaced by a
+        newer save in between is fine too: its catch-up from the older stamp re-reads a few rows."""
+        if self._stamp() != generation or not self.file.exists():
+            return None
+        try:
+            loaded = VectorIndex.load(self.file, self.config)
+        except RuntimeError:  # unreadable, or being replaced at this moment
+            return None
+        return loaded if loaded.dim == self.dim else None
 
     def saved_is_current(self) -> bool:
         """Whether the file on disk matches the store (cheap: the stamp, not the index, is read)."""
@@ -102,14 +113,9 @@ class SyncedIndex:
         return True
 
     def _load_saved(self, lock) -> bool:
-        generation, since = self.store.newest_write(self.table)
-        if self._stamp() != generation or not self.file.exists():
-            return False
-        try:
-            loaded = VectorIndex.load(self.file, self.config)
-        except RuntimeError:  # being replaced at this moment: the next check will do
-            return False
-        if loaded.dim != self.dim or self._stamp() != generation:
+        generation, since = self._current()
+        loaded = self._saved(generation)
+        if loaded is None:
             return False
         with lock:
             self._index, self._generation, self._saved_generation, self._since = loaded, generation, generation, since

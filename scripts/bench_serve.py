@@ -143,7 +143,8 @@ def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -
         levels = [int(c) for c in args.concurrency.split(",")]
         own = encoder_ms(collection, texts[: args.requests])
         print(f"\n{name}: text encoder alone {own:.1f} ms/query (median, warm, this process)")
-        print(f"{'kind':8} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7} {'encode':>7} {'search':>7} {'http+json':>9}")
+        print(f"{'kind':8} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7} {'encode':>7} {'search':>7} "
+              f"{'http+json':>9}")
         for kind in ("text", "by-id"):
             for level in levels:
                 if kind == "text":

@@ -89,6 +89,22 @@ def photo_dir(tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def serve_env(model_configs_dir, export_cache) -> dict:
+    """What a server subprocess needs to find the tiny model (module-scoped fixtures cannot use the autouse one)."""
+    return {"IMGSEARCH_MODEL_CONFIGS": str(model_configs_dir), "IMGSEARCH_CACHE": str(export_cache)}
+
+
+def index_captioned(coll: Path, photos: Path, embedder, captions: list[dict], names) -> None:
+    """A collection of ``photos`` whose text collection is the first COCO caption of each image in ``names``."""
+    import imgsearch
+
+    first = {entry["image"].split("/")[-1]: entry["caption"][0] for entry in captions}
+    with imgsearch.open(coll, embedder=embedder) as engine:
+        engine.index_folder(photos)
+        engine.add_texts([first[name] for name in names], source="captions")
+
+
 class Served:
     """A real `imgsearch serve` subprocess on a free port, found through its discovery file."""
 

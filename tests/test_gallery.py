@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import imgsearch
-from conftest import COCO_MINI, Served
+from conftest import COCO_MINI, Served, index_captioned
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -35,7 +34,7 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory, tiny_embedder, model_configs_dir, export_cache):
+def gallery(tmp_path_factory, tiny_embedder, coco_captions, serve_env):
     if not PHOTOS:
         pytest.skip(f"shared photos not found under {COCO_MINI}")
     root = tmp_path_factory.mktemp("gallery")
@@ -43,13 +42,8 @@ def gallery(tmp_path_factory, tiny_embedder, model_configs_dir, export_cache):
     photos.mkdir()
     for src in PHOTOS:
         shutil.copy(src, photos / src.name)
-    captions = {e["image"].split("/")[-1]: e["caption"][0]
-                for e in json.loads((COCO_MINI / "coco_mini_captions.json").read_text())}
-    with imgsearch.open(root / "coll", embedder=tiny_embedder) as engine:
-        engine.index_folder(photos)
-        engine.add_texts([captions[p.name] for p in PHOTOS])
-    served = Served(root / "coll", env={"IMGSEARCH_MODEL_CONFIGS": str(model_configs_dir),
-                                        "IMGSEARCH_CACHE": str(export_cache)})
+    index_captioned(root / "coll", photos, tiny_embedder, coco_captions, [p.name for p in PHOTOS])
+    served = Served(root / "coll", env=serve_env)
     yield served, photos
     served.stop()
 

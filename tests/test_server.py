@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from conftest import COCO_MINI, TINY_MODEL, Served
+from conftest import COCO_MINI, TINY_MODEL, Served, index_captioned
 from imgsearch.config import IndexConfig
 
 PHOTOS = sorted((COCO_MINI / "val2017").glob("*.jpg"))[:16]
@@ -34,7 +34,7 @@ def _rotated_photo(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, tiny_embedder, model_configs_dir, export_cache):
+def site(tmp_path_factory, tiny_embedder, coco_captions, serve_env):
     if not PHOTOS:
         pytest.skip(f"shared photos not found under {COCO_MINI}")
     root = tmp_path_factory.mktemp("served")
@@ -46,15 +46,10 @@ def site(tmp_path_factory, tiny_embedder, model_configs_dir, export_cache):
     _rotated_photo(photos / "b" / "rotated.jpg")
     shutil.copy(PHOTOS[0], photos / "victim.jpg")  # replaced by a link in a test
     coll = root / "coll"
-    captions = {e["image"].split("/")[-1]: e["caption"][0]
-                for e in json.loads((COCO_MINI / "coco_mini_captions.json").read_text())}
-    with imgsearch.open(coll, embedder=tiny_embedder) as engine:
-        engine.index_folder(photos)
-        engine.add_texts([captions[p.name] for p in PHOTOS], source="captions")
-    env = {"IMGSEARCH_MODEL_CONFIGS": str(model_configs_dir), "IMGSEARCH_CACHE": str(export_cache)}
-    server = Served(coll, "--max-upload-mb", "0.5", env=env)
+    index_captioned(coll, photos, tiny_embedder, coco_captions, [p.name for p in PHOTOS])
+    server = Served(coll, "--max-upload-mb", "0.5", env=serve_env)
     yield server, coll, photos
-    assert server.stop() == 0 or True
+    assert server.stop() == 0
     assert not (coll / "server.json").exists(), "a stopped server withdraws its discovery file"
 
 
@@ -294,8 +289,7 @@ def test_a_stale_discovery_file_falls_back_to_in_process(site, tmp_path):
     assert len(proc.stdout.splitlines()) == 2
 
 
-def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_path, model_configs_dir,
-                                                                   export_cache):
+def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_path, serve_env):
     _, coll, _ = site
     refused = subprocess.run([sys.executable, "-m", "imgsearch", "serve", "--index", str(coll), "--host", "0.0.0.0",
                               "--port", "0"], capture_output=True, text=True, timeout=60,
@@ -303,8 +297,7 @@ def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_pat
     assert refused.returncode == 1 and "--token" in refused.stderr and "Traceback" not in refused.stderr
     copy = tmp_path / "tokened"
     shutil.copytree(coll, copy, ignore=shutil.ignore_patterns("thumbnails", "server.json"))
-    env = {"IMGSEARCH_MODEL_CONFIGS": str(model_configs_dir), "IMGSEARCH_CACHE": str(export_cache)}
-    guarded = Served(copy, "--host", "0.0.0.0", "--token", "s3cret-token", env=env)
+    guarded = Served(copy, "--host", "0.0.0.0", "--token", "s3cret-token", env=serve_env)
     try:
         assert oct((copy / "server.json").stat().st_mode & 0o777) == "0o600"
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": "imgsearch_token=wrong"}):

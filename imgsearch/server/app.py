@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
@@ -111,7 +112,7 @@ def create_app(service: SearchService) -> FastAPI:
         data, media_type, name = await run(service.original, image_id)
         disposition = "inline" if media_type.startswith("image/") else "attachment"
         return Response(data, media_type=media_type, headers={
-            "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quoted(name)}",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name, safe='')}",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/images/{image_id}/describe", summary="Image -> text: the texts best matching an indexed image")
@@ -159,12 +160,6 @@ async def _body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _quoted(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 def _error(status: int, error: str, detail: str) -> JSONResponse:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import api
 from .. import images as imgs
-from ..errors import BadInputError, EmptyCollectionError, NotFoundError, TooLargeError
+from ..errors import BadInputError, NotFoundError, TooLargeError
 from ..search import Filters, Query, Term
 from . import thumbnails
 
@@ -76,7 +76,8 @@ class SearchService:
         from PIL import Image
 
         blank = Image.new("RGB", (self.collection.query_encoder.image_size,) * 2)
-        self.collection.search_vector(self.collection.query_vector(Query.of(Term.text("warm up"), Term.image(blank))), 1)
+        warm_up = Query.of(Term.text("warm up"), Term.image(blank))
+        self.collection.search_vector(self.collection.query_vector(warm_up), 1)
 
     def fresh(self) -> None:
         """Take in other processes' commits, at most every ``refresh_every`` s; never waits for another
@@ -110,17 +111,18 @@ class SearchService:
                                    f"{_index_flag(self.config)}, and this page shows it without a restart"}
         body |= {"info": self.collection.info().to_dict()}
         if state == "empty":
-            body["hint"] = f"the collection holds no images yet: add some with `imgsearch index DIR{_index_flag(self.config)}`"
+            body["hint"] = ("the collection holds no images yet: add some with "
+                            f"`imgsearch index DIR{_index_flag(self.config)}`")
         return body
 
     def search(self, q: str | None, upload: bytes | None, filters: Filters, offset: int, limit: int) -> dict:
         """Images for a written query (``beach + sunset - people``, ``id:42``; no image files: those name files
         on the server) and/or an uploaded image, added as one more term."""
         self._check_page(offset, limit)
-        self._ready()
+        self.fresh()
+        self.collection.require_searchable("images", limit)  # before the model loads for nothing
         started = time.perf_counter()
         query = self._query(q, upload)
-        self.fresh()
         vector = self.collection.query_vector(query)
         encoded = time.perf_counter()
         hits = self.collection.search_vector(vector, limit, filters, offset)
@@ -137,8 +139,8 @@ class SearchService:
     def describe(self, image_id: int | None, upload: bytes | None, k: int) -> dict:
         if not 1 <= k <= 100:
             raise BadInputError(f"k must be 1-100, got {k}")
-        self._ready()
         self.fresh()
+        self.collection.require_searchable("texts", k)
         if image_id is not None:
             self.image(image_id)  # 404 for an unknown id
             query = Query.of(Term.indexed(image_id))
@@ -168,13 +170,6 @@ class SearchService:
         if offset < 0 or limit < 1 or offset + limit > self.config.max_results:
             raise BadInputError(f"offset must be >= 0 and limit >= 1 with offset + limit <= "
                                 f"{self.config.max_results}; got offset={offset}, limit={limit}")
-
-    def _ready(self) -> None:
-        """Fail before any model loads when there is nothing to search."""
-        self.collection.require_existing()
-        if self.collection.is_empty:
-            raise EmptyCollectionError(f"no images in {self.folder} yet; add some with `imgsearch index DIR"
-                                       f"{_index_flag(self.config)}`")
 
     def _query(self, q: str | None, upload: bytes | None) -> Query:
         terms = list(Query.parse(q).terms) if q and q.strip() else []
