@@ -29,7 +29,7 @@ from .config import (
 from .errors import (
     BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
 )
-from .locking import writer_lock
+from .locking import LOCK_NAME, writer_lock
 from .planning import Plan
 from .index import IdFilter, similar_pairs
 from .results import CollectionInfo, DuplicateGroup, ImageHit, IndexReport, SkippedFile, TextHit
@@ -100,7 +100,8 @@ class Collection:
         self.close()
 
     def close(self) -> None:
-        # Writers save their index under the writer lock before returning; readers never write files,
+        # Writers save their index under the writer lock before returning. A reader that had to rebuild or catch
+        # up saves only under that lock and only while the store is at its generation (SyncedIndex.save_if_free),
         # so a reader racing an indexer cannot put an old index under a current stamp.
         if self._store is not None:
             self._store.close()
@@ -142,7 +143,7 @@ class Collection:
         if not create and not self.exists:
             raise self._missing()
         self.folder.mkdir(parents=True, exist_ok=True)
-        with writer_lock(self.folder / ".lock", self.wait, self.on_wait):
+        with writer_lock(self.folder / LOCK_NAME, self.wait, self.on_wait):
             if self._store is None or self._store.read_only:
                 self.close()
                 self._store = Store(self.folder / DB_NAME)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .errors import CollectionError
 
+LOCK_NAME = ".lock"  # the lock file in a collection's folder
+
 _held: set[str] = set()
 _held_guard = threading.Lock()
 

@@ -1,8 +1,10 @@
 """Keeps a FAISS index file in step with the SQLite store that holds the truth.
 
-The file is saved atomically with a generation stamp beside it. A stamp that does
-not match the store's generation (a crash, a kill, an old file) means the index
-is rebuilt from the vectors in the store: slower to open once, never wrong.
+The file is saved atomically with a stamp beside it: the store generation it reflects and the
+time of the newest row write it holds. A stamp behind the store (a crash, a kill between two
+checkpoints) means the saved index is caught up with the rows written since; one that cannot be
+(no file, an old stamp, a count that does not add up) is rebuilt from the vectors in the store.
+Either way, a reader that had to do that work saves it for the next one when no writer is running.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import errno
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .config import IndexConfig
-from .errors import DiskFullError
+from .errors import CollectionError, DiskFullError
 from .index import VectorIndex
-from .store import Store
+from .locking import LOCK_NAME, writer_lock
+from .store import Changed, Store
+
+
+class Stamp(NamedTuple):
+    generation: int
+    since: float | None  # the newest row write the saved index holds; None in files from before it was recorded
 
 
 class SyncedIndex:
@@ -43,12 +52,26 @@ class SyncedIndex:
 
     def _open(self) -> None:
         current, since = self._current()
-        saved = self._saved(current)
-        if saved is not None:
-            self._index, self._generation, self._saved_generation = saved, current, current
-        else:
+        stamp, loaded = self._stamp(), None
+        if stamp is not None and stamp.generation <= current:
+            loaded = self._load_file()
+        if loaded is not None and stamp.generation == current:
+            self._index, self._generation, self._saved_generation, self._since = loaded, current, current, since
+            return
+        if loaded is None or stamp.since is None or not self._recovered(loaded, stamp):
             self.rebuild()
-        self._since = since
+            self._since = since
+        if self.store.read_only:
+            self.save_if_free()
+
+    def _recovered(self, loaded: VectorIndex, stamp: Stamp) -> bool:
+        """Bring a saved index from before a crash up to the store: rows written since its stamp are (re)added,
+        deleted ones removed. False when the result cannot be trusted or no longer fits its structure."""
+        self._index, self._generation, self._saved_generation = loaded, stamp.generation, stamp.generation
+        changed = self.store.changes_since(self.table, self.dim, stamp.since)
+        self._apply(changed)
+        # A count that does not add up means a row was written with an older time than the stamp (a clock set back).
+        return loaded.ntotal == len(changed.ids) and not loaded.needs_rebuild()
 
     def _current(self) -> tuple[int, float]:
         """(store generation, where a catch-up starts): read before loading, since a catch-up that starts
@@ -59,7 +82,11 @@ class SyncedIndex:
         """The saved index when its stamp says ``generation`` and it loads; else None (the store has every vector).
         Writers hold the lock, so no save replaces the file under them; for a live reader, a file replaced by a
         newer save in between is fine too: its catch-up from the older stamp re-reads a few rows."""
-        if self._stamp() != generation or not self.file.exists():
+        stamp = self._stamp()
+        return self._load_file() if stamp is not None and stamp.generation == generation else None
+
+    def _load_file(self) -> VectorIndex | None:
+        if not self.file.exists():
             return None
         try:
             loaded = VectorIndex.load(self.file, self.config)
@@ -69,12 +96,14 @@ class SyncedIndex:
 
     def saved_is_current(self) -> bool:
         """Whether the file on disk matches the store (cheap: the stamp, not the index, is read)."""
-        return self._stamp() == self.store.generation(self.table) and self.file.exists()
+        stamp = self._stamp()
+        return stamp is not None and stamp.generation == self.store.generation(self.table) and self.file.exists()
 
-    def _stamp(self) -> int | None:
+    def _stamp(self) -> Stamp | None:
         try:
-            return int(self.stamp.read_text())
-        except (OSError, ValueError):
+            fields = self.stamp.read_text().split()
+            return Stamp(int(fields[0]), float(fields[1]) if len(fields) > 1 else None)
+        except (OSError, ValueError, IndexError):
             return None
 
     def rebuild(self) -> None:
@@ -101,6 +130,14 @@ class SyncedIndex:
         changed = self.store.changes_since(self.table, self.dim, self._since)
         if changed.generation == self._generation:
             return False
+        self._apply(changed, lock)
+        if self._index.needs_rebuild():
+            self._load_saved(lock)
+        return True
+
+    def _apply(self, changed: Changed, lock=contextlib.nullcontext()) -> None:
+        """Make the index hold exactly ``changed.ids``, with the vectors written since re-read; the index is
+        changed under ``lock`` (the reads happen before)."""
         held = self._index.ids()
         gone = np.setdiff1d(held, changed.ids, assume_unique=True)
         rewritten = np.intersect1d(changed.written_ids, held, assume_unique=True)
@@ -108,9 +145,6 @@ class SyncedIndex:
             self._index.remove(np.concatenate([gone, rewritten]))
             self._index.add(changed.written_ids, changed.written_vectors)
             self._generation, self._since = changed.generation, changed.newest
-        if self._index.needs_rebuild():
-            self._load_saved(lock)
-        return True
 
     def _load_saved(self, lock) -> bool:
         generation, since = self._current()
@@ -132,16 +166,37 @@ class SyncedIndex:
         self._generation = generation
 
     def save(self, at_most_every: float = 0.0) -> None:
-        """Write the index if it changed and at least ``at_most_every`` seconds passed since the last write."""
+        """Write the index if it changed and at least ``at_most_every`` seconds passed since the last write.
+        Only a writer (holding the collection's lock) calls this."""
         if self._index is None or self._generation == self._saved_generation:
             return
         if time.monotonic() - self._last_save < at_most_every:
             return
         if self._index.needs_rebuild():
             self.rebuild()
+        self._write()
+
+    def save_if_free(self) -> bool:
+        """Save an index this reader rebuilt or caught up, so the next process loads it instead of doing the same
+        work: only when no writer runs (the lock is taken without waiting) and the store has not moved on since.
+        Busy, a read-only folder or a full disk: nothing is saved, and the next reader tries again."""
+        if self._index is None or self._generation == self._saved_generation:
+            return False
+        try:
+            with writer_lock(self.file.parent / LOCK_NAME, wait=0):
+                if self.store.generation(self.table) != self._generation:
+                    return False
+                self._write()
+                return True
+        except (CollectionError, DiskFullError, OSError):
+            return False
+
+    def _write(self) -> None:
+        generation, newest = self.store.newest_write(self.table)
+        stamp = f"{self._generation} {newest!r}" if generation == self._generation else str(self._generation)
         with _disk_errors(self.file):
             self._index.save(self.file)
-            _write_atomically(self.stamp, str(self._generation))
+            _write_atomically(self.stamp, stamp)
         self._saved_generation = self._generation
         self._last_save = time.monotonic()
 

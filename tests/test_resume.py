@@ -16,7 +16,11 @@ import pytest
 from conftest import write_image
 
 import imgsearch
-from imgsearch.config import IndexingConfig
+from imgsearch.config import IndexConfig, IndexingConfig
+from imgsearch.index import VectorIndex
+from imgsearch.locking import LOCK_NAME, writer_lock
+from imgsearch.store import Store
+from imgsearch.vectors import SyncedIndex
 
 SIZES = [(64, 48), (48, 64), (40, 40), (56, 32)]
 
@@ -43,8 +47,14 @@ def db_state(coll: Path) -> tuple[list[int], list[str], int]:
 
 
 def saved_stamp(coll: Path) -> int | None:
+    """The generation the saved FAISS file reflects (the stamp's first field; the second is a write time)."""
     stamp = coll / "images.faiss.generation"
-    return int(stamp.read_text()) if stamp.exists() else None
+    return int(stamp.read_text().split()[0]) if stamp.exists() else None
+
+
+def saved_ids(coll: Path) -> list[int]:
+    """The ids in the saved FAISS file, Flat or IVF."""
+    return sorted(VectorIndex.load(coll / "images.faiss").ids().tolist())
 
 
 def saved_faiss_ids(coll: Path) -> list[int]:
@@ -63,7 +73,7 @@ def assert_consistent(coll: Path) -> list[str]:
     assert info.images == len(ids)
     assert sorted(h.id for h in hits) == ids, "the index and the store hold different images"
     # The invariant behind every reopen: a current stamp never sits on an index that disagrees
-    # with the store (a stale stamp only means the next opener rebuilds, as this one just did).
+    # with the store (a stale stamp only means the next opener catches up, as this one just did).
     if saved_stamp(coll) == generation:
         assert saved_faiss_ids(coll) == ids
     return paths
@@ -198,3 +208,83 @@ def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model
     with imgsearch.open(coll) as engine:
         engine.index_folder(folder, IndexingConfig(batch_size=64, workers=0))
     assert sorted(assert_consistent(coll)) == sorted(photos)
+
+
+# -- reopening after a crash: the saved index is caught up, not rebuilt, and saved for the next reader ----
+
+
+def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_config=IndexConfig()) -> list[str]:
+    """A finished run, then a run that adds, deletes and re-embeds files and dies before any index save (the
+    store holds everything, the FAISS file and its stamp are the first run's). Returns the photos now present."""
+    photos = make_photos(folder, 40)
+    with imgsearch.open(coll, model=model, index_config=index_config) as engine:
+        engine.index_folder(folder, IndexingConfig(batch_size=16, workers=0))
+    photos += make_photos(folder, 30, start=40)
+    os.unlink(photos.pop(3))
+    write_image(Path(photos[5]), seed=77, size=(40, 40))  # same path, new content: re-embedded
+    with monkeypatch.context() as m:
+        m.setattr(SyncedIndex, "save", lambda self, at_most_every=0.0: None)  # killed before every save
+        with imgsearch.open(coll, index_config=index_config) as engine:
+            report = engine.index_folder(folder, IndexingConfig(batch_size=16, workers=0))
+    assert (report.added, report.removed, report.updated) == (30, 1, 1)
+    return photos
+
+
+@pytest.mark.parametrize("structure", ["flat", "ivf"])
+def test_a_reader_after_a_crash_catches_the_saved_index_up_and_saves_it(tmp_path, tiny_model, monkeypatch, structure):
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    config = IndexConfig() if structure == "flat" else IndexConfig(ivf_threshold=20, nprobe=1000)
+    photos = _crashed_second_run(coll, folder, tiny_model, monkeypatch, config)
+    ids, _, generation = db_state(coll)
+    stale = saved_stamp(coll)
+    assert stale < generation and len(saved_ids(coll)) == 40
+
+    with monkeypatch.context() as m:  # the incremental path: rebuilding from the store would fail here
+        m.setattr(SyncedIndex, "rebuild", lambda self: pytest.fail("rebuilt from scratch"))
+        with imgsearch.open(coll, index_config=config) as engine:
+            assert engine.info().image_index == structure
+            caught_up = [(h.path, round(h.score, 5)) for h in engine.search("a cat", k=len(photos))]
+    assert saved_stamp(coll) == generation and sorted(saved_ids(coll)) == ids
+
+    with monkeypatch.context() as m:  # the next reader loads the saved file and reads no rows
+        m.setattr(Store, "changes_since", lambda *a: pytest.fail("caught up again"))
+        m.setattr(SyncedIndex, "rebuild", lambda self: pytest.fail("rebuilt from scratch"))
+        with imgsearch.open(coll, index_config=config) as engine:
+            assert [(h.path, round(h.score, 5)) for h in engine.search("a cat", k=len(photos))] == caught_up
+
+    (coll / "images.faiss").unlink()  # the reference: a rebuild from the store
+    with imgsearch.open(coll, index_config=config) as engine:
+        assert [(h.path, round(h.score, 5)) for h in engine.search("a cat", k=len(photos))] == caught_up
+    assert sorted(p for p, _ in caught_up) == sorted(photos)
+    assert_each_finds_itself(coll, photos[::7])
+
+
+def test_a_row_stamped_before_the_saved_index_is_not_missed(tmp_path, tiny_model, monkeypatch):
+    """A writer whose clock was set back stamps rows earlier than the saved index's time: the catch-up would not
+    see them, the count says so, and the index is rebuilt instead."""
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    photos = _crashed_second_run(coll, folder, tiny_model, monkeypatch)
+    with sqlite3.connect(coll / "imgsearch.db") as conn:
+        conn.execute("UPDATE images SET indexed_at = 0")
+    conn.close()
+    with imgsearch.open(coll) as engine:
+        assert sorted(h.path for h in engine.search("a cat", k=100)) == sorted(photos)
+    assert_consistent(coll)
+
+
+def test_a_reader_saves_nothing_while_a_writer_holds_the_lock_or_after_the_store_moved(tmp_path, tiny_model,
+                                                                                     monkeypatch):
+    folder, coll = tmp_path / "photos", tmp_path / "coll"
+    photos = _crashed_second_run(coll, folder, tiny_model, monkeypatch)
+    stale = (coll / "images.faiss.generation").read_text()
+    reader = imgsearch.open(coll)
+    with writer_lock(coll / LOCK_NAME):  # a writer is running: the reader searches but does not save
+        assert sorted(h.path for h in reader.search("a cat", k=100)) == sorted(photos)
+    assert (coll / "images.faiss.generation").read_text() == stale
+    make_photos(folder, 5, start=200)
+    with imgsearch.open(coll) as writer:  # the store moves on: the reader's index is no longer the store's
+        writer.index_folder(folder, IndexingConfig(workers=0))
+    saved = (coll / "images.faiss.generation").read_text()
+    assert not reader._synced("images").save_if_free()
+    assert (coll / "images.faiss.generation").read_text() == saved
+    reader.close()
