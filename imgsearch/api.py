@@ -339,11 +339,10 @@ class Collection:
             return synced
         if progress:
             progress(0, len(entries), "loading model")
-        self.embedder.load()  # a download or model error surfaces before any progress is shown
-        report.backend = self.embedder.backend
+        batches = self._embedded(entries, settings, report)
         stamp = self._stored_model() is None  # stamped with the first batch: a failed start leaves no trace
         done, noted = 0, False
-        for batch in self.embedder.embed_files([e.path for e in entries], settings):
+        for batch in batches:
             changes = indexing.batch_changes(batch, entries, plan)
             if stamp and changes.new:
                 changes.manifest, stamp = self._manifest(batch.vectors.shape[1]), False
@@ -358,7 +357,27 @@ class Collection:
             done += len(batch.positions) + len(batch.failures)
             if progress:
                 progress(done, len(entries), "embedding")
+        if settings.ray:  # every shard row is committed: the shards have done their job
+            self._ray().clear(self.folder / self._ray().SHARDS)
         return synced
+
+    def _embedded(self, entries, settings: IndexingConfig, report: IndexReport):
+        """The batches of embedded files: from this process's model, or from a Ray cluster's shards."""
+        if settings.ray:
+            from .embedder import model_image_size
+
+            report.backend = "ray"
+            return self._ray().embedded(entries, self.model, settings, self.folder / self._ray().SHARDS,
+                                        model_image_size(self.model))
+        self.embedder.load()  # a download or model error surfaces before any progress is shown
+        report.backend = self.embedder.backend
+        return self.embedder.embed_files([e.path for e in entries], settings)
+
+    @staticmethod
+    def _ray():
+        from .distributed import ray_embed  # Ray only when asked for
+
+        return ray_embed
 
     def prune(self, dry_run: bool = False) -> list[str]:
         """Drop rows (and skip records) whose files are gone, anywhere in the collection; returns their paths.
@@ -539,7 +558,7 @@ class Collection:
             return self.query_encoder.embed_texts([term.value])[0]
         if term.kind == "image":
             return self._image_vector(term.value)
-        found = self._store_for().image_vectors([term.value])
+        found = self._store_for().vectors("images", [term.value])
         if term.value not in found:
             raise NotFoundError(f"no image with id {term.value} in {self.folder}; ids come from search results "
                                 "(--json), and a deleted image's id is never reused")
@@ -580,7 +599,7 @@ class Collection:
             path=str(self.folder.resolve()), model=model.name, pretrained=model.pretrained, dim=dim,
             images=store.count("images"), texts=store.count("texts"), skipped=store.count("skipped"),
             image_index=index.kind if index else "flat", image_index_lists=index.nlist if index else None,
-            nprobe=self.index_config.nprobe if index and index.kind == "ivf" else None,
+            nprobe=self.index_config.nprobe if index and index.kind != "flat" else None,
             disk_bytes=disk, schema_version=store.get("schema_version", SCHEMA_VERSION),
             backend=store.get("backend"), query_backend="onnx" if self._light_encoder() else "torch",
         )

@@ -165,12 +165,16 @@ def index(
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     wait: bool = WaitOpt,
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS|auto|local",
+        help="Embed on a Ray cluster: 'local' starts one here, 'auto' joins a running one, or its address "
+             "(needs `pip install 'imgsearch[ray]'`). A killed run resumes from the shards it wrote."),
 ) -> None:
     """Embed every image under FOLDER. Re-running is incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, moved ones (even to another folder) followed
     and copies of indexed files reuse their vectors, without re-embedding. Hidden files and folders
     are skipped; symlinked folders are followed (each file once)."""
-    settings = IndexingConfig(batch_size=batch_size, workers=workers)
+    settings = IndexingConfig(batch_size=batch_size, workers=workers, ray=ray)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
@@ -409,7 +413,8 @@ def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         return _print_json(about.to_dict())
     kind = "exact (flat)" if about.image_index == "flat" else (
-        f"IVF, {about.image_index_lists} lists, nprobe {about.nprobe}")
+        f"{'IVF' if about.image_index == 'ivf' else 'compact IVF-PQ, re-ranked'}, {about.image_index_lists} lists, "
+        f"nprobe {about.nprobe}")
     typer.echo(
         f"collection  {about.path}\nmodel       {about.model} ({about.pretrained or 'random weights'}), "
         f"{about.dim} dimensions\nimages      {about.images}\ntexts       {about.texts}\n"

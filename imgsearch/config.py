@@ -80,6 +80,17 @@ class IndexConfig:
     kmeans_iterations: int = 10
     # Rebuild IVF (re-train, new nlist) when the collection grows or shrinks this much since training.
     retrain_ratio: float = 2.0
+    # Past this many vectors the index is compact: IVF with product-quantised codes of ``compact_bytes``, which
+    # keeps ~72 bytes per vector in RAM (code + id) instead of 2 KB; every query's top ``rerank`` candidates are
+    # then scored exactly against the full vectors in the store. Chosen by scripts/bench_scale.py (docs/scale.md).
+    compact_threshold: int = 2_000_000
+    # Bytes of product-quantisation code per vector (one 8-bit code per slice of dim / compact_bytes dimensions).
+    compact_bytes: int = 64
+    # A compact index has at most this many lists (2*sqrt(N) below it): assigning a vector to its list then costs
+    # the same at any N, so building grows linearly; longer lists are cheap to scan as codes.
+    compact_max_lists: int = 4096
+    # Candidates per query a compact index re-scores exactly (at least k).
+    rerank: int = 200
 
 
 # Folders no one wants in a photo search: NAS thumbnails, package trees, trash. Hidden ones (.git,
@@ -105,6 +116,9 @@ class IndexingConfig:
     # "reference": exactly as CLIP_benchmark decodes (full size, Image.convert("RGB"), no EXIF rotation), which
     # `imgsearch eval` uses so that published numbers can be reproduced.
     decode: str = "fast"
+    # Embed on a Ray cluster instead of in this process: "local" (start one here), "auto" (a running one) or its
+    # address. Needs `pip install 'imgsearch[ray]'`; see imgsearch/distributed/ray_embed.py.
+    ray: str | None = None
 
     def resolved_workers(self) -> int:
         if self.workers is not None:

@@ -194,12 +194,21 @@ def _seeded_if_random(pretrained: str | None):
 
 def model_dim(config: ModelConfig) -> int:
     """Embedding size from the architecture config, without creating the model."""
-    register_extra_model_configs()
-    cfg = open_clip.get_model_config(config.name)
+    return int(_architecture_or_raise(config)["embed_dim"])
+
+
+def model_image_size(config: ModelConfig) -> int:
+    """The image tower's input side from the architecture config, without creating the model."""
+    size = _architecture_or_raise(config)["vision_cfg"].get("image_size", 224)
+    return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+
+def _architecture_or_raise(config: ModelConfig) -> dict:
+    cfg = architecture(config.name)
     if cfg is None:
         _check_model_name(config.name)
         raise ModelLoadError(f"no config found for model {config.name!r}")
-    return int(cfg["embed_dim"])
+    return cfg
 
 
 # Fixed inputs for the quality checks of 16-bit and exported paths (imgsearch/inference/backends.py).

@@ -30,7 +30,7 @@ def plan_run(store: Store, root: Path, excludes: Sequence[str]) -> Plan:
 def bookkeeping(store: Store, plan: Plan) -> Changes:
     """Everything decided without the model: moves, touches, deletions, scan problems, copies."""
     sources = [state.id for _, state in plan.copies]
-    vectors, rows = (store.image_vectors(sources), store.images_by_id(sources)) if sources else ({}, {})
+    vectors, rows = (store.vectors("images", sources), store.images_by_id(sources)) if sources else ({}, {})
     copies = [NewImage(e.path, e.size, e.mtime_ns, s.content_hash, rows[s.id].width, rows[s.id].height, vectors[s.id],
                        rows[s.id].format, rows[s.id].taken_at)
               for e, s in plan.copies if s.id in vectors]

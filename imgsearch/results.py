@@ -70,7 +70,7 @@ class CollectionInfo(_AsDict):
     images: int
     texts: int
     skipped: int
-    image_index: str  # "flat" (exact) or "ivf"
+    image_index: str  # "flat" (exact), "ivf" or "compact" (IVF-PQ, re-ranked)
     image_index_lists: int | None
     nprobe: int | None
     disk_bytes: int

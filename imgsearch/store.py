@@ -33,6 +33,8 @@ SCHEMA_VERSION = 3
 # New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
 PAGE_SIZE = 16384
 _READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
+_STREAM_CHUNK = 65536  # rows per chunk when streaming every vector into an index
+_IN_LIMIT = 900  # ids per "IN (...)" (SQLite allows 999 parameters in older builds)
 
 _md = sa.MetaData()
 meta_t = sa.Table(
@@ -524,10 +526,11 @@ class Store:
                 [{"b_id": i, "format": f, "taken_at": t} for i, f, t in details])
             self._bump(conn, "details")
 
-    def image_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        t = image_vectors_t
+    def vectors(self, table: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """{id: vector} of the given images or texts; ids not stored are left out."""
+        t = _VECTOR_TABLES[table]
         with self._guard(), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.id, t.c.vector).where(t.c.id.in_(list(ids))))
+            rows = conn.execute(sa.select(t.c.id, t.c.vector).where(t.c.id.in_([int(i) for i in ids])))
             return {r[0]: np.frombuffer(r[1], np.float32) for r in rows}
 
     def all_paths(self) -> list[tuple[int, str]]:
@@ -603,6 +606,26 @@ class Store:
                 flat[i * row_bytes : (i + 1) * row_bytes] = blob
         return generation, ids, vectors
 
+    @contextlib.contextmanager
+    def vector_stream(self, table: str, dim: int, sample_size: int, seed: int = 1234):
+        """For building an index too large to hold as float32 (a compact one), from one snapshot: yields
+        (generation, count, a random sample of ``sample_size`` vectors, an iterator of (ids, vectors) chunks in
+        id order). The chunks must be consumed inside the ``with``."""
+        name = _VECTOR_TABLES[table].name
+        with self._guard(), self.engine.connect() as conn:
+            generation = self._get(conn, f"{table}_generation", 0)
+            raw = conn.connection.driver_connection
+            ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {name} ORDER BY id")), np.int64)
+            picked = ids if sample_size >= len(ids) else np.sort(
+                np.random.default_rng(seed).choice(ids, sample_size, replace=False))
+            sample = np.empty((len(picked), dim), np.float32)
+            for start in range(0, len(picked), _IN_LIMIT):
+                part = picked[start : start + _IN_LIMIT].tolist()
+                rows = raw.execute(f"SELECT vector FROM {name} WHERE id IN ({','.join('?' * len(part))}) ORDER BY id",
+                                   part).fetchall()
+                sample[start : start + len(rows)] = _vectors_of(rows, dim)
+            yield generation, len(ids), sample, _chunks(raw.execute(f"SELECT id, vector FROM {name} ORDER BY id"), dim)
+
     def changes_since(self, table: str, dim: int, since: float) -> "Changed":
         """What a long-lived reader needs to catch up, from one snapshot: the generation, every id, and the
         (id, vector) of rows written at or after ``since`` (new or re-embedded; see ``Changed``)."""
@@ -611,7 +634,7 @@ class Store:
             raw = conn.connection.driver_connection
             ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {table}")), np.int64)
             rows = raw.execute(_WRITTEN_SINCE_SQL[table], (since,)).fetchall()
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+        vectors = _vectors_of(rows, dim)
         return Changed(generation, ids, np.array([r[0] for r in rows], np.int64), vectors,
                        since if newest is None else newest)
 
@@ -624,6 +647,16 @@ class Store:
     def _newest_write(self, conn: sa.Connection, table: str) -> tuple[int, float | None]:
         newest = conn.exec_driver_sql(f"SELECT max({_STAMP_COLUMN[table]}) FROM {table}").scalar()
         return self._get(conn, f"{table}_generation", 0), None if newest is None else float(newest)
+
+
+def _vectors_of(rows: Sequence[tuple], dim: int) -> np.ndarray:
+    """Rows whose last column is a vector blob, as one (n, dim) float32 array."""
+    return np.frombuffer(b"".join(r[-1] for r in rows), np.float32).reshape(len(rows), dim)
+
+
+def _chunks(cursor: sqlite3.Cursor, dim: int):
+    while rows := cursor.fetchmany(_STREAM_CHUNK):
+        yield np.fromiter((r[0] for r in rows), np.int64, len(rows)), _vectors_of(rows, dim)
 
 
 def _filter_version(raw: sqlite3.Connection) -> tuple[int, int]:

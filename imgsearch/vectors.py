@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import IndexConfig
 from .errors import CollectionError, DiskFullError
-from .index import VectorIndex
+from .index import VectorIndex, structure_for, training_size
 from .locking import LOCK_NAME, writer_lock
 from .store import Changed, Store
 
@@ -89,7 +89,7 @@ class SyncedIndex:
         if not self.file.exists():
             return None
         try:
-            loaded = VectorIndex.load(self.file, self.config)
+            loaded = VectorIndex.load(self.file, self.config, self._exact)
         except RuntimeError:  # unreadable, or being replaced at this moment
             return None
         return loaded if loaded.dim == self.dim else None
@@ -107,9 +107,21 @@ class SyncedIndex:
             return None
 
     def rebuild(self) -> None:
-        generation, ids, vectors = self.store.snapshot_vectors(self.table, self.dim)
-        self._index = VectorIndex.build(self.dim, ids, vectors, self.config)
+        """A new index from every vector in the store. A compact one is streamed (trained on a sample, then
+        filled chunk by chunk): its vectors as float32 may not fit in memory."""
+        n = self.store.count(self.table)
+        if structure_for(n, self.config) != "compact":
+            generation, ids, vectors = self.store.snapshot_vectors(self.table, self.dim)
+            self._index = VectorIndex.build(self.dim, ids, vectors, self.config, self._exact)
+        else:
+            with self.store.vector_stream(self.table, self.dim, training_size(n, self.config)) as streamed:
+                generation, count, sample, chunks = streamed
+                self._index = VectorIndex.build_from(self.dim, count, sample, chunks, self.config, self._exact)
         self._generation = generation
+
+    def _exact(self, ids: np.ndarray) -> dict[int, np.ndarray]:
+        """Full vectors for a compact index's re-ranking: the store holds every one."""
+        return self.store.vectors(self.table, ids)
 
     def catch_up(self, lock=contextlib.nullcontext()) -> bool:
         """Bring a loaded index up to what other processes committed since (a long-lived reader such as

@@ -16,7 +16,7 @@ else
     .venv/bin/python -m pip install -q --retries 0 --timeout 15 \
         --extra-index-url https://download.pytorch.org/whl/cpu "${TORCH[@]}"
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,ray]"
 # The gallery's browser tests need a Chromium; Playwright's own download is not used (offline machines).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -230,10 +230,14 @@ def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_conf
     return photos
 
 
-@pytest.mark.parametrize("structure", ["flat", "ivf"])
+STRUCTURES = {"flat": IndexConfig(), "ivf": IndexConfig(ivf_threshold=20, nprobe=1000),
+              "compact": IndexConfig(ivf_threshold=20, compact_threshold=30, nprobe=1000)}
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
 def test_a_reader_after_a_crash_catches_the_saved_index_up_and_saves_it(tmp_path, tiny_model, monkeypatch, structure):
     folder, coll = tmp_path / "photos", tmp_path / "coll"
-    config = IndexConfig() if structure == "flat" else IndexConfig(ivf_threshold=20, nprobe=1000)
+    config = STRUCTURES[structure]
     photos = _crashed_second_run(coll, folder, tiny_model, monkeypatch, config)
     ids, _, generation = db_state(coll)
     stale = saved_stamp(coll)

@@ -1,0 +1,1 @@
+"""Running imgsearch's work on a distributed engine (Ray); optional: ``pip install 'imgsearch[ray]'``."""

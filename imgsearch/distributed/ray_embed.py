@@ -1,0 +1,191 @@
+"""Embedding on a Ray cluster: the only module that imports ray (and pyarrow, which Ray Data brings).
+
+Ray Data reads the run's file plan; decoding runs in CPU tasks (the same decoder as a local run); an actor pool
+holds one model per GPU, or per CPU slot without GPUs; each block of results is written as a Parquet shard in the
+collection's folder (path, size, mtime, content hash, width, height, format, date, vector, or the reason a file
+was skipped). The coordinator (``Collection.index_folder``) reads the shards back as ``EmbeddedBatch`` objects and
+commits them with the same rules as a local run. A killed run's shards stay; the next run takes every row whose
+file is unchanged (same path, size and mtime) and embeds only the rest. Shards are removed once committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..config import IndexingConfig, ModelConfig
+from ..embedder import EmbeddedBatch, Embedder
+from ..errors import BadInputError, ImgsearchError
+from ..images import FileEntry, ImageDetails, ImageSkipped, load_image, load_reference_image
+
+SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until they are committed
+_BATCHES_PER_SHARD = 4  # model batches per Ray Data block, and so per shard file (what a kill can lose)
+_MERGE_BATCH = 1024  # shard rows per committed batch
+_ENV_PREFIX = "IMGSEARCH_"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise BadInputError("--ray needs Ray, which is not installed; install it with `pip install 'imgsearch[ray]'` "
+                            "(or leave out --ray to embed on this machine)") from None
+    return ray
+
+
+def connect(address: str) -> None:
+    """Join a Ray cluster: "local" starts one on this machine, "auto" finds a running one (``ray start``),
+    anything else is a cluster address (``ray://host:10001`` or ``host:6379``). Reuses a connection already made."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}  # cache and model folders, on workers too
+    kwargs = dict(runtime_env={"env_vars": env} if env else None, include_dashboard=False, log_to_driver=False,
+                  configure_logging=False)
+    try:
+        ray.init(address=address, **kwargs)  # "local" always starts a new one, never joins another
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ImgsearchError(f"cannot join the Ray cluster at {address!r}: {exc}; start one with `ray start --head`, "
+                             "pass its address, or use --ray local") from None
+
+
+def embedded(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, shards: Path,
+             min_side: int) -> Iterator[EmbeddedBatch]:
+    """Every entry embedded (or failed, with its reason) as batches whose positions index ``entries``: first the
+    rows a killed run left in ``shards`` for unchanged files, then the rest, embedded on the cluster."""
+    positions = {e.path: i for i, e in enumerate(entries)}
+    reused = _usable_rows(shards, entries, positions)
+    yield from _batches(reused, positions)
+    done = {row["path"] for row in reused}
+    todo = [e for e in entries if e.path not in done]
+    if todo:
+        connect(settings.ray)
+        _run(todo, model, settings, shards, min_side)
+        yield from _batches(_usable_rows(shards, todo, positions), positions)
+
+
+def clear(shards: Path) -> None:
+    """Drop the shards once the coordinator has committed every row."""
+    shutil.rmtree(shards, ignore_errors=True)
+
+
+# -- the cluster side -------------------------------------------------------------------------------------------
+
+
+def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, shards: Path,
+         min_side: int) -> None:
+    ray = _ray()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    # One model per GPU; without GPUs, one per two CPUs (a model uses several threads), leaving CPUs to decode.
+    models = gpus or max(1, cpus // 2)
+    items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries]
+    block = settings.batch_size * _BATCHES_PER_SHARD
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
+    decode = functools.partial(_decode, min_side=min_side, max_pixels=settings.max_pixels,
+                               reference=settings.decode == "reference")
+    # Decoding asks for less than a whole CPU, so that Ray keeps it in tasks of its own (spread over the cluster's
+    # CPUs) rather than fusing it into the model actors.
+    dataset = dataset.map_batches(decode, batch_size=settings.batch_size, num_cpus=0.5)
+    dataset = dataset.map_batches(_Embed, fn_constructor_args=(model,), batch_size=settings.batch_size,
+                                  compute=ray.data.ActorPoolStrategy(size=models),
+                                  num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+    shards.mkdir(parents=True, exist_ok=True)
+    dataset.write_parquet(str(shards))
+
+
+def _decode(batch: dict, min_side: int, max_pixels: int, reference: bool) -> dict:
+    """A CPU task: each file decoded as a local run decodes it; pixels travel as raw RGB bytes."""
+    load = load_reference_image if reference else load_image
+    out = {k: [] for k in ("path", "size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "reason",
+                           "pixels", "pixel_width", "pixel_height")}
+    for path, size, mtime_ns in zip(batch["path"], batch["size"], batch["mtime_ns"]):
+        details, pixels, shape, reason = None, b"", (0, 0), ""
+        try:
+            loaded = load(str(path), min_side, max_pixels)
+            details, pixels, shape = loaded.details, loaded.image.tobytes(), loaded.image.size
+        except ImageSkipped as exc:
+            reason = str(exc)
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            reason = f"could not decode: {type(exc).__name__}: {exc}"
+        out["path"].append(str(path))
+        out["size"].append(int(size))
+        out["mtime_ns"].append(int(mtime_ns))
+        out["hash"].append(details.content_hash if details else "")
+        out["width"].append(details.width if details else 0)
+        out["height"].append(details.height if details else 0)
+        out["format"].append((details.format or "") if details else "")
+        out["taken_at"].append(details.taken_at if details and details.taken_at is not None else math.nan)
+        out["reason"].append(reason)
+        out["pixels"].append(pixels)
+        out["pixel_width"].append(shape[0])
+        out["pixel_height"].append(shape[1])
+    return {k: np.array(v, dtype=object if k in ("pixels",) else None) for k, v in out.items()}
+
+
+class _Embed:
+    """An actor: one model, loaded once, embedding decoded images batch by batch."""
+
+    def __init__(self, model: ModelConfig):
+        self.embedder = Embedder(model).load()
+
+    def __call__(self, batch: dict) -> dict:
+        from PIL import Image
+
+        good = [i for i, reason in enumerate(batch["reason"]) if not reason]
+        images = [Image.frombytes("RGB", (int(batch["pixel_width"][i]), int(batch["pixel_height"][i])),
+                                  bytes(batch["pixels"][i])) for i in good]
+        vectors = self.embedder.embed_images(images) if images else np.zeros((0, 1), np.float32)
+        column = [b""] * len(batch["reason"])
+        for row, vector in zip(good, vectors):
+            column[row] = np.ascontiguousarray(vector, np.float32).tobytes()
+        out = {k: v for k, v in batch.items() if k not in ("pixels", "pixel_width", "pixel_height")}
+        out["vector"] = np.array(column, dtype=object)
+        return out
+
+
+# -- the coordinator side ---------------------------------------------------------------------------------------
+
+
+def _usable_rows(shards: Path, entries: Sequence[FileEntry], positions: dict[str, int]) -> list[dict]:
+    """Shard rows for these entries' files as they are now (same size and mtime); the last row wins for a path.
+    A shard that cannot be read (a write killed halfway) is ignored: its files are embedded again."""
+    if not shards.is_dir():
+        return []
+    import pyarrow.parquet as pq
+
+    wanted = {e.path: (e.size, e.mtime_ns) for e in entries}
+    found: dict[str, dict] = {}
+    for file in sorted(shards.glob("*.parquet")):
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except Exception:  # noqa: BLE001 - any damage means: not usable
+            continue
+        for row in rows:
+            if wanted.get(row["path"]) == (row["size"], row["mtime_ns"]) and row["path"] in positions:
+                found[row["path"]] = row
+    return list(found.values())
+
+
+def _batches(rows: list[dict], positions: dict[str, int]) -> Iterator[EmbeddedBatch]:
+    for start in range(0, len(rows), _MERGE_BATCH):
+        chunk = rows[start : start + _MERGE_BATCH]
+        good = [r for r in chunk if not r["reason"]]
+        dim = len(good[0]["vector"]) // 4 if good else 0
+        vectors = np.frombuffer(b"".join(r["vector"] for r in good), np.float32).reshape(len(good), dim)
+        yield EmbeddedBatch(
+            positions=[positions[r["path"]] for r in good],
+            details=[ImageDetails(r["width"], r["height"], r["hash"], r["format"] or None,
+                                  None if r["taken_at"] is None or math.isnan(r["taken_at"]) else r["taken_at"])
+                     for r in good],
+            vectors=vectors.copy(),
+            failures=[(positions[r["path"]], r["reason"]) for r in chunk if r["reason"]],
+        )
