@@ -343,7 +343,8 @@ class VectorIndex:
         return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
 
     def _searcher(self, n_queries: int, k: int) -> faiss.Index:
-        if n_queries < _GPU_MIN_QUERIES or k > GPU_MAX_K or gpu_count() == 0:
+        # faiss has no GPU version of the compact (fast-scan) structure; it is fast on the CPU anyway.
+        if n_queries < _GPU_MIN_QUERIES or k > GPU_MAX_K or gpu_count() == 0 or self.kind == "compact":
             return self._index
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)

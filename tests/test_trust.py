@@ -189,7 +189,7 @@ def test_copies_reuse_stored_vectors_and_prune_drops_rows_of_deleted_folders(eng
     assert (report.added, report.reused, report.embedded) == (2, 1, 1)
     store = engine._store_for()
     by_path = {p: i for i, p in store.all_paths()}
-    vectors = store.image_vectors([by_path[str(other / "copy.jpg")], by_path[str(photo_dir / "img0.jpg")]])
+    vectors = store.vectors("images", [by_path[str(other / "copy.jpg")], by_path[str(photo_dir / "img0.jpg")]])
     a, b = vectors.values()
     assert np.array_equal(a, b)
     shutil.rmtree(other)

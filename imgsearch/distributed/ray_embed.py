@@ -1,11 +1,12 @@
 """Embedding on a Ray cluster: the only module that imports ray (and pyarrow, which Ray Data brings).
 
 Ray Data reads the run's file plan; decoding runs in CPU tasks (the same decoder as a local run); an actor pool
-holds one model per GPU, or per CPU slot without GPUs; each block of results is written as a Parquet shard in the
-collection's folder (path, size, mtime, content hash, width, height, format, date, vector, or the reason a file
-was skipped). The coordinator (``Collection.index_folder``) reads the shards back as ``EmbeddedBatch`` objects and
-commits them with the same rules as a local run. A killed run's shards stay; the next run takes every row whose
-file is unchanged (same path, size and mtime) and embeds only the rest. Shards are removed once committed.
+holds one model per GPU, or per CPU slot without GPUs. Results stream back to the coordinator
+(``Collection.index_folder``), which writes each batch as a Parquet shard in the collection's folder (path, size,
+mtime, content hash, width, height, format, date, vector, or the reason a file was skipped) and then commits it
+with the same rules as a local run, so progress shows and the store checkpoints while the cluster works. Nothing
+needs storage shared between the nodes. A killed run's shards stay; the next run takes every row whose file is
+unchanged (same path, size and mtime) and embeds only the rest. Shards are removed once the run has committed all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import math
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,8 +26,8 @@ from ..embedder import EmbeddedBatch, Embedder
 from ..errors import BadInputError, ImgsearchError
 from ..images import FileEntry, ImageDetails, ImageSkipped, load_image, load_reference_image
 
-SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until they are committed
-_BATCHES_PER_SHARD = 4  # model batches per Ray Data block, and so per shard file (what a kill can lose)
+SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until the run ends
+_BATCHES_PER_BLOCK = 4  # model batches per Ray Data block
 _MERGE_BATCH = 1024  # shard rows per committed batch
 _ENV_PREFIX = "IMGSEARCH_"
 
@@ -66,8 +68,9 @@ def embedded(entries: Sequence[FileEntry], model: ModelConfig, settings: Indexin
     todo = [e for e in entries if e.path not in done]
     if todo:
         connect(settings.ray)
-        _run(todo, model, settings, shards, min_side)
-        yield from _batches(_usable_rows(shards, todo, positions), positions)
+        for table in _run(todo, model, settings, min_side):
+            _write_shard(shards, table)  # before the commit: a kill in between loses nothing
+            yield from _batches(table.to_pylist(), positions)
 
 
 def clear(shards: Path) -> None:
@@ -78,8 +81,8 @@ def clear(shards: Path) -> None:
 # -- the cluster side -------------------------------------------------------------------------------------------
 
 
-def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, shards: Path,
-         min_side: int) -> None:
+def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, min_side: int):
+    """The results as they come, one Arrow table per model batch (files in any order)."""
     ray = _ray()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -88,7 +91,7 @@ def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingCon
     # One model per GPU; without GPUs, one per two CPUs (a model uses several threads), leaving CPUs to decode.
     models = gpus or max(1, cpus // 2)
     items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries]
-    block = settings.batch_size * _BATCHES_PER_SHARD
+    block = settings.batch_size * _BATCHES_PER_BLOCK
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
     decode = functools.partial(_decode, min_side=min_side, max_pixels=settings.max_pixels,
                                reference=settings.decode == "reference")
@@ -98,8 +101,7 @@ def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingCon
     dataset = dataset.map_batches(_Embed, fn_constructor_args=(model,), batch_size=settings.batch_size,
                                   compute=ray.data.ActorPoolStrategy(size=models),
                                   num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
-    shards.mkdir(parents=True, exist_ok=True)
-    dataset.write_parquet(str(shards))
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _decode(batch: dict, min_side: int, max_pixels: int, reference: bool) -> dict:
@@ -155,9 +157,24 @@ class _Embed:
 # -- the coordinator side ---------------------------------------------------------------------------------------
 
 
+def _write_shard(shards: Path, table) -> None:
+    """One batch's rows as a Parquet file, written atomically (a temporary name, then renamed)."""
+    import pyarrow.parquet as pq
+
+    shards.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    tmp = shards / f"{name}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, shards / f"{name}.parquet")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _usable_rows(shards: Path, entries: Sequence[FileEntry], positions: dict[str, int]) -> list[dict]:
     """Shard rows for these entries' files as they are now (same size and mtime); the last row wins for a path.
-    A shard that cannot be read (a write killed halfway) is ignored: its files are embedded again."""
+    A shard that cannot be read (damaged) is ignored: its files are embedded again."""
     if not shards.is_dir():
         return []
     import pyarrow.parquet as pq
