@@ -82,7 +82,8 @@ class IndexConfig:
     retrain_ratio: float = 2.0
     # Past this many vectors the index is compact: IVF with product-quantised codes of ``compact_bytes``, which
     # keeps ~72 bytes per vector in RAM (code + id) instead of 2 KB; every query's top ``rerank`` candidates are
-    # then scored exactly against the full vectors in the store. Chosen by scripts/bench_scale.py (docs/scale.md).
+    # then re-scored with their full vectors (a float16 file beside the index, halfvectors.py; the store where the
+    # file is not trusted). Chosen by scripts/bench_scale.py (docs/scale.md).
     compact_threshold: int = 2_000_000
     # Bytes of product-quantisation code per vector (one 8-bit code per slice of dim / compact_bytes dimensions).
     compact_bytes: int = 64

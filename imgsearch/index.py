@@ -3,8 +3,8 @@
 Inner product over L2-normalised float32 vectors (= cosine similarity); the ids
 in the index are the metadata row ids. Three structures, by collection size
 (``structure_for``): exact (Flat) while small, IVF-Flat past ``IndexConfig.ivf_threshold``,
-compact (IVF with product-quantised codes, candidates re-scored exactly against the
-full vectors the caller keeps) past ``compact_threshold``. The caller rebuilds when
+compact (IVF with product-quantised codes, candidates re-scored with the full vectors
+the caller keeps) past ``compact_threshold``. The caller rebuilds when
 ``needs_rebuild`` says so.
 """
 

@@ -3,6 +3,7 @@
     python scripts/bench_scale.py                               # 1M and 10M vectors, ~35 min and ~16 GB of disk
     python scripts/bench_scale.py --sizes 1000000 --sqlite      # 1M, plus re-ranking from SQLite vs a float16 file
     python scripts/bench_scale.py --sizes 1000000 --factory "OPQ64,IVF{lists},PQ64" "IVF{lists},PQ128x4fs"
+    python scripts/bench_scale.py --sizes 10000000 --collection   # a real compact collection, ~35 GB of disk
 
 Data: seeded clustered synthetic 512-d unit vectors (scripts/bench_search.py's distribution), generated in chunks
 into a float16 file on disk (a 10M set is 10 GB; float32 would not fit in RAM beside everything else), and 200
@@ -53,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rerank", type=int, nargs="+", default=[IndexConfig().rerank])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--sqlite", action="store_true", help="also compare re-ranking from SQLite (writes a store)")
+    p.add_argument("--collection", action="store_true",
+                   help="only a real compact collection: store written, index and float16 rows built by its first "
+                        "query, then queries re-ranked from the float16 file and from SQLite, interleaved")
     p.add_argument("--workdir", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -182,6 +186,52 @@ def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, w
     store.close()
 
 
+def measure_collection(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, work: Path) -> None:
+    """A compact collection end to end, through the library: Collection.search_vector, re-ranked from its float16
+    file (halfvectors.py) and, forced, from SQLite; one query each way in turn, so both see the same machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_reindex import write_rows
+    from bench_reopen import fake_files
+
+    import imgsearch
+    from imgsearch.store import Store
+
+    coll = work / "collection"
+    coll.mkdir()
+    store = Store(coll / "imgsearch.db")
+    started = time.perf_counter()
+    for ids, vectors in chunks(data):
+        write_rows(store, fake_files(int(ids[0]), len(ids)), vectors)
+    store.close()
+    write_s = time.perf_counter() - started
+    config = IndexConfig(compact_threshold=min(len(data), IndexConfig().compact_threshold))
+    engine = imgsearch.open(coll, index_config=config)
+    started = time.perf_counter()
+    engine.search_vector(queries[0], k=10)  # no index yet: built by streaming the store, saved with its float16 rows
+    first_s = time.perf_counter() - started
+    synced = engine._synced("images")
+    assert synced.index.kind == "compact" and synced.half.read_stamp() == synced.stamp.read_text()
+    times, found = {"float16": [], "sqlite": []}, {"float16": [], "sqlite": []}
+    for q in queries:
+        for source in ("float16", "sqlite"):
+            synced._half_ok = source == "float16"  # the benchmark's switch; the library decides by its stamps
+            start = time.perf_counter()
+            hits = engine.search_vector(q, k=10)
+            times[source].append(time.perf_counter() - start)
+            found[source].append([h.id - 1 for h in hits])  # store ids start at 1, rows at 0
+    engine.close()
+    row = {"n": len(data), "collection": "compact", "write_store_s": round(write_s, 1),
+           "first_query_build_and_save_s": round(first_s, 1),
+           "db_gb": round((coll / "imgsearch.db").stat().st_size / 1e9, 2),
+           "float16_file_gb": round((coll / "images.f16").stat().st_size / 1e9, 2)}
+    for source in times:
+        recall = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found[source], truth)])
+        row.update({f"{source}_p50_ms": round(1000 * float(np.percentile(times[source], 50)), 2),
+                    f"{source}_p95_ms": round(1000 * float(np.percentile(times[source], 95)), 2),
+                    f"{source}_recall@10": round(float(recall), 4)})
+    print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     print(f"# bench_scale {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; {' '.join(sys.argv)}", flush=True)
@@ -193,6 +243,9 @@ def main(argv=None) -> None:
             truth = exact_top(data, queries)
             print(json.dumps({"n": n, "data_and_truth_s": round(time.perf_counter() - started, 1),
                               "default_structure": structure_for(n, IndexConfig())}), flush=True)
+            if args.collection:
+                measure_collection(data, queries, truth, work)
+                continue
             for structure in [s for s in args.structures if s != "ivf" or n <= args.ivf_max] + args.factory:
                 measure(structure, data, queries, truth, args, work)
         finally:

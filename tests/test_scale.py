@@ -2,6 +2,7 @@
 alone and inside a collection: real faiss, real SQLite, real images through the tiny open_clip model."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 import imgsearch
 from imgsearch.config import IndexConfig, IndexingConfig
 from imgsearch.index import VectorIndex, structure_for, training_size
+from imgsearch.locking import LOCK_NAME, writer_lock
 from imgsearch.vectors import SyncedIndex
 
 COMPACT = IndexConfig(ivf_threshold=500, compact_threshold=1000, nprobe=10_000)  # every list probed
@@ -111,7 +113,9 @@ def test_a_collection_past_the_threshold_is_compact_and_ranks_like_an_exact_one(
         paths = dict(store.all_paths())
         stored = store.vectors("images", list(paths))
         ids = np.array(sorted(stored))
-        want_ids, want_scores = exact_top(probe[None], np.stack([stored[i] for i in ids]), ids, 15)
+        # A saved compact collection re-ranks with float16 copies of the vectors (halfvectors.py): so does the reference.
+        rounded = np.stack([stored[i] for i in ids]).astype(np.float16).astype(np.float32)
+        want_ids, want_scores = exact_top(probe[None], rounded, ids, 15)
         hits = engine.search_vector(probe, k=15)
         assert [h.path for h in hits] == [paths[i] for i in want_ids[0]]
         np.testing.assert_allclose([h.score for h in hits], want_scores[0], rtol=1e-5, atol=1e-6)
@@ -147,3 +151,84 @@ def test_streamed_rebuild_matches_the_store(tmp_path, tiny_model):
         synced = SyncedIndex(store, "images", tmp_path / "c", 32, compact)
         synced.rebuild()
         assert synced.index.kind == "compact" and sorted(synced.index.ids().tolist()) == ids.tolist()
+
+
+def _rows_of(coll, dim=32):
+    """The float16 file's rows by id, as float32."""
+    data = np.fromfile(coll / "images.f16", np.float16).reshape(-1, dim)
+    return data.astype(np.float32)
+
+
+def test_a_saved_compact_collection_keeps_float16_rows_stamped_with_its_index(tmp_path, tiny_model):
+    from test_resume import make_photos
+
+    make_photos(tmp_path / "photos", 60)
+    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=compact) as engine:
+        engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0, batch_size=16))
+        store = engine._store_for()
+        stored = store.vectors("images", [i for i, _ in store.all_paths()])
+    coll = tmp_path / "c"
+    assert (coll / "images.f16.generation").read_text() == (coll / "images.faiss.generation").read_text()
+    rows = _rows_of(coll)
+    for i, vector in stored.items():
+        np.testing.assert_array_equal(rows[i], vector.astype(np.float16).astype(np.float32))
+
+
+def test_float16_rows_a_crash_left_stale_are_never_used(tmp_path, tiny_model, monkeypatch):
+    """A run re-embeds a file and dies before saving, its float16 writes lost: the stale row must not score it."""
+    from conftest import write_image
+    from imgsearch.halfvectors import HalfVectors
+    from test_resume import make_photos
+
+    photos = make_photos(tmp_path / "photos", 60)
+    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    coll = tmp_path / "c"
+    with imgsearch.open(coll, model=tiny_model, index_config=compact) as engine:
+        engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0))
+    write_image(Path(photos[7]), seed=4242, size=(40, 40))  # same path, new content
+    with monkeypatch.context() as m:
+        m.setattr(SyncedIndex, "save", lambda self, at_most_every=0.0: None)
+        m.setattr(HalfVectors, "write", lambda self, ids, vectors: None)
+        with imgsearch.open(coll, index_config=compact) as engine:
+            assert engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0)).updated == 1
+    with imgsearch.open(coll, index_config=compact) as engine:
+        store = engine._store_for()
+        image_id = next(i for i, p in store.all_paths() if p == photos[7])
+        new = store.vectors("images", [image_id])[image_id]
+        assert float(np.dot(_rows_of(coll)[image_id], new)) < 0.999, "the test needs a stale row to prove anything"
+        with monkeypatch.context() as m:  # the reader must not save yet: its first searches use the overlay
+            m.setattr(SyncedIndex, "save_if_free", lambda self: False)
+            hit = engine.search_vector(new, k=1)[0]
+        assert hit.path == photos[7] and hit.score == pytest.approx(1.0, abs=1e-5)  # float32 from the store
+    with imgsearch.open(coll, index_config=compact) as engine:  # this reader saves: the row is made current
+        assert engine.search_vector(new, k=1)[0].path == photos[7]
+    np.testing.assert_array_equal(_rows_of(coll)[image_id], new.astype(np.float16).astype(np.float32))
+
+
+def test_float16_rows_without_a_matching_stamp_are_not_trusted(tmp_path, tiny_model):
+    from test_resume import make_photos
+
+    make_photos(tmp_path / "photos", 60)
+    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    coll = tmp_path / "c"
+    with imgsearch.open(coll, model=tiny_model, index_config=compact) as engine:
+        engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0))
+        probe = engine._store_for().vectors("images", [5])[5]
+    (coll / "images.f16").write_bytes(np.ones((80, 32), np.float16).tobytes())  # garbage rows
+    (coll / "images.f16.generation").write_text("0 0.0")  # from another save
+    with imgsearch.open(coll, index_config=compact) as engine:
+        # Not trusted: a reader finding the lock free rewrote every row from the store and stamped them.
+        hit = engine.search_vector(probe, k=1)[0]
+        assert hit.id == 5 and hit.score == pytest.approx(1.0, abs=1e-3)
+        stored = engine._store_for().vectors("images", [i for i, _ in engine._store_for().all_paths()])
+    assert (coll / "images.f16.generation").read_text() == (coll / "images.faiss.generation").read_text()
+    rows = _rows_of(coll)
+    for i, vector in stored.items():
+        np.testing.assert_array_equal(rows[i], vector.astype(np.float16).astype(np.float32))
+    with writer_lock(coll / LOCK_NAME):  # a writer is running: garbage rows again, and this reader cannot fix them
+        (coll / "images.f16").write_bytes(np.ones((80, 32), np.float16).tobytes())
+        (coll / "images.f16.generation").write_text("0 0.0")
+        with imgsearch.open(coll, index_config=compact) as engine:
+            hit = engine.search_vector(probe, k=1)[0]
+            assert hit.id == 5 and hit.score == pytest.approx(1.0, abs=1e-5)  # float32, from the store
