@@ -85,7 +85,8 @@ class IndexConfig:
     # then re-scored with their full vectors (a float16 file beside the index, halfvectors.py; the store where the
     # file is not trusted). Chosen by scripts/bench_scale.py (docs/scale.md).
     compact_threshold: int = 2_000_000
-    # Bytes of product-quantisation code per vector (one 8-bit code per slice of dim / compact_bytes dimensions).
+    # Bytes of product-quantisation code per vector: 2 * compact_bytes slices of the vector, a 4-bit code each
+    # (faiss's fast-scan layout; see index._trained_compact).
     compact_bytes: int = 64
     # A compact index has at most this many lists (2*sqrt(N) below it): assigning a vector to its list then costs
     # the same at any N, so building grows linearly; longer lists are cheap to scan as codes.

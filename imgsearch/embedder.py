@@ -27,7 +27,7 @@ from . import checkpoints
 from .inference import backends
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
-from .images import ImageDetails, ImageSkipped, load_image, load_reference_image
+from .images import ImageDetails, loader, skip_reason
 
 _TEXT_BATCH = 256
 
@@ -527,7 +527,7 @@ class _FileDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], preprocess: Callable, min_side: int, max_pixels: int, decode: str = "fast"):
         self.paths, self.preprocess = paths, preprocess
         self.min_side, self.max_pixels = min_side, max_pixels
-        self.load = load_image if decode == "fast" else load_reference_image
+        self.load = loader(decode)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -536,10 +536,8 @@ class _FileDataset(torch.utils.data.Dataset):
         try:
             loaded = self.load(self.paths[i], self.min_side, self.max_pixels)
             return i, self.preprocess(loaded.image), loaded.details, None
-        except ImageSkipped as exc:
-            return i, None, None, str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            return i, None, None, f"could not decode: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one file's failure, even a decoder bug, costs that file only
+            return i, None, None, skip_reason(exc)
 
 
 def _collate(items):

@@ -250,6 +250,17 @@ def load_reference_image(path: str, min_side: int = 0, max_pixels: int = 128_000
     return decode_image(_read(path), 0, max_pixels, reference=True)
 
 
+def loader(decode: str = "fast"):
+    """The decoder an indexing run uses: ``load_image`` ("fast") or ``load_reference_image`` ("reference")."""
+    return load_image if decode == "fast" else load_reference_image
+
+
+def skip_reason(exc: Exception) -> str:
+    """Why an indexing run skips a file that raised ``exc``: an ImageSkipped's own reason; anything else (a decoder
+    bug) named as such, since it must cost that one file, not the run."""
+    return str(exc) if isinstance(exc, ImageSkipped) else f"could not decode: {type(exc).__name__}: {exc}"
+
+
 def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000,
                  reference: bool = False) -> LoadedImage:
     """``load_image`` (or, with ``reference``, ``load_reference_image``) for bytes already in memory."""

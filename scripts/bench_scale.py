@@ -36,10 +36,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reindex import write_rows  # noqa: E402 - the store's own write path, as the other benchmarks use it
+from bench_reopen import fake_files  # noqa: E402
 from bench_search import clustered_unit_vectors  # noqa: E402 - the same distribution as the search benchmark
+
+import imgsearch  # noqa: E402
 
 from imgsearch.config import IndexConfig  # noqa: E402
 from imgsearch.index import VectorIndex, ivf_lists, structure_for, training_sample, training_size  # noqa: E402
+from imgsearch.store import Store  # noqa: E402
 
 DIM, CHUNK = 512, 100_000
 
@@ -157,19 +162,21 @@ def measure(structure: str, data: np.ndarray, queries: np.ndarray, truth: np.nda
     path.unlink()
 
 
-def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, work: Path) -> None:
-    """Fetching each query's re-ranking candidates: from an imgsearch store (SQLite) and from the float16 file."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_reopen import fake_files
-    from bench_reindex import write_rows
-    from imgsearch.store import Store
-
-    (work / "imgsearch.db").unlink(missing_ok=True)
-    store = Store(work / "imgsearch.db")
+def write_store(db: Path, data: np.ndarray) -> float:
+    """Every vector as an image row (ids from 1), through the store's own write path; returns the seconds taken."""
+    store = Store(db)
     started = time.perf_counter()
     for ids, vectors in chunks(data):
         write_rows(store, fake_files(int(ids[0]), len(ids)), vectors)
-    write_s = time.perf_counter() - started
+    store.close()
+    return time.perf_counter() - started
+
+
+def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, work: Path) -> None:
+    """Fetching each query's re-ranking candidates: from an imgsearch store (SQLite) and from the float16 file."""
+    (work / "imgsearch.db").unlink(missing_ok=True)
+    write_s = write_store(work / "imgsearch.db", data)
+    store = Store(work / "imgsearch.db", read_only=True)
     index.exact = None
     candidates = [index.search(q, IndexConfig().rerank).ids[0] + 1 for q in queries]  # store ids start at 1
     exact_file = from_file(data)
@@ -189,21 +196,9 @@ def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, w
 def measure_collection(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, work: Path) -> None:
     """A compact collection end to end, through the library: Collection.search_vector, re-ranked from its float16
     file (halfvectors.py) and, forced, from SQLite; one query each way in turn, so both see the same machine."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_reindex import write_rows
-    from bench_reopen import fake_files
-
-    import imgsearch
-    from imgsearch.store import Store
-
     coll = work / "collection"
     coll.mkdir()
-    store = Store(coll / "imgsearch.db")
-    started = time.perf_counter()
-    for ids, vectors in chunks(data):
-        write_rows(store, fake_files(int(ids[0]), len(ids)), vectors)
-    store.close()
-    write_s = time.perf_counter() - started
+    write_s = write_store(coll / "imgsearch.db", data)
     config = IndexConfig(compact_threshold=min(len(data), IndexConfig().compact_threshold))
     engine = imgsearch.open(coll, index_config=config)
     started = time.perf_counter()

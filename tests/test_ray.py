@@ -47,7 +47,7 @@ def stored(coll: Path) -> dict[str, np.ndarray]:
     with imgsearch.open(coll) as engine:
         store = engine._store_for()
         rows = dict(store.all_paths())
-        return {path: vector for i, vector in store.vectors("images", list(rows)).items() for path in [rows[i]]}
+        return {rows[i]: vector for i, vector in store.vectors("images", list(rows)).items()}
 
 
 def test_a_ray_build_equals_a_local_build(tmp_path, tiny_model, photos, cluster):

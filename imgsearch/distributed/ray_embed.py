@@ -24,7 +24,7 @@ import numpy as np
 from ..config import IndexingConfig, ModelConfig
 from ..embedder import EmbeddedBatch, Embedder
 from ..errors import BadInputError, ImgsearchError
-from ..images import FileEntry, ImageDetails, ImageSkipped, load_image, load_reference_image
+from ..images import FileEntry, ImageDetails, loader, skip_reason
 
 SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until the run ends
 _BATCHES_PER_BLOCK = 4  # model batches per Ray Data block
@@ -62,7 +62,7 @@ def embedded(entries: Sequence[FileEntry], model: ModelConfig, settings: Indexin
     """Every entry embedded (or failed, with its reason) as batches whose positions index ``entries``: first the
     rows a killed run left in ``shards`` for unchanged files, then the rest, embedded on the cluster."""
     positions = {e.path: i for i, e in enumerate(entries)}
-    reused = _usable_rows(shards, entries, positions)
+    reused = _usable_rows(shards, entries)
     yield from _batches(reused, positions)
     done = {row["path"] for row in reused}
     todo = [e for e in entries if e.path not in done]
@@ -93,8 +93,7 @@ def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingCon
     items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries]
     block = settings.batch_size * _BATCHES_PER_BLOCK
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
-    decode = functools.partial(_decode, min_side=min_side, max_pixels=settings.max_pixels,
-                               reference=settings.decode == "reference")
+    decode = functools.partial(_decode, min_side=min_side, max_pixels=settings.max_pixels, decode=settings.decode)
     # Decoding asks for less than a whole CPU, so that Ray keeps it in tasks of its own (spread over the cluster's
     # CPUs) rather than fusing it into the model actors.
     dataset = dataset.map_batches(decode, batch_size=settings.batch_size, num_cpus=0.5)
@@ -104,9 +103,9 @@ def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingCon
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _decode(batch: dict, min_side: int, max_pixels: int, reference: bool) -> dict:
+def _decode(batch: dict, min_side: int, max_pixels: int, decode: str) -> dict:
     """A CPU task: each file decoded as a local run decodes it; pixels travel as raw RGB bytes."""
-    load = load_reference_image if reference else load_image
+    load = loader(decode)
     out = {k: [] for k in ("path", "size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "reason",
                            "pixels", "pixel_width", "pixel_height")}
     for path, size, mtime_ns in zip(batch["path"], batch["size"], batch["mtime_ns"]):
@@ -114,10 +113,8 @@ def _decode(batch: dict, min_side: int, max_pixels: int, reference: bool) -> dic
         try:
             loaded = load(str(path), min_side, max_pixels)
             details, pixels, shape = loaded.details, loaded.image.tobytes(), loaded.image.size
-        except ImageSkipped as exc:
-            reason = str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            reason = f"could not decode: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one file's failure, even a decoder bug, costs that file only
+            reason = skip_reason(exc)
         out["path"].append(str(path))
         out["size"].append(int(size))
         out["mtime_ns"].append(int(mtime_ns))
@@ -130,7 +127,7 @@ def _decode(batch: dict, min_side: int, max_pixels: int, reference: bool) -> dic
         out["pixels"].append(pixels)
         out["pixel_width"].append(shape[0])
         out["pixel_height"].append(shape[1])
-    return {k: np.array(v, dtype=object if k in ("pixels",) else None) for k, v in out.items()}
+    return {k: np.array(v, dtype=object if k == "pixels" else None) for k, v in out.items()}
 
 
 class _Embed:
@@ -172,7 +169,7 @@ def _write_shard(shards: Path, table) -> None:
         raise
 
 
-def _usable_rows(shards: Path, entries: Sequence[FileEntry], positions: dict[str, int]) -> list[dict]:
+def _usable_rows(shards: Path, entries: Sequence[FileEntry]) -> list[dict]:
     """Shard rows for these entries' files as they are now (same size and mtime); the last row wins for a path.
     A shard that cannot be read (damaged) is ignored: its files are embedded again."""
     if not shards.is_dir():
@@ -187,7 +184,7 @@ def _usable_rows(shards: Path, entries: Sequence[FileEntry], positions: dict[str
         except Exception:  # noqa: BLE001 - any damage means: not usable
             continue
         for row in rows:
-            if wanted.get(row["path"]) == (row["size"], row["mtime_ns"]) and row["path"] in positions:
+            if wanted.get(row["path"]) == (row["size"], row["mtime_ns"]):
                 found[row["path"]] = row
     return list(found.values())
 
