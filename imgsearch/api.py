@@ -369,9 +369,28 @@ class Collection:
             report.backend = "ray"
             return self._ray().embedded(entries, self.model, settings, self.folder / self._ray().SHARDS,
                                         model_image_size(self.model))
-        self.embedder.load()  # a download or model error surfaces before any progress is shown
-        report.backend = self.embedder.backend
-        return self.embedder.embed_files([e.path for e in entries], settings)
+        encoder = self._image_file_encoder().load()  # a download or model error surfaces before any progress
+        report.backend = encoder.backend
+        return encoder.embed_files([e.path for e in entries], settings)
+
+    def _image_file_encoder(self):
+        """What embeds image files: the model's cached export without torch (files.ExportImageFiles) when this CPU's
+        choice is OpenVINO or ONNX Runtime, else ``embedder`` (torch; it makes the export on a model's first run)."""
+        from .inference import backends
+
+        model = self.model
+        if self._embedder is not None or not (model.device == "cpu" or (
+                model.device == "auto" and not backends.cuda_visible())):
+            return self.embedder
+        if not backends.onnxruntime_installed():
+            return self.embedder
+        export = backends.find_export(model.name, model.pretrained)
+        plan = backends.export_plan(model.backend, model.precision, export)
+        if plan is None or not export.torch_free_images:
+            return self.embedder
+        from .inference.files import ExportImageFiles
+
+        return ExportImageFiles(export, plan)
 
     @staticmethod
     def _ray():

@@ -41,7 +41,8 @@ class ModelConfig:
     # "auto" = fp16 autocast on cuda; on cpu bf16 weights where the CPU has native bf16 (AVX512-BF16/AMX) and the
     # model passes the quality check, else fp32. Or "fp32", "fp16", "bf16".
     precision: str = "auto"
-    # "auto", "torch" or "onnx" (ONNX Runtime, CPU): see imgsearch/inference/backends.py for what auto picks.
+    # "auto", "torch", "onnx" (ONNX Runtime fp32, CPU) or "onnx-int8" (its image tower in int8): see
+    # imgsearch/inference/backends.py for what auto picks.
     backend: str = "auto"
 
     def to_dict(self) -> dict:

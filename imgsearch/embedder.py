@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,19 +26,9 @@ from . import checkpoints
 from .inference import backends
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
-from .images import ImageDetails, loader, skip_reason
+from .images import EmbeddedBatch, loader, prepared
 
 _TEXT_BATCH = 256
-
-
-@dataclass
-class EmbeddedBatch:
-    """One batch of files: positions into the caller's path list, vectors, and failures."""
-
-    positions: list[int]
-    details: list[ImageDetails]  # original size and content hash per embedded file
-    vectors: np.ndarray  # (len(positions), dim) float32, normalised
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
 def register_extra_model_configs() -> None:
@@ -263,17 +252,18 @@ class _TorchTowers:
             return _finish(self.model.encode_text(self._input(tokens)))
 
 
-class _OnnxRunner:
-    """Exported towers in ONNX Runtime, fed from torch tensors (the indexing pipeline and tokenizer stay)."""
+class _ExportRunner:
+    """The exported towers fed from torch tensors (the indexing pipeline and tokenizer stay): images by OpenVINO
+    or ONNX Runtime (fp32, int8), texts by ONNX Runtime fp32."""
 
-    def __init__(self, towers):
-        self.towers, self.label = towers, "onnx fp32"
+    def __init__(self, images, texts, label: str):
+        self.images, self.texts, self.label = images, texts, label
 
     def encode_image(self, pixels: torch.Tensor) -> np.ndarray:
-        return self.towers.encode_image(pixels.numpy())
+        return self.images.encode_image(pixels.numpy())
 
     def encode_text(self, tokens: torch.Tensor) -> np.ndarray:
-        return self.towers.encode_text(tokens.numpy())
+        return self.texts.encode_text(tokens.numpy())
 
 
 def _finish(features: torch.Tensor) -> np.ndarray:
@@ -326,16 +316,22 @@ class Embedder:
     def _choose_runner(self):
         model = self._parts()[0]
         if self.device.startswith("cuda"):
-            if self.config.backend == "onnx":
-                raise ModelLoadError("the onnx backend runs on the CPU; use --device cpu, or --backend torch on a GPU")
+            if self.config.backend not in ("auto", "torch"):
+                raise ModelLoadError(f"the {self.config.backend} backend runs on the CPU; use --device cpu, or "
+                                     "--backend torch on a GPU")
             return _TorchTowers(model, self.device, self.config.precision)
-        backend, precision = backends.cpu_plan(self.config.backend, self.config.precision)
         export = self.export_onnx() if self.config.backend != "torch" else None  # from fp32 weights, once per model
-        if backend == "onnx":
-            if export is not None and (export.passed or self.config.backend == "onnx"):
-                from .inference.onnx import OnnxTowers
+        backend, precision = backends.cpu_plan(self.config.backend, self.config.precision, export)
+        plan = backends.export_plan(self.config.backend, self.config.precision, export)
+        if plan is not None:
+            from .inference.files import image_tower
+            from .inference.onnx import OnnxTowers
 
-                return _OnnxRunner(OnnxTowers(export))
+            if (backend, precision) != ("onnx", plan) and backend != plan:
+                self.notes.append(f"{self.config.backend} is unavailable here or failed its check; onnx {plan} runs")
+            images, label = image_tower(export, plan)
+            return _ExportRunner(images, OnnxTowers(export), label)
+        if backend != "torch":
             self.notes.append("ONNX export unavailable or failed its check; torch fp32 runs instead")
             precision = "fp32"
         if precision == "bf16":
@@ -470,7 +466,7 @@ def _export(parts, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tens
     import shutil
     import warnings
 
-    from .inference.onnx import OnnxTowers
+    from .inference.onnx import OnnxTowers, externalise
 
     model, preprocess, tokenizer = parts
     final = backends.export_folder(config.name, config.pretrained)
@@ -487,12 +483,16 @@ def _export(parts, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tens
                                   input_names=["tokens" if text else "pixels"], output_names=["features"],
                                   dynamic_axes={"tokens" if text else "pixels": {0: "n"}, "features": {0: "n"}},
                                   opset_version=17, dynamo=False)
+                externalise(work / f"{name}.onnx")
         meta = _export_meta(model, config, tokenizer)
         staged = backends.OnnxExport(work, meta)
         towers = OnnxTowers(staged, threads=1)
-        check = {"image_min_cosine": min_cosine(towers.encode_image(pixels.numpy()), torch_towers.encode_image(pixels)),
+        reference = torch_towers.encode_image(pixels)
+        check = {"image_min_cosine": min_cosine(towers.encode_image(pixels.numpy()), reference),
                  "text_min_cosine": min_cosine(towers.encode_text(tokens.numpy()), torch_towers.encode_text(tokens))}
         check["passed"] = min(check.values()) >= backends.MIN_COSINE
+        check.update(_int8_check(staged, pixels.numpy(), reference))
+        check.update(_openvino_check(staged, pixels.numpy(), reference))
         backends.write_meta(work, {**meta, "check": check})
         if final.exists() and backends.find_export(config.name, config.pretrained) is None:
             shutil.rmtree(final, ignore_errors=True)  # a broken leftover (folders are published whole)
@@ -500,10 +500,39 @@ def _export(parts, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tens
             os.rename(work, final)
         except OSError:  # another process published first
             shutil.rmtree(work, ignore_errors=True)
+        backends.remove_stale_exports()
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return backends.find_export(config.name, config.pretrained)
+
+
+def _int8_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
+    """Quantize the image tower to int8 and check it against torch fp32 (cosine >= MIN_COSINE_INT8)."""
+    from .inference.onnx import OnnxTowers, quantize_int8
+
+    try:
+        quantize_int8(staged.image_path, staged.image_int8_path)
+        worst = min_cosine(OnnxTowers(staged, threads=1, int8=True).encode_image(pixels), reference)
+    except Exception as exc:  # an op the quantizer cannot handle: fp32 paths still work
+        staged.image_int8_path.unlink(missing_ok=True)
+        return {"int8_passed": False, "int8_error": _first_sentence(exc)}
+    return {"image_int8_min_cosine": worst, "int8_passed": worst >= backends.MIN_COSINE_INT8}
+
+
+def _openvino_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
+    """Run the image tower in OpenVINO, when installed, and check it against torch fp32 (cosine >= MIN_COSINE)."""
+    if not backends.openvino_installed():
+        return {}
+    from .inference.openvino import OpenVinoImageTower
+
+    try:
+        tower = OpenVinoImageTower(staged)
+        worst = min_cosine(tower.encode_image(pixels), reference)
+    except Exception as exc:  # an op OpenVINO cannot compile: the other paths still work
+        return {"openvino_passed": False, "openvino_error": _first_sentence(exc)}
+    return {"openvino_min_cosine": worst, "openvino_precision": tower.precision,
+            "openvino_passed": worst >= backends.MIN_COSINE}
 
 
 def _export_meta(model: torch.nn.Module, config: ModelConfig, tokenizer) -> dict:
@@ -533,11 +562,7 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            loaded = self.load(self.paths[i], self.min_side, self.max_pixels)
-            return i, self.preprocess(loaded.image), loaded.details, None
-        except Exception as exc:  # noqa: BLE001 - one file's failure, even a decoder bug, costs that file only
-            return i, None, None, skip_reason(exc)
+        return i, *prepared(self.paths[i], self.load, self.preprocess, self.min_side, self.max_pixels)
 
 
 def _collate(items):

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -229,6 +229,16 @@ def _taken_at(img: Image.Image) -> float | None:
         return None
 
 
+@dataclass
+class EmbeddedBatch:
+    """One batch of files embedded: positions into the caller's path list, vectors, and failures."""
+
+    positions: list[int]
+    details: list[ImageDetails]  # original size and content hash per embedded file
+    vectors: np.ndarray  # (len(positions), dim) float32, normalised
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     image: Image.Image  # RGB, upright, possibly downscaled (never below min_side)
@@ -259,6 +269,16 @@ def skip_reason(exc: Exception) -> str:
     """Why an indexing run skips a file that raised ``exc``: an ImageSkipped's own reason; anything else (a decoder
     bug) named as such, since it must cost that one file, not the run."""
     return str(exc) if isinstance(exc, ImageSkipped) else f"could not decode: {type(exc).__name__}: {exc}"
+
+
+def prepared(path: str, load, transform, min_side: int, max_pixels: int):
+    """(transform(image), details, None) for one file to embed, or (None, None, reason) when it cannot be read:
+    one file's failure, even a decoder bug, costs that file only."""
+    try:
+        loaded = load(path, min_side, max_pixels)
+        return transform(loaded.image), loaded.details, None
+    except Exception as exc:  # noqa: BLE001 - see above
+        return None, None, skip_reason(exc)
 
 
 def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000,

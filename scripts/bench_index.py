@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx-fp32": ("onnx", "fp32")}
+BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx-fp32": ("onnx", "fp32"),
+            "onnx-int8": ("onnx-int8", "auto"), "openvino": ("openvino", "auto")}
 
 
 def fresh_collection(folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int) -> imgsearch.Collection:

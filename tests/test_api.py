@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,13 +193,15 @@ def test_local_checkpoint_loads_offline_with_its_own_weights(tmp_path, tiny_mode
 
     from imgsearch.embedder import Embedder
 
-    random_model = Embedder(tiny_model)
+    torch_only = replace(tiny_model, backend="torch")  # the weights are edited in place below: no cached export
+    random_model = Embedder(torch_only)
     model = random_model._parts()[0]
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5).add_(0.01)  # weights that differ from the seeded random init
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    from_file = Embedder(ModelConfig(name=TINY_MODEL, pretrained=str(tmp_path / "tiny.pt"), device="cpu"))
+    from_file = Embedder(ModelConfig(name=TINY_MODEL, pretrained=str(tmp_path / "tiny.pt"), device="cpu",
+                                     backend="torch"))
     np.testing.assert_allclose(from_file.embed_texts(["a dog"]), random_model.embed_texts(["a dog"]), atol=1e-6)
     fresh = Embedder(tiny_model).embed_texts(["a dog"])
     assert not np.allclose(fresh, from_file.embed_texts(["a dog"]), atol=1e-4)

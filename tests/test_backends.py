@@ -23,7 +23,10 @@ from conftest import COCO_MINI, SHARED_DATA, write_image
 
 KARPATHY_COCO = SHARED_DATA / "annotations" / "coco_test_karpathy.json"
 EDGE_TEXTS = ["", "   ", "Café &amp;amp; crème brûlée 😀", "日本語のテキスト", "I'm 3 o'clock's BEST!!!",
-              "<start_of_text> hi <end_of_text>", "a + b - c", "x" * 400, "word " * 100, "tab\tand\nnewline"]
+              "<start_of_text> hi <end_of_text>", "a + b - c", "x" * 400, "word " * 100, "tab\tand\nnewline",
+              # plain ASCII that skips ftfy, and ASCII that must not: entities, control characters, odd breaks
+              "A Dog, on 2 beaches; (50%) [x] {y} ~z` ^_^ |pipe| \\back/", "Tom &amp;amp; Jerry &lt;3",
+              "ctrl\x00char\x07s", "del\x7fete", "crlf\r\nline\rbreaks", "form\x0cfeed\x0bvtab"]
 
 
 def _embedder(config):
@@ -116,13 +119,16 @@ def test_auto_picks_by_cpu_and_what_is_installed(monkeypatch, native, ort, preci
 def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
     monkeypatch.setattr(backends, "MIN_COSINE", 1.5)  # nothing can pass
     monkeypatch.setattr(backends, "native_bf16", lambda: True)
+    installed = backends.openvino_installed
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)  # auto's bf16 torch path, checked at load
     bf16 = _embedder(replace(tiny_model, backend="auto"))
     assert bf16.backend == "torch fp32" and "bf16 failed the quality check" in bf16.notes[0]
+    monkeypatch.setattr(backends, "openvino_installed", installed)
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     monkeypatch.setenv("IMGSEARCH_CACHE", os.environ["IMGSEARCH_CACHE"] + "_strict")
     onnx = _embedder(replace(tiny_model, backend="auto"))
     assert onnx.backend == "torch fp32" and "failed its check" in onnx.notes[-1]
-    assert not backends.find_export(tiny_model.name, tiny_model.pretrained).passed
+    assert not backends.find_export(tiny_model.name, tiny_model.pretrained).passed  # nor OpenVINO, installed or not
     forced = _embedder(replace(tiny_model, backend="onnx"))  # an explicit choice is honoured
     assert forced.backend == "onnx fp32"
 
@@ -148,7 +154,8 @@ def test_queries_in_a_fresh_process_never_import_torch_and_match_torch(tmp_path,
     folder = tmp_path / "coll"
     with imgsearch.open(folder, model=tiny_model) as engine:
         report = engine.index_folder(photo_dir)
-        assert report.backend and engine.query_encoder is engine.embedder  # the indexer answers with its model
+        # A run that loaded the model answers with it; one that indexed from the export, without torch, does not
+        assert (engine.query_encoder is engine._embedder) == report.backend.startswith("torch")
     query_image = str(sorted(photo_dir.rglob("*.png"))[0])
     with imgsearch.open(folder, model=replace(tiny_model, backend="torch", precision="fp32")) as engine:
         text_torch = engine.search_text("a photo of a dog", k=5)

@@ -182,14 +182,17 @@ def test_kill_9_mid_run_leaves_a_consistent_collection_that_the_next_run_complet
     assert_each_finds_itself(coll, photos)
 
 
-def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model):
+@pytest.mark.parametrize("backend, batch", [("torch", 8), ("auto", 1)])  # auto: the export, without torch (fast:
+def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model, backend, batch):  # small batches)
     """SIGINT (Ctrl-C) to the real CLI: exit 130 with a resume hint, work so far kept, consistent."""
     folder, coll = tmp_path / "photos", tmp_path / "coll"
     photos = make_photos(folder, 300)
+    if backend == "auto":
+        imgsearch.open(tmp_path / "first", model=tiny_model).index_folder(tmp_path / "photos" / "set0")  # the export
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll),
-         "--model", tiny_model.name, "--pretrained", "none", "--batch-size", "8", "--workers", "0", "--quiet"],
+        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll), "--backend", backend,
+         "--model", tiny_model.name, "--pretrained", "none", "--batch-size", str(batch), "--workers", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120

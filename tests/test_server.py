@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _rotated_photo(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, tiny_embedder, coco_captions, serve_env):
+def site(tmp_path_factory, tiny_model, coco_captions, serve_env):
     if not PHOTOS:
         pytest.skip(f"shared photos not found under {COCO_MINI}")
     root = tmp_path_factory.mktemp("served")
@@ -46,7 +47,12 @@ def site(tmp_path_factory, tiny_embedder, coco_captions, serve_env):
     _rotated_photo(photos / "b" / "rotated.jpg")
     shutil.copy(PHOTOS[0], photos / "victim.jpg")  # replaced by a link in a test
     coll = root / "coll"
-    index_captioned(coll, photos, tiny_embedder, coco_captions, [p.name for p in PHOTOS])
+    # ONNX Runtime fp32, as the server embeds uploads: stored and uploaded vectors are then the same, where the
+    # default backend's would differ within its quality guard (enough to reorder the tiny model's crowded scores)
+    from imgsearch.embedder import Embedder
+
+    onnx = Embedder(replace(tiny_model, backend="onnx"))
+    index_captioned(coll, photos, onnx, coco_captions, [p.name for p in PHOTOS])
     server = Served(coll, "--max-upload-mb", "0.5", env=serve_env)
     yield server, coll, photos
     assert server.stop() == 0

@@ -286,7 +286,8 @@ def test_decode_workers_die_with_a_killed_indexer(tmp_path):
     for i in range(300):
         write_image(folder / f"{i}.png", seed=i, size=(256, 256))
     proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(tmp_path / "c"),
-                             "--model", TINY_MODEL, "--pretrained", "none", "--workers", "2", "--batch-size", "8"],
+                             "--model", TINY_MODEL, "--pretrained", "none", "--workers", "2", "--batch-size", "8",
+                             "--backend", "torch"],  # the torch pipeline's worker processes (the export's: threads)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[int] = []
     deadline = time.monotonic() + 60

@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..config import IndexingConfig, ModelConfig
-from ..embedder import EmbeddedBatch, Embedder
+from ..embedder import Embedder
 from ..errors import BadInputError, ImgsearchError
-from ..images import FileEntry, ImageDetails, loader, skip_reason
+from ..images import EmbeddedBatch, FileEntry, ImageDetails, loader, skip_reason
 
 SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until the run ends
 _BATCHES_PER_BLOCK = 4  # model batches per Ray Data block

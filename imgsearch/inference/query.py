@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .backends import OnnxExport
+from .backends import FromExport, OnnxExport
 from .onnx import OnnxTowers
 from .preprocess import preprocess
 from .tokenizer import ClipTokenizer
@@ -20,21 +20,12 @@ from .tokenizer import ClipTokenizer
 QUERY_THREADS = 1
 
 
-class OnnxQueryEncoder:
+class OnnxQueryEncoder(FromExport):
     def __init__(self, export: OnnxExport, threads: int | None = QUERY_THREADS):
         self.export = export
-        self._towers = OnnxTowers(export, threads)
+        self._towers = OnnxTowers(export, threads, lean=True)
         self._tokenizer: ClipTokenizer | None = None
         self.backend = "onnx fp32 (query)"
-
-    @property
-    def dim(self) -> int:
-        return int(self.export.meta["dim"])
-
-    @property
-    def image_size(self) -> int:
-        size = self.export.meta["preprocess"]["size"]
-        return int(max(size) if isinstance(size, (list, tuple)) else size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:

@@ -1,0 +1,43 @@
+"""OpenVINO: the only module that imports it. Runs an export's image tower for bulk work on a CPU.
+
+On a CPU with native bf16 (AVX512-BF16, AMX) OpenVINO computes in bf16 by default, and elsewhere in fp32.
+Measured on ViT-B-32 (docs/performance.md): 45 images/s against ONNX Runtime fp32's 19.5 and torch bf16's 37 on
+the same 2 cores, cosine to fp32 0.99995 and top-10 overlap 0.971, compiled from the cached ONNX file in ~1 s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import OnnxExport
+from .onnx import normalised
+
+
+class OpenVinoImageTower:
+    """An export's image tower compiled for this CPU (on first use) for one batch at a time."""
+
+    def __init__(self, export: OnnxExport):
+        self.export = export
+        self._compiled = self._request = None
+
+    def _compile(self):
+        if self._compiled is None:
+            import openvino
+
+            # LATENCY: one stream over every core for each batch; THROUGHPUT splits the cores between streams
+            # that one synchronous caller never fills (measured half the speed).
+            self._compiled = openvino.Core().compile_model(str(self.export.image_path), "CPU",
+                                                          {"PERFORMANCE_HINT": "LATENCY"})
+            self._request = self._compiled.create_infer_request()
+        return self._compiled
+
+    @property
+    def precision(self) -> str:
+        """What the CPU computes in: "bf16", "fp16" or "fp32"."""
+        name = self._compile().get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f16", "f32"
+        return {"bf16": "bf16", "f16": "fp16"}.get(name, "fp32")
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        self._compile()
+        out = self._request.infer({0: np.ascontiguousarray(pixels, np.float32)})
+        return normalised(np.asarray(out[0]))

@@ -1,0 +1,173 @@
+"""Indexing on a CPU without torch: once a model's export is cached, `index` embeds files with ONNX Runtime (the
+int8 image tower when it passed its check) in a process that never imports torch, with the torch path's results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgsearch
+from imgsearch.config import IndexingConfig
+from imgsearch.inference import backends
+
+from conftest import COCO_MINI, write_image
+
+INDEX_SCRIPT = """
+import sys, json, imgsearch
+from imgsearch.config import IndexingConfig
+with imgsearch.open(sys.argv[1], backend=sys.argv[4]) as engine:
+    report = engine.index_folder(sys.argv[2], IndexingConfig(workers=int(sys.argv[3]), batch_size=4))
+print(json.dumps({"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
+                  "backend": report.backend, "added": report.added,
+                  "skipped": [(s.path, s.reason) for s in report.skipped]}))
+"""
+
+
+def stored(coll: Path) -> dict[str, np.ndarray]:
+    with imgsearch.open(coll) as engine:
+        store = engine._store_for()
+        rows = dict(store.all_paths())
+        return {rows[i]: vector for i, vector in store.vectors("images", list(rows)).items()}
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Real photos, generated odd shapes, and one broken file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(COCO_MINI.glob("*/*.jpg"))[:9]:
+        shutil.copy(path, folder)
+    for i, size in enumerate([(7, 300), (300, 7), (33, 32)]):
+        write_image(folder / "odd" / f"odd{i}.png", i, size)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
+    """A model's first run loads torch and leaves its checked export (fp32 towers and the int8 image tower)."""
+    seed = tmp_path / "seed"
+    write_image(seed / "one.png", 99)
+    with imgsearch.open(coll, model=tiny_model) as engine:
+        engine.index_folder(seed)
+    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    assert export is not None and export.int8_passed and export.openvino_passed, export and export.meta["check"]
+
+
+@pytest.mark.parametrize("backend, threads, ran, guard", [
+    ("auto", 0, "openvino", backends.MIN_COSINE),  # auto on this CPU: OpenVINO (bf16 where the CPU has it)
+    ("onnx-int8", 3, "onnx int8", backends.MIN_COSINE_INT8),
+    ("onnx", 2, "onnx fp32", backends.MIN_COSINE),
+])
+def test_later_runs_index_without_torch_and_match_the_torch_pipeline(tmp_path, tiny_model, photos, backend, threads,
+                                                                     ran, guard):
+    coll = tmp_path / "coll"
+    _first_run(coll, tiny_model, tmp_path)
+    out = subprocess.run([sys.executable, "-c", INDEX_SCRIPT, str(coll), str(photos), str(threads), backend],
+                         capture_output=True, text=True, check=True, env=os.environ)
+    got = json.loads(out.stdout)
+    assert not got["torch"] and not got["open_clip"], "indexing imported torch"
+    assert got["backend"].startswith(ran) and got["added"] == 12
+    assert [(Path(p).name, reason.split(":")[0]) for p, reason in got["skipped"]] == [
+        ("broken.jpg", "corrupt or truncated image")]
+    light = stored(coll)
+
+    # The same files through the torch pipeline (DataLoader, the model's own transform) running the same tower:
+    # the same vectors. And through torch fp32: within the backend's quality guard.
+    for other_backend, precision, tolerance in ((backend, "auto", 1e-3 if ran == "openvino" else 1e-5),
+                                                ("torch", "fp32", None)):
+        other = tmp_path / f"via-{other_backend}"
+        with imgsearch.open(other, model=replace(tiny_model, backend=other_backend, precision=precision)) as engine:
+            engine.embedder.load()  # the torch Embedder, not the light path
+            # The same batches: int8's activation scales are computed per batch (dynamic quantization)
+            report = engine.index_folder(photos, IndexingConfig(workers=0, batch_size=4))
+            assert report.backend == (got["backend"] if tolerance else "torch fp32")
+        theirs = stored(other)
+        for path, vector in theirs.items():
+            if path.startswith(str(photos)):
+                if tolerance:
+                    np.testing.assert_allclose(light[path], vector, atol=tolerance, err_msg=path)
+                else:
+                    assert float(light[path] @ vector) >= guard, path
+
+
+def test_light_path_decodes_in_order_whatever_the_threads(tmp_path, tiny_model, photos):
+    from imgsearch.inference.files import ExportImageFiles
+
+    _first_run(tmp_path / "coll", tiny_model, tmp_path)
+    encoder = ExportImageFiles(backends.find_export(tiny_model.name, tiny_model.pretrained), "fp32").load()
+    paths = sorted(str(p) for p in photos.rglob("*.*")) * 3  # 39 files, batches of 5: ten batches in flight
+    runs = {t: list(encoder.embed_files(paths, IndexingConfig(workers=t, batch_size=5))) for t in (0, 1, 4)}
+    for batches in runs.values():
+        assert [p for b in batches for p in b.positions] == [i for i, p in enumerate(paths) if "broken" not in p]
+        assert [i for b in batches for i, _ in b.failures] == [i for i, p in enumerate(paths) if "broken" in p]
+        np.testing.assert_array_equal(np.concatenate([b.vectors for b in batches]),
+                                      np.concatenate([b.vectors for b in runs[0]]))
+
+
+def test_auto_falls_back_from_int8_that_failed_its_check(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "MIN_COSINE_INT8", 1.5)  # the int8 tower cannot pass
+    monkeypatch.setattr(backends, "native_bf16", lambda: False)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)  # a CPU where auto would run ONNX Runtime
+    from imgsearch.embedder import Embedder
+
+    auto = Embedder(replace(tiny_model, backend="auto"))
+    assert auto.backend == "onnx fp32"
+    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    assert export.passed and not export.int8_passed and export.image_int8_path.is_file()
+    assert backends.export_plan("auto", "auto", export) == "fp32"
+    assert backends.export_plan("onnx-int8", "auto", export) == "int8"  # asked for by name: honoured
+    forced = Embedder(replace(tiny_model, backend="onnx-int8"))
+    assert forced.backend == "onnx int8"
+    export.image_int8_path.unlink()
+    missing = Embedder(replace(tiny_model, backend="onnx-int8"))
+    assert missing.backend == "onnx fp32" and "onnx-int8 is unavailable here" in missing.notes[-1]
+
+
+@pytest.mark.parametrize("backend, precision, openvino, native, expected", [
+    ("auto", "auto", True, True, "openvino"),
+    ("auto", "auto", False, True, None),  # OpenVINO absent: torch bf16 on a CPU with native bf16
+    ("auto", "auto", False, False, "fp32"),  # ... else ONNX Runtime fp32; auto never runs int8
+    ("auto", "fp32", True, True, "fp32"),
+    ("onnx", "auto", True, True, "fp32"),
+    ("onnx-int8", "auto", True, True, "int8"),
+    ("openvino", "auto", True, False, "openvino"),
+    ("openvino", "auto", False, False, "fp32"),  # asked for but not installed
+    ("torch", "auto", True, True, None),
+])
+def test_which_export_path_bulk_work_runs(monkeypatch, tmp_path, backend, precision, openvino, native, expected):
+    monkeypatch.setattr(backends, "native_bf16", lambda: native)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: openvino)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "image.int8.onnx").write_bytes(b"")
+    export = backends.OnnxExport(folder, {"check": {"passed": True, "int8_passed": True, "openvino_passed": True}})
+    assert backends.export_plan(backend, precision, export) == expected
+    assert backends.export_plan(backend, precision, None) is None
+    failed = replace(export, meta={"check": {"passed": False, "int8_passed": True, "openvino_passed": True}})
+    assert backends.export_plan("auto", precision, failed) is None  # auto never runs an export that failed
+
+
+def test_exports_keep_weights_beside_the_graph_and_stale_formats_are_removed(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    stale = tmp_path / "cache" / "onnx" / "old-model-0123"
+    stale.mkdir(parents=True)
+    (stale / "meta.json").write_text(json.dumps({"format": 1}))
+    (stale / "text.onnx").write_bytes(b"x" * 1000)
+    from imgsearch.embedder import Embedder
+
+    Embedder(replace(tiny_model, backend="onnx")).embed_texts(["a dog"])
+    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    for tower in (export.text_path, export.image_path):
+        assert tower.with_name(tower.name + ".data").is_file()
+    data = export.text_path.with_name("text.onnx.data")  # the token table alone is 49408 x 32 floats
+    assert data.stat().st_size > 10 * export.text_path.stat().st_size, "the weights stayed inside the graph file"
+    assert not stale.exists() and export.folder.exists()
