@@ -369,17 +369,17 @@ class Collection:
             report.backend = "ray"
             return self._ray().embedded(entries, self.model, settings, self.folder / self._ray().SHARDS,
                                         model_image_size(self.model))
-        encoder = self._image_file_encoder().load()  # a download or model error surfaces before any progress
+        encoder = self._image_file_encoder(settings).load()  # a download or model error surfaces before any progress
         report.backend = encoder.backend
         return encoder.embed_files([e.path for e in entries], settings)
 
-    def _image_file_encoder(self):
+    def _image_file_encoder(self, settings: IndexingConfig):
         """What embeds image files: the model's cached export without torch (files.ExportImageFiles) when this CPU's
         choice is OpenVINO or ONNX Runtime, else ``embedder`` (torch; it makes the export on a model's first run)."""
         from .inference import backends
 
         model = self.model
-        if self._embedder is not None or not (model.device == "cpu" or (
+        if self._embedder is not None or settings.decode == "tensor" or not (model.device == "cpu" or (
                 model.device == "auto" and not backends.cuda_visible())):
             return self.embedder
         if not backends.onnxruntime_installed():

@@ -116,9 +116,12 @@ class IndexingConfig:
     checkpoint_seconds: float = 120.0
     # "fast": JPEGs decoded at reduced size in the decoder where the model input allows (DCT scaling), upright by
     # EXIF, transparency on white; the vectors differ little from a full decode (docs/performance.md).
+    # "tensor": JPEGs decoded by torchvision on the model's device (nvJPEG on a GPU), resized, cropped and
+    # normalised there; other files as "fast" (imgsearch/tensor_decode.py). Runs on a CPU too (for tests).
+    # "auto": "tensor" when torch runs the model on a CUDA GPU, else "fast".
     # "reference": exactly as CLIP_benchmark decodes (full size, Image.convert("RGB"), no EXIF rotation), which
     # `imgsearch eval` uses so that published numbers can be reproduced.
-    decode: str = "fast"
+    decode: str = "auto"
     # Embed on a Ray cluster instead of in this process: "local" (start one here), "auto" (a running one) or its
     # address. Needs `pip install 'imgsearch[ray]'`; see imgsearch/distributed/ray_embed.py.
     ray: str | None = None

@@ -411,27 +411,60 @@ class Embedder:
 
         Unreadable files come back as failures with a reason; they never stop the run.
         """
-        preprocess = self._parts()[1]
-        if settings.decode not in ("fast", "reference"):
-            raise ValueError(f"IndexingConfig.decode must be 'fast' or 'reference', got {settings.decode!r}")
-        dataset = _FileDataset(list(paths), preprocess, self.image_size, settings.max_pixels, settings.decode)
-        workers = min(settings.resolved_workers(), max(1, len(paths) // settings.batch_size))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=settings.batch_size,
-            num_workers=workers if len(paths) > settings.batch_size else 0,
-            collate_fn=_collate,
-            pin_memory=self.device.startswith("cuda"),
-            prefetch_factor=4 if workers and len(paths) > settings.batch_size else None,
-            worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
-        )
-        for positions, details, tensors, failures in loader:
+        preprocess, paths = self._parts()[1], list(paths)
+        decode = self.decode_mode(settings.decode)
+        if decode == "tensor":
+            yield from self._embed_on_device(paths, settings)
+            return
+        dataset = _FileDataset(paths, preprocess, self.image_size, settings.max_pixels, decode)
+        for positions, details, tensors, failures in self._loader(dataset, _collate, settings):
             vectors = (
                 self.encode_preprocessed(tensors)
                 if tensors is not None
                 else np.zeros((0, self.dim), np.float32)
             )
             yield EmbeddedBatch(positions, details, vectors, failures)
+
+    def decode_mode(self, asked: str) -> str:
+        """``IndexingConfig.decode`` resolved: "auto" is "tensor" (JPEGs decoded on the GPU) on a CUDA device when the
+        model's transform is the plain CLIP one, else "fast" (Pillow)."""
+        if asked not in ("auto", "fast", "reference", "tensor"):
+            raise ValueError(f"IndexingConfig.decode must be auto, fast, reference or tensor, got {asked!r}")
+        if asked in ("auto", "tensor"):
+            from .tensor_decode import Transform
+
+            plain = Transform.for_model(preprocess_cfg(self._parts()[0])) is not None
+            return "tensor" if plain and (asked == "tensor" or self.device.startswith("cuda")) else "fast"
+        return asked
+
+    def _embed_on_device(self, paths: list[str], settings: IndexingConfig) -> Iterator[EmbeddedBatch]:
+        """JPEGs read in workers and decoded, resized and normalised on the model's device (tensor_decode.py)."""
+        from . import tensor_decode
+
+        model, preprocess = self._parts()[:2]
+        load = loader("fast")
+        dataset = tensor_decode.TensorFiles(paths, preprocess, load, self.image_size, settings.max_pixels)
+        decoder = tensor_decode.DeviceDecoder(
+            tensor_decode.Transform.for_model(preprocess_cfg(model)), self.device,
+            lambda i: prepared(paths[i], load, preprocess, self.image_size, settings.max_pixels))
+        for items in self._loader(dataset, tensor_decode.collate, settings):
+            positions, details, pixels, failures = decoder(items)
+            vectors = self.encode_preprocessed(pixels) if pixels is not None else np.zeros((0, self.dim), np.float32)
+            yield EmbeddedBatch(positions, details, vectors, failures)
+
+    def _loader(self, dataset, collate: Callable, settings: IndexingConfig) -> torch.utils.data.DataLoader:
+        """Batches of ``dataset`` items, decoded ahead in worker processes that die with this one."""
+        n = len(dataset)
+        workers = min(settings.resolved_workers(), max(1, n // settings.batch_size)) if n > settings.batch_size else 0
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=settings.batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.startswith("cuda"),
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
+        )
 
 
 def _die_with_parent(parent: int, _worker_id: int) -> None:
@@ -535,12 +568,18 @@ def _openvino_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
             "openvino_passed": worst >= backends.MIN_COSINE}
 
 
-def _export_meta(model: torch.nn.Module, config: ModelConfig, tokenizer) -> dict:
+def preprocess_cfg(model: torch.nn.Module) -> dict:
+    """The model's image transform as a config: size, mean, std, interpolation, resize mode."""
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     if not cfg:
         size = model.visual.image_size
         cfg = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
                "interpolation": "bicubic", "resize_mode": "shortest"}
+    return cfg
+
+
+def _export_meta(model: torch.nn.Module, config: ModelConfig, tokenizer) -> dict:
+    cfg = preprocess_cfg(model)
     simple = isinstance(tokenizer, open_clip.SimpleTokenizer) and tokenizer.reduction_fn is None and (
         tokenizer.clean_fn.__name__ == "_clean_lower")
     return {"model": config.name, "pretrained": config.pretrained, "dim": model_dim(config),

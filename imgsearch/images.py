@@ -251,18 +251,18 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
     ``min_side``: the decoded image keeps both sides at least this long (the model input size).
     Raises ImageSkipped with a reason for anything that is not a readable, sane image.
     """
-    return decode_image(_read(path), min_side, max_pixels)
+    return decode_image(read_file(path), min_side, max_pixels)
 
 
 def load_reference_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
     """Decode exactly as the CLIP_benchmark protocol does: full size, ``Image.convert("RGB")``, no EXIF rotation
     (``min_side`` is ignored). For evaluation, so that published numbers can be reproduced."""
-    return decode_image(_read(path), 0, max_pixels, reference=True)
+    return decode_image(read_file(path), 0, max_pixels, reference=True)
 
 
 def loader(decode: str = "fast"):
-    """The decoder an indexing run uses: ``load_image`` ("fast") or ``load_reference_image`` ("reference")."""
-    return load_image if decode == "fast" else load_reference_image
+    """The Pillow decoder an indexing run uses: ``load_reference_image`` for "reference", else ``load_image``."""
+    return load_reference_image if decode == "reference" else load_image
 
 
 def skip_reason(exc: Exception) -> str:
@@ -297,7 +297,7 @@ def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000,
         raise ImageSkipped(f"corrupt or truncated image: {exc}") from None
 
 
-def _read(path: str) -> bytes:
+def read_file(path: str) -> bytes:
     """The whole file: one read serves both the hash and the decoder."""
     try:
         with open(path, "rb") as fh:
@@ -333,17 +333,34 @@ def _decode_reference(data: bytes, max_pixels: int) -> LoadedImage:
 
 def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
     with _opened(data, max_pixels) as img:
-        width, height = img.size
-        found_format, taken_at = _format(img), _taken_at(img)
-        orientation = img.getexif().get(0x0112, 1)
-        if orientation in _TRANSPOSED:
-            width, height = height, width
+        details = _details(img, data)
         if min_side and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img.load()
         upright = ImageOps.exif_transpose(img)
         rgb = _to_rgb(upright)
-    return LoadedImage(rgb, ImageDetails(width, height, bytes_hash(data), found_format, taken_at))
+    return LoadedImage(rgb, details)
+
+
+def _details(img: Image.Image, data: bytes) -> ImageDetails:
+    """An opened image's details from its header: upright size, content hash, format, EXIF date."""
+    width, height = img.size
+    if img.getexif().get(0x0112, 1) in _TRANSPOSED:
+        width, height = height, width
+    return ImageDetails(width, height, bytes_hash(data), _format(img), _taken_at(img))
+
+
+def jpeg_header(data: bytes, max_pixels: int) -> ImageDetails | None:
+    """The details of a JPEG a tensor decoder can take (RGB or greyscale), from its header alone; None for anything
+    else (other formats, CMYK, what Pillow cannot open), which the Pillow path decodes and judges. A decompression
+    bomb raises ImageSkipped here, before any pixel is decoded."""
+    try:
+        with _opened(data, max_pixels) as img:
+            return _details(img, data) if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+    except ImageSkipped:
+        raise
+    except Exception:  # noqa: BLE001 - the Pillow path will say what is wrong with it
+        return None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -32,7 +32,7 @@ CACHE_ENV = "IMGSEARCH_CACHE"
 # Quality guard for 16-bit and exported paths: every probe vector's cosine to torch fp32.
 MIN_COSINE = 0.999
 MIN_COSINE_INT8 = 0.99  # issue #6's bar for 8-bit paths
-_EXPORT_FORMAT = 2  # 2: weights in side files (<tower>.onnx.data)
+_EXPORT_FORMAT = 3  # 2: weights in side files (<tower>.onnx.data); 3: the int8 and OpenVINO checks
 
 
 def check_backend(name: str) -> str:

@@ -51,8 +51,8 @@ class ExportImageFiles(FromExport):
 
     def embed_files(self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()) -> Iterator[EmbeddedBatch]:
         """Embed files batch by batch; unreadable ones come back as failures with a reason, never stopping the run."""
-        if settings.decode not in ("fast", "reference"):
-            raise ValueError(f"IndexingConfig.decode must be 'fast' or 'reference', got {settings.decode!r}")
+        if settings.decode not in ("auto", "fast", "reference"):  # "tensor" decoding needs torch: Embedder's
+            raise ValueError(f"IndexingConfig.decode must be auto, fast or reference here, got {settings.decode!r}")
         decode = partial(prepared, load=loader(settings.decode), transform=partial(preprocess, cfg=self.export.meta[
             "preprocess"]), min_side=self.image_size, max_pixels=settings.max_pixels)
         batches = [range(i, min(i + settings.batch_size, len(paths))) for i in range(0, len(paths), settings.batch_size)]

@@ -1,0 +1,132 @@
+"""Decoding on the model's device: JPEGs decoded by torchvision (nvJPEG on a CUDA GPU, batched), then resized,
+cropped and normalised as tensors there. The only module that imports torchvision's decoders.
+
+Decode workers (CPU processes) only read each file, hash it and read its header (size, format, EXIF date and
+orientation); the pixels never pass through Pillow. Files that are not JPEGs, JPEGs torchvision rejects (CMYK,
+corrupt), and images whose transform is not the plain CLIP one fall back to the Pillow path, one file at a time.
+The same code runs on a CPU (``decode_jpeg`` on the CPU), which is how CI tests it; its agreement with the Pillow
+path is measured by ``scripts/bench_decode.py --tensor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .images import ImageDetails, ImageSkipped, jpeg_header, prepared, read_file, skip_reason
+
+_RGB_MODES = ("RGB", "L")  # JPEG colour modes torchvision decodes to RGB (CMYK and others take the Pillow path)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """CLIP's inference transform as tensors: shortest side to ``size`` (bicubic, antialiased), centre crop."""
+
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def for_model(cls, cfg: dict) -> "Transform | None":
+        """From a model's preprocess config; None for transforms other than the plain one (Pillow handles those)."""
+        if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
+            return None
+        size = cfg["size"]
+        size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+        return cls(size, tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) on any device -> normalised float (3, height, width) on the same device."""
+        from torchvision.transforms.v2 import functional as F
+
+        height, width = self.size
+        h, w = image.shape[-2:]
+        side = min(height, width)
+        new = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)  # as PIL's Resize(int) computes
+        if new != (h, w):
+            image = F.resize(image, list(new), interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+        image = F.center_crop(image, [height, width])
+        pixels = image.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
+        return pixels.sub_(mean).div_(std)
+
+
+class TensorFiles(torch.utils.data.Dataset):
+    """Runs in decode workers: (position, kind, payload, details, reason) per file, where kind is "jpeg" (payload:
+    the file's bytes as a uint8 tensor, decoded later on the device), "pixels" (payload: the Pillow path's tensor)
+    or None (a failure; reason says why)."""
+
+    def __init__(self, paths: list[str], fallback: Callable, load: Callable, min_side: int, max_pixels: int):
+        self.paths, self.fallback, self.load = paths, fallback, load
+        self.min_side, self.max_pixels = min_side, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            data = read_file(path)
+            details = jpeg_header(data, self.max_pixels)
+        except ImageSkipped as exc:
+            return i, None, None, None, skip_reason(exc)
+        if details is not None:
+            return i, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), details, None
+        pixels, details, reason = prepared(path, self.load, self.fallback, self.min_side, self.max_pixels)
+        return i, ("pixels" if pixels is not None else None), pixels, details, reason
+
+
+def collate(items):
+    return items
+
+
+class DeviceDecoder:
+    """Turns a batch of ``TensorFiles`` items into (positions, details, pixels on the device, failures)."""
+
+    def __init__(self, transform: Transform, device: str, fallback_item: Callable):
+        self.transform, self.device, self.fallback_item = transform, device, fallback_item
+
+    def __call__(self, items) -> tuple[list[int], list[ImageDetails], torch.Tensor | None, list[tuple[int, str]]]:
+        jpegs = [it for it in items if it[1] == "jpeg"]
+        decoded = self._decode([it[2] for it in jpegs])
+        ready: dict[int, tuple[torch.Tensor, ImageDetails]] = {}
+        failures: list[tuple[int, str]] = []
+        for item, image in zip(jpegs, decoded):
+            if image is not None:
+                ready[item[0]] = (self.transform(image), item[3])
+            else:  # torchvision rejected it: the Pillow path, which also says why it cannot be read
+                pixels, details, reason = self.fallback_item(item[0])
+                if pixels is None:
+                    failures.append((item[0], reason))
+                else:
+                    ready[item[0]] = (pixels.to(self.device, non_blocking=True), details)
+        for position, kind, payload, details, reason in items:
+            if kind == "pixels":
+                ready[position] = (payload.to(self.device, non_blocking=True), details)
+            elif kind is None:
+                failures.append((position, reason))
+        positions = sorted(ready)
+        pixels = torch.stack([ready[p][0] for p in positions]) if positions else None
+        return positions, [ready[p][1] for p in positions], pixels, sorted(failures)
+
+    def _decode(self, datas: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """RGB uint8 images, upright; the whole batch at once (nvJPEG batches it), else one at a time to find the
+        files torchvision rejects (None)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if not datas:
+            return []
+        try:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+        except RuntimeError:
+            pass
+        out = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+            except RuntimeError:
+                out.append(None)
+        return out
