@@ -22,6 +22,7 @@ def externalise(path) -> None:
     model = onnx.load(str(path))
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{path.name}.data", size_threshold=1024)
+    os.chmod(path.with_name(f"{path.name}.data"), path.stat().st_mode & 0o777)  # onnx writes it owner-only
 
 
 def quantize_int8(source, target) -> None:
