@@ -156,7 +156,9 @@ def index(
     pretrained: Optional[str] = PretrainedOpt,
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
-    batch_size: int = typer.Option(IndexingConfig.batch_size, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
+                                          "on a GPU, the largest that fits, probed]."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
                                           help=f"Decoding processes [default: {_default_workers()}]."),
     exclude: list[str] = typer.Option([], "--exclude", metavar="GLOB",
@@ -175,7 +177,8 @@ def index(
     changed ones re-embedded, deleted ones removed, moved ones (even to another folder) followed
     and copies of indexed files reuse their vectors, without re-embedding. Hidden files and folders
     are skipped; symlinked folders are followed (each file once)."""
-    settings = IndexingConfig(batch_size=batch_size, workers=workers, ray=ray)
+    settings = IndexingConfig(batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size,
+                              workers=workers, ray=ray)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:

@@ -104,10 +104,14 @@ DEFAULT_EXCLUDES = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "node_mod
 
 @dataclass(frozen=True)
 class IndexingConfig:
-    # Images per forward pass; 64 keeps CPU memory low, raise it on a GPU.
+    # Images per forward pass on a CPU; 64 keeps memory low.
     batch_size: int = 64
+    # Images per forward pass on a CUDA GPU; None: the largest of 128, 256, 512, 1024 whose forward pass fits in
+    # the GPU using at most 60% of its memory, probed once per loaded model (Embedder.gpu_batch).
+    gpu_batch_size: int | None = None
     # Decoding worker processes; None = none on 1-2 cores (measured: 2 workers ran at 0.90-0.96x of none on
-    # 2 cores, decoding is ~10% of the work and workers take cores from the model), else min(8, cores - 1).
+    # 2 cores, decoding is ~10% of the work and workers take cores from the model), else min(8, cores - 1); with
+    # the model on a GPU, which leaves the cores to decoding, every core but one (at most 32).
     # 0 decodes in the main process.
     workers: int | None = None
     # Files larger than this many pixels are refused as decompression bombs (Pillow's own limit is 89M).
@@ -126,10 +130,12 @@ class IndexingConfig:
     # address. Needs `pip install 'imgsearch[ray]'`; see imgsearch/distributed/ray_embed.py.
     ray: str | None = None
 
-    def resolved_workers(self) -> int:
+    def resolved_workers(self, gpu: bool = False) -> int:
         if self.workers is not None:
             return self.workers
         cores = os.cpu_count() or 1
+        if gpu:
+            return min(32, max(1, cores - 1))
         return 0 if cores <= 2 else min(8, cores - 1)
 
 

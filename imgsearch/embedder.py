@@ -425,6 +425,26 @@ class Embedder:
             )
             yield EmbeddedBatch(positions, details, vectors, failures)
 
+    @functools.cached_property
+    def gpu_batch(self) -> int:
+        """Images per forward pass on this CUDA device: the largest of 128..1024 whose pass (zeros, this model, its
+        precision) fits using at most 60% of the GPU's memory; 64 if none does. Probed once. Unmeasured on a GPU so
+        far (docs/performance.md)."""
+        side, chosen = self.image_size, 64
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        for size in (128, 256, 512, 1024):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                self.encode_preprocessed(torch.zeros(size, 3, side, side, device=self.device))
+                fits = torch.cuda.max_memory_allocated(self.device) <= 0.6 * total
+            except torch.cuda.OutOfMemoryError:
+                fits = False
+            torch.cuda.empty_cache()
+            if not fits:
+                break
+            chosen = size
+        return chosen
+
     def decode_mode(self, asked: str) -> str:
         """``IndexingConfig.decode`` resolved: "auto" is "tensor" (JPEGs decoded on the GPU) on a CUDA device when the
         model's transform is the plain CLIP one, else "fast" (Pillow)."""
@@ -454,11 +474,12 @@ class Embedder:
 
     def _loader(self, dataset, collate: Callable, settings: IndexingConfig) -> torch.utils.data.DataLoader:
         """Batches of ``dataset`` items, decoded ahead in worker processes that die with this one."""
-        n = len(dataset)
-        workers = min(settings.resolved_workers(), max(1, n // settings.batch_size)) if n > settings.batch_size else 0
+        n, gpu = len(dataset), self.device.startswith("cuda")
+        batch = (settings.gpu_batch_size or self.gpu_batch) if gpu else settings.batch_size
+        workers = min(settings.resolved_workers(gpu), max(1, n // batch)) if n > batch else 0
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=settings.batch_size,
+            batch_size=batch,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.startswith("cuda"),

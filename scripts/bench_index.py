@@ -13,6 +13,8 @@ process, side by side, so the ratios hold even on a noisy machine; each figure i
   index run of one image, then one forward pass of a full batch of zeros, before the clock starts).
 - model only: images/s of ``Embedder.encode_preprocessed`` alone over the same images in the same
   batch size, decoded and preprocessed beforehand and already on the device: the pipeline's ceiling.
+  On a CUDA GPU, end to end decodes JPEGs on the GPU (nvJPEG, ``IndexingConfig.decode="auto"``), with the
+  batch size the library probes, and all cores but one read files.
 - end-to-end / model-only: the headline. 1.0 means decoding and storage hide completely behind the model.
 - decode only: images/s of load_image + preprocess in one process (what one worker does).
 - workers=N / workers=0: what overlapping decoding (in workers) with the model buys.
@@ -78,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pretrained tag, checkpoint file, or 'none' (random weights); default: %(default)s")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default: %(default)s)")
     parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=IndexingConfig.batch_size,
-                        help="images per forward pass (default: %(default)s, the library's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: the library's: 64 on a CPU, probed on a GPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding workers (default: the library's, min(8, CPU count))")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is printed")
@@ -151,7 +153,8 @@ def measure(tmp: Path, args: argparse.Namespace, model: ModelConfig, paths: list
                 figures.decode.append(decode)
                 figures.model.append(forward)
             else:
-                settings = IndexingConfig(batch_size=args.batch_size, workers=workers if step == "pipeline" else 0)
+                settings = IndexingConfig(batch_size=args.batch_size, gpu_batch_size=args.batch_size,
+                                          workers=workers if step == "pipeline" else 0)
                 figures.images, seconds = time_index(engine, args.images, settings)
                 getattr(figures, step).append(seconds)
             if not figures.memory:
@@ -229,7 +232,8 @@ def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, pa
             model_s[n].append(time.perf_counter() - start)
             vectors[n] = (images, embedder.embed_texts(texts))
             with imgsearch.open(tmp / f"{n}-e2e-{run}", embedder=embedder) as engine:
-                _, seconds = time_index(engine, args.images, IndexingConfig(batch_size=args.batch_size, workers=0))
+                _, seconds = time_index(engine, args.images, IndexingConfig(batch_size=args.batch_size,
+                                                                            gpu_batch_size=args.batch_size, workers=0))
             e2e_s[n].append(seconds)
     n_images = len(paths)
     ref_model, ref_e2e = rate(n_images, model_s["torch-fp32"])[0], rate(n_images, e2e_s["torch-fp32"])[0]
@@ -257,8 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     paths = [e.path for e in scan(args.images) if isinstance(e, FileEntry)]
     if not paths:
         sys.exit(f"no images found under {args.images}; pass --images DIR")
-    workers = IndexingConfig(workers=args.workers).resolved_workers()
     device = resolve_device(args.device)
+    workers = IndexingConfig(workers=args.workers).resolved_workers(device.startswith("cuda"))
+    if args.batch_size is None:  # the library's choice, used for the model-only batches too
+        from imgsearch.embedder import Embedder
+
+        args.batch_size = Embedder(model).load().gpu_batch if device.startswith("cuda") else IndexingConfig.batch_size
     print(f"indexing benchmark: {len(paths)} images in {args.images}")
     print(f"model {model.label} on {device}, precision {args.precision}, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}, decode workers {workers}")

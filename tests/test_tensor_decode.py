@@ -108,3 +108,18 @@ def test_a_decompression_bomb_is_refused_before_decoding(tiny_model, tmp_path):
     embedder = Embedder(replace(tiny_model, backend="torch"))
     batches = list(embedder.embed_files([str(big)], IndexingConfig(workers=0, decode="tensor", max_pixels=100_000)))
     assert batches[0].positions == [] and "decompression bomb" in batches[0].failures[0][1]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_jpegs_decode_there_and_agree_with_the_cpu(tiny_model, files):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gpu = Embedder(replace(tiny_model, device="cuda", backend="torch", precision="fp32"))
+    assert gpu.decode_mode("auto") == "tensor" and 128 <= gpu.gpu_batch <= 1024
+    on_gpu, details, failures = _embedded(gpu, files, "auto")
+    cpu = Embedder(replace(tiny_model, backend="torch", precision="fp32"))
+    on_cpu, cpu_details, cpu_failures = _embedded(cpu, files, "tensor")
+    assert details == cpu_details and failures.keys() == cpu_failures.keys()
+    cos = np.array([float(on_gpu[p] @ on_cpu[p]) for p in on_cpu])
+    assert cos.min() >= 0.995 and cos.mean() >= 0.999
