@@ -159,8 +159,10 @@ def index(
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", min=1, help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
                                           "on a GPU, the largest that fits, probed]."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
-                                          help=f"Decoding processes [default: {_default_workers()}]."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, metavar="N",
+        help=f"Decoding workers: threads when the model runs from its cached export (no torch) [default: one per core], "
+             f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one]."),
     exclude: list[str] = typer.Option([], "--exclude", metavar="GLOB",
                                       help="Leave out names or relative paths matching GLOB (repeatable)."),
     no_default_excludes: bool = typer.Option(
