@@ -350,13 +350,16 @@ def _details(img: Image.Image, data: bytes) -> ImageDetails:
     return ImageDetails(width, height, bytes_hash(data), _format(img), _taken_at(img))
 
 
-def jpeg_header(data: bytes, max_pixels: int) -> ImageDetails | None:
-    """The details of a JPEG a tensor decoder can take (RGB or greyscale), from its header alone; None for anything
-    else (other formats, CMYK, what Pillow cannot open), which the Pillow path decodes and judges. A decompression
-    bomb raises ImageSkipped here, before any pixel is decoded."""
+def jpeg_header(data: bytes, max_pixels: int) -> tuple[ImageDetails, int] | None:
+    """(details, EXIF orientation 1-8) of a JPEG a tensor decoder can take (RGB or greyscale), from its header
+    alone; None for anything else (other formats, CMYK, what Pillow cannot open), which the Pillow path decodes and
+    judges. A decompression bomb raises ImageSkipped here, before any pixel is decoded."""
     try:
         with _opened(data, max_pixels) as img:
-            return _details(img, data) if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            orientation = img.getexif().get(0x0112, 1)
+            return _details(img, data), orientation if orientation in range(1, 9) else 1
     except ImageSkipped:
         raise
     except Exception:  # noqa: BLE001 - the Pillow path will say what is wrong with it

@@ -10,6 +10,7 @@ path is measured by ``scripts/bench_decode.py --tensor``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,10 +49,14 @@ class Transform:
         if new != (h, w):
             image = F.resize(image, list(new), interpolation=F.InterpolationMode.BICUBIC, antialias=True)
         image = F.center_crop(image, [height, width])
-        pixels = image.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
-        return pixels.sub_(mean).div_(std)
+        mean, std = _stats(self.mean, self.std, str(image.device))
+        return image.float().div_(255.0).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _stats(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (3, 1, 1) tensors on the device, made once (not one host-to-device copy per image)."""
+    return torch.tensor(mean, device=device).view(3, 1, 1), torch.tensor(std, device=device).view(3, 1, 1)
 
 
 class TensorFiles(torch.utils.data.Dataset):
@@ -73,8 +78,8 @@ class TensorFiles(torch.utils.data.Dataset):
             details = jpeg_header(data, self.max_pixels)
         except ImageSkipped as exc:
             return i, None, None, None, skip_reason(exc)
-        if details is not None:
-            return i, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), details, None
+        if details is not None:  # (details, EXIF orientation)
+            return i, "jpeg", (torch.frombuffer(bytearray(data), dtype=torch.uint8), details[1]), details[0], None
         pixels, details, reason = prepared(path, self.load, self.fallback, self.min_side, self.max_pixels)
         return i, ("pixels" if pixels is not None else None), pixels, details, reason
 
@@ -91,12 +96,12 @@ class DeviceDecoder:
 
     def __call__(self, items) -> tuple[list[int], list[ImageDetails], torch.Tensor | None, list[tuple[int, str]]]:
         jpegs = [it for it in items if it[1] == "jpeg"]
-        decoded = self._decode([it[2] for it in jpegs])
+        decoded = self._decode([it[2][0] for it in jpegs])
         ready: dict[int, tuple[torch.Tensor, ImageDetails]] = {}
         failures: list[tuple[int, str]] = []
         for item, image in zip(jpegs, decoded):
             if image is not None:
-                ready[item[0]] = (self.transform(image), item[3])
+                ready[item[0]] = (self.transform(upright(image, item[2][1])), item[3])
             else:  # torchvision rejected it: the Pillow path, which also says why it cannot be read
                 pixels, details, reason = self.fallback_item(item[0])
                 if pixels is None:
@@ -113,20 +118,35 @@ class DeviceDecoder:
         return positions, [ready[p][1] for p in positions], pixels, sorted(failures)
 
     def _decode(self, datas: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """RGB uint8 images, upright; the whole batch at once (nvJPEG batches it), else one at a time to find the
-        files torchvision rejects (None)."""
+        """RGB uint8 images as stored (torchvision ignores EXIF orientation on CUDA, so it is applied by ``upright``
+        on every device alike); the whole batch at once (nvJPEG batches it), else one at a time to find the files
+        torchvision rejects (None)."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         if not datas:
             return []
         try:
-            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
-        except RuntimeError:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device))
+        except (RuntimeError, ValueError):
             pass
         out = []
         for data in datas:
             try:
-                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
-            except RuntimeError:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            except (RuntimeError, ValueError):
                 out.append(None)
         return out
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) image as displayed under its EXIF orientation (1-8), as Pillow's ``exif_transpose`` turns it."""
+    if orientation in (5, 6, 7, 8):  # stored sideways: transpose first, then flip as 1-4 would
+        image = image.transpose(-1, -2)
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip((-2, -1))
+    if orientation == 4:
+        return image.flip(-2)
+    return image

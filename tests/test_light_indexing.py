@@ -58,11 +58,13 @@ def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
     with imgsearch.open(coll, model=tiny_model) as engine:
         engine.index_folder(seed)
     export = backends.find_export(tiny_model.name, tiny_model.pretrained)
-    assert export is not None and export.int8_passed and export.openvino_passed, export and export.meta["check"]
+    assert export is not None and export.int8_passed, export and export.meta["check"]
+    assert export.openvino_passed or not backends.openvino_installed(), export.meta["check"]
 
 
 @pytest.mark.parametrize("backend, threads, ran, guard", [
-    ("auto", 0, "openvino", backends.MIN_COSINE),  # auto on this CPU: OpenVINO (bf16 where the CPU has it)
+    pytest.param("auto", 0, "openvino", backends.MIN_COSINE,  # auto on x86: OpenVINO (bf16 where the CPU has it)
+                 marks=pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here")),
     ("onnx-int8", 3, "onnx int8", backends.MIN_COSINE_INT8),
     ("onnx", 2, "onnx fp32", backends.MIN_COSINE),
 ])

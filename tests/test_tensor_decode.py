@@ -93,6 +93,33 @@ def test_the_tensor_transform_matches_the_models_own_on_real_photos(tiny_model):
             assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.6, (path, float(diff.mean()), float(diff.max()))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_upright_as_pillow_turns_it(tmp_path, orientation):
+    """torchvision ignores EXIF orientation on CUDA, so the tensor path applies it itself, on every device."""
+    import torch
+    from PIL import ImageOps
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from imgsearch.images import jpeg_header
+    from imgsearch.tensor_decode import upright
+
+    rng = np.random.default_rng(orientation)
+    pixels = np.kron(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))  # 48 x 80
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=98)
+    data = path.read_bytes()
+    details, found = jpeg_header(data, 10**8)
+    assert found == orientation
+    ours = upright(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB),
+                   found).permute(1, 2, 0).numpy()
+    with Image.open(path) as im:
+        theirs = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert ours.shape == theirs.shape and ours.shape[:2] == (details.height, details.width)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 3
+
+
 def test_other_transforms_stay_on_the_pillow_path():
     from imgsearch.tensor_decode import Transform
 

@@ -61,7 +61,8 @@ class ExportImageFiles(FromExport):
             for batch in batches:
                 yield self._embedded(batch, [decode(paths[i]) for i in batch])
             return
-        with ThreadPoolExecutor(threads, thread_name_prefix="imgsearch-decode") as pool:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="imgsearch-decode")
+        try:
             pending: deque[tuple[range, list[Future]]] = deque()
             for batch in batches:
                 pending.append((batch, [pool.submit(decode, paths[i]) for i in batch]))
@@ -71,6 +72,8 @@ class ExportImageFiles(FromExport):
             while pending:
                 done, futures = pending.popleft()
                 yield self._embedded(done, [f.result() for f in futures])
+        finally:  # a run stopped early (Ctrl-C, an error) drops the decodes queued ahead instead of finishing them
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _embedded(self, positions: range, decoded: list[tuple]) -> EmbeddedBatch:
         good = [(i, pixels, details) for i, (pixels, details, _) in zip(positions, decoded) if pixels is not None]
