@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,9 +30,17 @@ GPU_MAX_K = 2048
 # Smaller batches search on one thread: faiss's OpenMP pool and torch's busy-wait against each
 # other between calls, which made one-image queries ~30x slower on a 2-core machine.
 _PARALLEL_MIN_QUERIES = 64
+# A filtered search of a few queries probing at least this many lists splits the lists across every core (faiss's
+# parallel_mode 1) when torch is not loaded in the process (see above): a selective filter probes most lists.
+_WIDE_SCAN_LISTS = 128
 # A filter keeping at least this share of the ids is applied after an ordinary (wider) search: scanning with a
 # selector costs ~6x more per passing vector in faiss (measured, docs/performance.md), and most pass anyway.
 _POST_FILTER_SHARE = 0.5
+
+
+def torch_loaded() -> bool:
+    """Whether this process has imported torch (whose OpenMP workers fight faiss's)."""
+    return "torch" in sys.modules
 
 
 def _threads_for(n_queries: int):
@@ -319,11 +328,31 @@ class VectorIndex:
                 return found
         ivf = self._ivf()
         nprobe = None if ivf is None else min(ivf.nlist, math.ceil(ivf.nprobe * self.ntotal / len(allowed)))
-        with _threads_for(len(queries)):
+        with self._scan_threads(len(queries), nprobe):
             scores, ids = self._index.search(queries, k, params=self._params(selector, nprobe))
             if nprobe is not None and nprobe < ivf.nlist and (ids[:, -1] < 0).any():
                 scores, ids = self._index.search(queries, k, params=self._params(selector, ivf.nlist))
         return Hits(ids, scores)
+
+    @contextlib.contextmanager
+    def _scan_threads(self, n_queries: int, nprobe: int | None):
+        """Threads for a filtered search: a few queries probing many IVF lists split the lists across every core;
+        otherwise as ``_threads_for``. Searches run one at a time (the collection's lock), so the index's
+        parallel mode can be switched for the call."""
+        ivf = self._ivf() if self.kind == "ivf" else None
+        wide = (ivf is not None and nprobe is not None and nprobe >= _WIDE_SCAN_LISTS and (os.cpu_count() or 1) > 1
+                and n_queries < _PARALLEL_MIN_QUERIES and not torch_loaded())
+        if not wide:
+            with _threads_for(n_queries):
+                yield
+            return
+        before = ivf.parallel_mode
+        ivf.parallel_mode = 1  # over the probed lists, not over the queries
+        try:
+            with _faiss_threads(os.cpu_count()):
+                yield
+        finally:
+            ivf.parallel_mode = before
 
     def _post_filtered(self, queries: np.ndarray, k: int, allowed: IdFilter, share: float) -> Hits | None:
         """k allowed hits out of an unfiltered search for k / share * 3 + 10; None when a query falls short."""

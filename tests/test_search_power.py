@@ -231,6 +231,39 @@ def test_filtered_search_returns_k_and_matches_exact_filtered_search():
         assert sorted(few.ids[0]) == sorted(ids[:3])
 
 
+def test_a_wide_filtered_scan_on_every_core_finds_what_one_thread_finds(monkeypatch):
+    """A selective filter probes most IVF lists; without torch in the process they are split across cores
+    (faiss's parallel mode 1): the same hits as one thread, and the index's mode restored after."""
+    from imgsearch import index as index_module
+
+    rng = np.random.default_rng(11)
+    n, dim = 20_000, 32
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64) * 3 + 1
+    index = VectorIndex.build(dim, ids, vectors, IndexConfig(ivf_threshold=1000, nprobe=4))
+    allowed = ids[rng.random(n) < 0.01]
+    queries = vectors[:5]
+    switched = []
+    real_threads = index_module._faiss_threads
+
+    def spy(n_threads):
+        switched.append((n_threads, index._ivf().parallel_mode))
+        return real_threads(n_threads)
+
+    monkeypatch.setattr(index_module, "_faiss_threads", spy)
+    found = {}
+    for loaded in (True, False):
+        monkeypatch.setattr(index_module, "torch_loaded", lambda: loaded)
+        found[loaded] = index.search(queries, 10, allowed)
+    assert switched[-1] == (os.cpu_count(), 1) or (os.cpu_count() or 1) == 1  # the wide scan ran on every core
+    assert index._ivf().parallel_mode == 0
+    np.testing.assert_array_equal(found[True].ids, found[False].ids)
+    np.testing.assert_allclose(found[True].scores, found[False].scores, rtol=1e-6)
+    exact = np.argsort(-(queries @ vectors[np.isin(ids, allowed)].T), axis=1)[:, :10]
+    np.testing.assert_array_equal(found[False].ids, allowed[exact])  # every list scanned: exact
+
+
 def test_columns_select_agrees_with_a_row_by_row_reference():
     rng = np.random.default_rng(3)
     rows = [(i, f"/p/{rng.choice(['a', 'a/b', 'c'])}/{i}.{rng.choice(['jpg', 'png', 'JPEG'])}",
