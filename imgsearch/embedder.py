@@ -1,4 +1,5 @@
-"""CLIP embeddings: the only module that imports torch and open_clip.
+"""CLIP embeddings: the only module that imports open_clip, and torch's owner (tensor_decode.py, which it loads for
+decoding on the model's device, is the only other module that touches torch).
 
 Every vector leaving this module is L2-normalised float32, shape (n, dim).
 The model is created lazily, on first use, never at import time.
