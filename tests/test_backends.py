@@ -177,3 +177,31 @@ def test_torch_backend_queries_do_not_use_the_export(tmp_path, tiny_model, photo
     with imgsearch.open(tmp_path / "c", backend="torch") as engine:
         assert type(engine.query_encoder).__name__ == "Embedder"
         assert engine.info().query_backend == "torch"
+
+
+@pytest.mark.slow
+def test_vit_b_32_backends_agree_with_torch_fp32(tmp_path, monkeypatch, coco_captions):
+    """The real architecture (random weights: the same compute): its export's checks, and every CPU backend's
+    vectors on real photos and captions against torch fp32, within each one's quality guard."""
+    from imgsearch.config import ModelConfig
+    from imgsearch.inference.files import image_tower
+    from imgsearch.inference.onnx import OnnxTowers
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    fp32 = _embedder(ModelConfig("ViT-B-32", None, device="cpu", backend="torch", precision="fp32"))
+    export = fp32.export_onnx()
+    assert export is not None and export.passed and export.int8_passed, export and export.meta["check"]
+    photos = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:12]]
+    pixels = np.stack([preprocess(im, export.meta["preprocess"]) for im in photos])
+    reference = fp32.embed_images(photos)
+    plans = {"fp32": backends.MIN_COSINE, "int8": backends.MIN_COSINE_INT8}
+    if backends.openvino_installed():
+        assert export.openvino_passed, export.meta["check"]
+        plans["openvino"] = backends.MIN_COSINE
+    for plan, guard in plans.items():
+        tower, label = image_tower(export, plan)
+        cosine = np.sum(tower.encode_image(pixels) * reference, axis=1)
+        assert cosine.min() >= guard, (label, cosine.min())
+    texts = [c for item in coco_captions[:8] for c in item["caption"]]
+    text_cosine = np.sum(OnnxTowers(export).encode_text(ClipTokenizer()(texts)) * fp32.embed_texts(texts), axis=1)
+    assert text_cosine.min() >= backends.MIN_COSINE
