@@ -59,11 +59,12 @@ PretrainedOpt = typer.Option(
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE",
                          help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu].")
 BackendOpt = typer.Option(
-    None, "--backend", metavar="auto|torch|onnx|onnx-int8",
-    help="What runs the model on CPU: torch, onnx (ONNX Runtime fp32; exported once per model and cached) or "
-         "onnx-int8 (its image tower quantized to int8) [default: auto: onnx-int8 when it passed its quality check, "
-         "else torch with bf16 weights on CPUs with native bf16, else onnx. Indexing with an ONNX backend and "
-         "queries never import torch once the export is cached].")
+    None, "--backend", metavar="auto|torch|onnx|onnx-int8|openvino",
+    help="What runs the model on CPU: torch, onnx (ONNX Runtime fp32; exported once per model and cached), "
+         "onnx-int8 (its image tower quantized to int8; never picked by auto) or openvino (the exported image "
+         "tower, bf16 where the CPU has it) [default: auto: openvino when installed and it passed its check, else "
+         "torch with bf16 weights on CPUs with native bf16, else onnx. Indexing from the export and queries never "
+         "import torch once the export is cached].")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 WaitOpt = typer.Option(True, "--wait/--no-wait",
                        help="While another imgsearch process writes to the collection, wait for it (with a "

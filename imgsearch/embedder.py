@@ -463,11 +463,9 @@ class Embedder:
         from . import tensor_decode
 
         model, preprocess = self._parts()[:2]
-        load = loader("fast")
-        dataset = tensor_decode.TensorFiles(paths, preprocess, load, self.image_size, settings.max_pixels)
-        decoder = tensor_decode.DeviceDecoder(
-            tensor_decode.Transform.for_model(preprocess_cfg(model)), self.device,
-            lambda i: prepared(paths[i], load, preprocess, self.image_size, settings.max_pixels))
+        dataset = tensor_decode.TensorFiles(paths, preprocess, loader("fast"), self.image_size, settings.max_pixels)
+        decoder = tensor_decode.DeviceDecoder(tensor_decode.Transform.for_model(preprocess_cfg(model)), self.device,
+                                              dataset.pillow)
         for items in self._loader(dataset, tensor_decode.collate, settings):
             positions, details, pixels, failures = decoder(items)
             vectors = self.encode_preprocessed(pixels) if pixels is not None else np.zeros((0, self.dim), np.float32)
@@ -483,7 +481,7 @@ class Embedder:
             batch_size=batch,
             num_workers=workers,
             collate_fn=collate,
-            pin_memory=self.device.startswith("cuda"),
+            pin_memory=gpu,
             prefetch_factor=4 if workers else None,
             worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
         )

@@ -328,18 +328,18 @@ class VectorIndex:
                 return found
         ivf = self._ivf()
         nprobe = None if ivf is None else min(ivf.nlist, math.ceil(ivf.nprobe * self.ntotal / len(allowed)))
-        with self._scan_threads(len(queries), nprobe):
+        with self._scan_threads(len(queries), ivf if self.kind == "ivf" else None, nprobe):
             scores, ids = self._index.search(queries, k, params=self._params(selector, nprobe))
             if nprobe is not None and nprobe < ivf.nlist and (ids[:, -1] < 0).any():
                 scores, ids = self._index.search(queries, k, params=self._params(selector, ivf.nlist))
         return Hits(ids, scores)
 
+    @staticmethod
     @contextlib.contextmanager
-    def _scan_threads(self, n_queries: int, nprobe: int | None):
-        """Threads for a filtered search: a few queries probing many IVF lists split the lists across every core;
-        otherwise as ``_threads_for``. Searches run one at a time (the collection's lock), so the index's
-        parallel mode can be switched for the call."""
-        ivf = self._ivf() if self.kind == "ivf" else None
+    def _scan_threads(n_queries: int, ivf, nprobe: int | None):
+        """Threads for a filtered search: a few queries probing many lists of ``ivf`` (None: not an IVF-Flat index)
+        split the lists across every core; otherwise as ``_threads_for``. Searches run one at a time (the
+        collection's lock), so the index's parallel mode can be switched for the call."""
         wide = (ivf is not None and nprobe is not None and nprobe >= _WIDE_SCAN_LISTS and (os.cpu_count() or 1) > 1
                 and n_queries < _PARALLEL_MIN_QUERIES and not torch_loaded())
         if not wide:

@@ -5,7 +5,7 @@ Decode workers (CPU processes) only read each file, hash it and read its header 
 orientation); the pixels never pass through Pillow. Files that are not JPEGs, JPEGs torchvision rejects (CMYK,
 corrupt), and images whose transform is not the plain CLIP one fall back to the Pillow path, one file at a time.
 The same code runs on a CPU (``decode_jpeg`` on the CPU), which is how CI tests it; its agreement with the Pillow
-path is measured by ``scripts/bench_decode.py --tensor``.
+path is measured by ``scripts/bench_decode.py`` (``--device cuda`` on a GPU).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Callable
 import torch
 
 from .images import ImageDetails, ImageSkipped, jpeg_header, prepared, read_file, skip_reason
-
-_RGB_MODES = ("RGB", "L")  # JPEG colour modes torchvision decodes to RGB (CMYK and others take the Pillow path)
+from .inference.preprocess import input_size, shortest_to
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,7 @@ class Transform:
         """From a model's preprocess config; None for transforms other than the plain one (Pillow handles those)."""
         if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
             return None
-        size = cfg["size"]
-        size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-        return cls(size, tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
+        return cls(input_size(cfg["size"]), tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) on any device -> normalised float (3, height, width) on the same device."""
@@ -44,10 +41,9 @@ class Transform:
 
         height, width = self.size
         h, w = image.shape[-2:]
-        side = min(height, width)
-        new = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)  # as PIL's Resize(int) computes
-        if new != (h, w):
-            image = F.resize(image, list(new), interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+        new_w, new_h = shortest_to(w, h, min(height, width))
+        if (new_h, new_w) != (h, w):
+            image = F.resize(image, [new_h, new_w], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
         image = F.center_crop(image, [height, width])
         mean, std = _stats(self.mean, self.std, str(image.device))
         return image.float().div_(255.0).sub_(mean).div_(std)
@@ -72,16 +68,20 @@ class TensorFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
         try:
-            data = read_file(path)
-            details = jpeg_header(data, self.max_pixels)
+            data = read_file(self.paths[i])
+            header = jpeg_header(data, self.max_pixels)
         except ImageSkipped as exc:
             return i, None, None, None, skip_reason(exc)
-        if details is not None:  # (details, EXIF orientation)
-            return i, "jpeg", (torch.frombuffer(bytearray(data), dtype=torch.uint8), details[1]), details[0], None
-        pixels, details, reason = prepared(path, self.load, self.fallback, self.min_side, self.max_pixels)
+        if header is not None:
+            details, orientation = header
+            return i, "jpeg", (torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation), details, None
+        pixels, details, reason = self.pillow(i)
         return i, ("pixels" if pixels is not None else None), pixels, details, reason
+
+    def pillow(self, i: int):
+        """File i through the Pillow path: (pixels, details, None), or (None, None, reason)."""
+        return prepared(self.paths[i], self.load, self.fallback, self.min_side, self.max_pixels)
 
 
 def collate(items):

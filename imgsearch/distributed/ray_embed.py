@@ -24,7 +24,7 @@ import numpy as np
 from ..config import IndexingConfig, ModelConfig
 from ..embedder import Embedder
 from ..errors import BadInputError, ImgsearchError
-from ..images import EmbeddedBatch, FileEntry, ImageDetails, loader, skip_reason
+from ..images import EmbeddedBatch, FileEntry, ImageDetails, loader, prepared
 
 SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until the run ends
 _BATCHES_PER_BLOCK = 4  # model batches per Ray Data block
@@ -109,12 +109,9 @@ def _decode(batch: dict, min_side: int, max_pixels: int, decode: str) -> dict:
     out = {k: [] for k in ("path", "size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "reason",
                            "pixels", "pixel_width", "pixel_height")}
     for path, size, mtime_ns in zip(batch["path"], batch["size"], batch["mtime_ns"]):
-        details, pixels, shape, reason = None, b"", (0, 0), ""
-        try:
-            loaded = load(str(path), min_side, max_pixels)
-            details, pixels, shape = loaded.details, loaded.image.tobytes(), loaded.image.size
-        except Exception as exc:  # noqa: BLE001 - one file's failure, even a decoder bug, costs that file only
-            reason = skip_reason(exc)
+        raw, details, reason = prepared(str(path), load, lambda image: (image.tobytes(), image.size), min_side,
+                                        max_pixels)
+        pixels, shape = raw or (b"", (0, 0))
         out["path"].append(str(path))
         out["size"].append(int(size))
         out["mtime_ns"].append(int(mtime_ns))
@@ -123,7 +120,7 @@ def _decode(batch: dict, min_side: int, max_pixels: int, decode: str) -> dict:
         out["height"].append(details.height if details else 0)
         out["format"].append((details.format or "") if details else "")
         out["taken_at"].append(details.taken_at if details and details.taken_at is not None else math.nan)
-        out["reason"].append(reason)
+        out["reason"].append(reason or "")
         out["pixels"].append(pixels)
         out["pixel_width"].append(shape[0])
         out["pixel_height"].append(shape[1])

@@ -98,8 +98,9 @@ class OnnxExport:
     @property
     def image_size(self) -> int:
         """The longer side of the model's input, the least a decoder may shrink an image to."""
-        size = self.meta["preprocess"]["size"]
-        return int(max(size) if isinstance(size, (list, tuple)) else size)
+        from .preprocess import input_size  # PIL and numpy: only when asked
+
+        return max(input_size(self.meta["preprocess"]["size"]))
 
     @property
     def text_path(self) -> Path:

@@ -32,8 +32,13 @@ def quantize_int8(source, target) -> None:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its per-node chatter
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, logging.ERROR))  # its per-node chatter goes to the root logger, for this call only
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(before)
 
 
 def _session(path, threads: int | None, lean: bool = False):

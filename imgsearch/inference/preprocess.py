@@ -14,7 +14,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 def preprocess(image: Image.Image, cfg: dict) -> np.ndarray:
     """(3, H, W) float32 for one image, per an export's preprocess config (size, mean, std, interpolation, mode)."""
-    height, width = _size(cfg["size"])
+    height, width = input_size(cfg["size"])
     resample = _RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
     image = image.convert("RGB")
     if cfg.get("resize_mode", "shortest") == "squash":
@@ -26,17 +26,19 @@ def preprocess(image: Image.Image, cfg: dict) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def _size(size) -> tuple[int, int]:
+def input_size(size) -> tuple[int, int]:
+    """(height, width) of a model input given as one side or a pair."""
     return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
 
 
+def shortest_to(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter side is ``side``, truncated as torchvision's Resize(int) does."""
+    return (side, int(side * height / width)) if width <= height else (int(side * width / height), side)
+
+
 def _resize_shortest(image: Image.Image, side: int, resample) -> Image.Image:
-    w, h = image.size
-    if w <= h:
-        new = (side, int(side * h / w))
-    else:
-        new = (int(side * w / h), side)
-    return image if new == (w, h) else image.resize(new, resample)
+    new = shortest_to(*image.size, side)
+    return image if new == image.size else image.resize(new, resample)
 
 
 def _crop_centre(image: Image.Image, height: int, width: int) -> Image.Image:
