@@ -25,6 +25,7 @@ from PIL import Image
 
 from . import checkpoints
 from .inference import backends
+from .inference.preprocess import input_size
 from .config import MODEL_CONFIGS_ENV, IndexingConfig, ModelConfig
 from .errors import ModelLoadError
 from .images import EmbeddedBatch, loader, prepared
@@ -189,8 +190,7 @@ def model_dim(config: ModelConfig) -> int:
 
 def model_image_size(config: ModelConfig) -> int:
     """The image tower's input side from the architecture config, without creating the model."""
-    size = _architecture_or_raise(config)["vision_cfg"].get("image_size", 224)
-    return int(max(size) if isinstance(size, (tuple, list)) else size)
+    return max(input_size(_architecture_or_raise(config)["vision_cfg"].get("image_size", 224)))
 
 
 def _architecture_or_raise(config: ModelConfig) -> dict:
@@ -385,8 +385,7 @@ class Embedder:
 
     @property
     def image_size(self) -> int:
-        size = self._parts()[0].visual.image_size
-        return int(max(size) if isinstance(size, (tuple, list)) else size)
+        return max(input_size(self._parts()[0].visual.image_size))
 
     def encode_preprocessed(self, batch: torch.Tensor) -> np.ndarray:
         """Forward a batch of already-preprocessed image tensors (N, 3, H, W)."""
