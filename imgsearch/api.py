@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from . import checkpoints, indexing
+from . import checkpoints, encoders, indexing, stale
 from . import images as imgs
 from .config import (
     DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig, collection_path,
@@ -85,7 +85,7 @@ class Collection:
         self._requested_model = model
         self._store: Store | None = None
         self._embedder = None
-        self._light = None  # the torch-free query encoder, False when there is none
+        self._light = None  # (the torch-free query encoder or None, its encoders.Plan), decided once
         self.wait, self.on_wait = wait, on_wait  # how long a write waits for another writer (see open)
         self._indexes: dict[str, SyncedIndex] = {}
         self._columns: tuple | None = None  # (store version, ImageColumns) for filters
@@ -178,6 +178,10 @@ class Collection:
         built = ModelConfig.from_dict(stored)
         if stored.get("checkpoint"):
             built = self._find_checkpoint(built, stored["checkpoint"], asked)
+        if asked is not None and asked.pretrained_as is None:
+            asked = replace(asked, pretrained_as=built.pretrained_as)  # not asked for: the collection's own
+        elif asked is not None and built.pretrained_as is None and checkpoints.is_path(built.pretrained):
+            built = replace(built, pretrained_as=asked.pretrained_as)  # a checkpoint tied to its tag the first time
         if asked is not None and not asked.same_model(built):
             raise ModelMismatchError(
                 f"{self.folder} was built with {built.label}, not {asked.label} (vectors of two models "
@@ -208,50 +212,95 @@ class Collection:
             api_hint="pass model=ModelConfig(name, pretrained=NEW_PATH) to imgsearch.open",
         )
 
-    def _manifest(self, dim: int) -> dict:
+    def _manifest(self, dim: int, recipe: dict) -> dict:
+        """What the first stored vectors are written with: the model, their size, how they are made."""
+        return {"model": self._model_entry(), "dim": dim, stale.EMBEDDING_KEY: stale.entry(recipe)}
+
+    def _model_entry(self) -> dict:
         model = self.model
-        entry = {"name": model.name, "pretrained": model.pretrained}
+        entry = {"name": model.name, "pretrained": model.pretrained, "pretrained_as": model.pretrained_as}
         if checkpoints.is_path(model.pretrained):
             entry["checkpoint"] = checkpoints.fingerprint(model.pretrained)
-        return {"model": entry, "dim": dim}
+        return entry
 
-    def _note_moved_checkpoint(self, store: Store) -> None:
+    def _note_model_changes(self, store: Store) -> None:
+        """A checkpoint found at a new path, or tied to its tag for the first time, is remembered."""
         stored, model = self._stored_model(), self.model
-        if stored and stored.get("checkpoint") and model.pretrained != stored["pretrained"]:
-            store.put("model", self._manifest(self._dim())["model"])
+        if stored and (stored.get("checkpoint") and model.pretrained != stored["pretrained"]
+                       or model.pretrained_as != stored.get("pretrained_as")):
+            store.put("model", self._model_entry())
+
+    def _stale_before(self, store: Store) -> float | None:
+        """Under the writer lock: find stored vectors that an earlier imgsearch, or another recipe, made (see
+        ``stale.py``), mark them, and return the time before which rows are re-embedded (None: all are current)."""
+        if self._stored_model() is None:
+            return None
+        recorded, current = store.get(stale.EMBEDDING_KEY), self._current_recipe()
+        if recorded is None or not stale.runs_like(recorded["recipe"], current):
+            if recorded is None:
+                from .clip.models import legacy_recipe, training_sensitive
+
+                made_with, sensitive = legacy_recipe(self.model).to_dict(), training_sensitive(self.embedder.model)
+            else:
+                made_with, sensitive = recorded["recipe"], []
+            why = stale.reasons(self.model.label, recorded, made_with, current, sensitive)
+            if why:
+                earlier = store.get(stale.STALE_KEY) or {}
+                store.put(stale.STALE_KEY, stale.mark(earlier.get("why", []) + why))
+            store.put(stale.EMBEDDING_KEY, stale.entry(current))
+        marker = store.get(stale.STALE_KEY)
+        return marker["before"] if marker else None
+
+    def _current_recipe(self) -> dict:
+        """How this model's vectors are made today: from its export when cached (no torch), else decided by
+        open_clip's tables (``clip.models.recipe_for``; a checkpoint that cannot be tied to a tag is refused)."""
+        from .inference import backends
+
+        export = backends.find_export(self.model) if backends.onnxruntime_installed() else None
+        if export is not None and "recipe" in export.meta:
+            return export.meta["recipe"]
+        if self._embedder is not None:
+            return self._embedder.recipe_record
+        from .clip.models import recipe_for
+
+        return recipe_for(self.model).to_dict()
+
+    def _clear_stale(self, store: Store) -> None:
+        """Drop the stale marker once no row written before it remains."""
+        marker = store.get(stale.STALE_KEY)
+        if marker and not any(store.count_written_before(t, marker["before"]) for t in ("images", "texts")):
+            store.delete(stale.STALE_KEY)
+
+    def warnings(self) -> list[str]:
+        """What makes this collection's answers less than right, for a reader to show: vectors made wrongly by an
+        earlier imgsearch (``stale.py``), until an index run re-embeds them."""
+        if not self.exists or self._stored_model() is None:
+            return []
+        store = self._store_for()
+        marker = store.get(stale.STALE_KEY)
+        if marker:
+            counts = [store.count_written_before(t, marker["before"]) for t in ("images", "texts")]
+            return [stale.warning(marker, *counts)] if any(counts) else []
+        return [stale.LEGACY_WARNING] if store.get(stale.EMBEDDING_KEY) is None else []
 
     @property
     def query_encoder(self):
-        """What encodes a query: the model's cached ONNX towers (no torch import) when they can, else ``embedder``."""
-        if self._embedder is not None:  # already loaded (a shared embedder, a long-lived process)
+        """What encodes a query: the model's cached ONNX towers (no torch import) when they can
+        (``encoders.for_query``), else ``embedder``; a model already loaded (a shared embedder, a long-lived
+        process) is used as it is."""
+        if self._embedder is not None:
             return self._embedder
-        return self._light_encoder() or self.embedder
+        return self._query_choice()[0] or self.embedder
 
-    def _light_encoder(self):
-        """The torch-free query encoder, looked up once (None when there is none)."""
+    def _query_choice(self) -> tuple:
         if self._light is None:
-            self._light = self._onnx_query_encoder() or False
-        return self._light or None
-
-    def _onnx_query_encoder(self):
-        from .inference import backends
-
-        model = self.model
-        if model.backend == "torch" or model.device not in ("auto", "cpu") or model.precision not in ("auto", "fp32"):
-            return None
-        if not backends.onnxruntime_installed():
-            return None
-        export = backends.find_export(model.name, model.pretrained)
-        if export is None or not export.passed or not (export.torch_free_text and export.torch_free_images):
-            return None
-        from .inference.query import OnnxQueryEncoder
-
-        return OnnxQueryEncoder(export)
+            self._light = encoders.query_encoder(self.model)
+        return self._light
 
     @property
     def embedder(self):
         if self._embedder is None:
-            from .embedder import Embedder  # torch loads only when a model is needed
+            from .clip.embedder import Embedder  # torch loads only when a model is needed
 
             self._embedder = Embedder(self.model)
         return self._embedder
@@ -295,9 +344,11 @@ class Collection:
             raise BadInputError(f"not a folder: {folder}; pass the directory that holds your images")
         root, started = root.resolve(), time.monotonic()
         with self._writing(create=True) as store:
-            self._note_moved_checkpoint(store)  # also refuses a model other than the collection's, up front
-            plan = indexing.plan_run(store, root, tuple(excludes))
+            self._note_model_changes(store)  # also refuses a model other than the collection's, up front
+            stale_before = self._stale_before(store)
+            plan = indexing.plan_run(store, root, tuple(excludes), stale_before)
             report = indexing.report_for(root, plan)
+            report.reembedded_why = "; ".join((store.get(stale.STALE_KEY) or {}).get("why", [])) or None
             report.backfilled = indexing.backfill_details(store, root, progress)  # rows from before schema v3
             synced = self._synced("images") if self._dim() else None
             booked = indexing.bookkeeping(store, plan)
@@ -308,15 +359,27 @@ class Collection:
             try:
                 self._mirror(synced, *self._apply(store, booked))
                 synced = self._embed_plan(store, synced, plan, settings, report, progress)
-            except KeyboardInterrupt:
-                report.interrupted = True
-                raise
+                if stale_before is not None:
+                    self._reembed_texts(store, stale_before)
+                    self._clear_stale(store)
             finally:
                 synced = self._indexes.get("images")  # a first run creates it with its first batch
                 if synced is not None:
                     synced.save()
                 report.seconds = time.monotonic() - started
         return report
+
+    def _reembed_texts(self, store: Store, before: float) -> None:
+        """Texts whose vectors are stale, embedded again in place (same ids)."""
+        rows = store.texts_written_before(before)
+        if not rows:
+            return
+        synced = self._synced("texts")
+        for start in range(0, len(rows), 1024):
+            ids, texts = zip(*rows[start : start + 1024])
+            vectors = self.embedder.embed_texts(list(texts))
+            synced.update(store.replace_text_vectors(ids, vectors), ids, vectors, remove_ids=ids)
+        synced.save()
 
     @staticmethod
     def _apply(store: Store, changes: Changes) -> tuple[Changes, list[int], int]:
@@ -339,13 +402,13 @@ class Collection:
             return synced
         if progress:
             progress(0, len(entries), "loading model")
-        batches = self._embedded(entries, settings, report)
+        batches, recipe = self._embedded(entries, settings, report)
         stamp = self._stored_model() is None  # stamped with the first batch: a failed start leaves no trace
         done, noted = 0, False
         for batch in batches:
             changes = indexing.batch_changes(batch, entries, plan)
             if stamp and changes.new:
-                changes.manifest, stamp = self._manifest(batch.vectors.shape[1]), False
+                changes.manifest, stamp = self._manifest(batch.vectors.shape[1], recipe), False
             if not noted and (changes.new or changes.replaced):
                 changes.manifest, noted = {**changes.manifest, "backend": report.backend}, True
             applied = self._apply(store, changes)
@@ -353,7 +416,7 @@ class Collection:
             self._mirror(synced, *applied)
             if synced is not None:
                 synced.save(at_most_every=settings.checkpoint_seconds)
-            indexing.tally(report, changes)
+            indexing.tally(report, changes, plan)
             done += len(batch.positions) + len(batch.failures)
             if progress:
                 progress(done, len(entries), "embedding")
@@ -362,35 +425,28 @@ class Collection:
         return synced
 
     def _embedded(self, entries, settings: IndexingConfig, report: IndexReport):
-        """The batches of embedded files: from this process's model, or from a Ray cluster's shards."""
+        """(the batches of embedded files, the recipe they are made with): from this process's model, or from a Ray
+        cluster's shards."""
         if settings.ray:
-            from .embedder import model_image_size
+            from .clip.models import model_image_size, recipe_for
 
             report.backend = "ray"
             return self._ray().embedded(entries, self.model, settings, self.folder / self._ray().SHARDS,
-                                        model_image_size(self.model))
+                                        model_image_size(self.model)), recipe_for(self.model).to_dict()
         encoder = self._image_file_encoder(settings).load()  # a download or model error surfaces before any progress
-        report.backend = encoder.backend
-        return encoder.embed_files([e.path for e in entries], settings)
+        report.backend, report.notes = encoder.backend, list(encoder.notes)
+        return encoder.embed_files([e.path for e in entries], settings), encoder.recipe_record
 
     def _image_file_encoder(self, settings: IndexingConfig):
-        """What embeds image files: the model's cached export without torch (files.ExportImageFiles) when this CPU's
-        choice is OpenVINO or ONNX Runtime, else ``embedder`` (torch; it makes the export on a model's first run)."""
-        from .inference import backends
-
-        model = self.model
-        if self._embedder is not None or settings.decode == "tensor" or not (model.device == "cpu" or (
-                model.device == "auto" and not backends.cuda_visible())):
+        """What embeds image files: the model's cached export without torch (``encoders.file_encoder``), else
+        ``embedder`` (torch; it makes the export on a model's first run)."""
+        if self._embedder is not None:
+            return self._embedder
+        encoder, plan = encoders.file_encoder(self.model, settings.decode)
+        if encoder is None:
             return self.embedder
-        if not backends.onnxruntime_installed():
-            return self.embedder
-        export = backends.find_export(model.name, model.pretrained)
-        plan = backends.export_plan(model.backend, model.precision, export)
-        if plan is None or not export.torch_free_images:
-            return self.embedder
-        from .inference.files import ExportImageFiles
-
-        return ExportImageFiles(export, plan)
+        encoder.notes += [plan.reason] if plan.reason else []
+        return encoder
 
     @staticmethod
     def _ray():
@@ -426,7 +482,8 @@ class Collection:
                 for start in range(0, len(texts), batch_size):
                     chunk = texts[start : start + batch_size]
                     vectors = self.embedder.embed_texts(chunk)
-                    manifest = self._manifest(vectors.shape[1]) if self._stored_model() is None else {}
+                    manifest = (self._manifest(vectors.shape[1], self.embedder.recipe_record)
+                                if self._stored_model() is None else {})
                     ids, generation = store.add_texts(chunk, vectors, source, manifest)
                     synced = synced or self._synced("texts")
                     synced.update(generation, ids, vectors)
@@ -620,7 +677,9 @@ class Collection:
             image_index=index.kind if index else "flat", image_index_lists=index.nlist if index else None,
             nprobe=self.index_config.nprobe if index and index.kind != "flat" else None,
             disk_bytes=disk, schema_version=store.get("schema_version", SCHEMA_VERSION),
-            backend=store.get("backend"), query_backend="onnx" if self._light_encoder() else "torch",
+            backend=store.get("backend"), query_backend=self._query_choice()[1].runner,
+            query_backend_reason=self._query_choice()[1].reason, pretrained_as=model.pretrained_as,
+            recipe=(store.get(stale.EMBEDDING_KEY) or {}).get("recipe"), warnings=self.warnings(),
         )
 
     def skipped(self) -> list[SkippedFile]:

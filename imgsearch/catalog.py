@@ -63,7 +63,8 @@ def image_macs(config: dict) -> float | None:
 
 
 def describe(choices=CHOICES) -> list[ModelInfo]:
-    from .embedder import architecture, weights_cached  # open_clip (and torch) load only here
+    from .clip.models import weights_cached  # open_clip (and torch) load only here
+    from .architectures import architecture
 
     base = image_macs(architecture("ViT-B-32") or {}) or 1.0
     out = []

@@ -14,11 +14,10 @@ from typing import Optional
 import typer
 
 from .config import (
-    COLLECTION_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, SERVER_ENV, TOKEN_ENV, IndexConfig, IndexingConfig,
-    ModelConfig,
+    BACKENDS, COLLECTION_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, PRECISIONS, SERVER_ENV, TOKEN_ENV, IndexConfig,
+    IndexingConfig, ModelConfig,
 )
 from .errors import ImgsearchError
-from .inference.backends import BACKENDS
 from .search import Filters, Query, Term
 
 # rich_markup_mode=None: rich markup would swallow "[default: ...]" in help texts.
@@ -56,6 +55,11 @@ PretrainedOpt = typer.Option(
     help="Pretrained tag [default: laion2b_s34b_b79k], a local checkpoint file for offline use (a moved file is "
          "recognised by its content), or 'none' for random weights.",
 )
+PretrainedAsOpt = typer.Option(
+    None, "--pretrained-as", metavar="TAG|none",
+    help="The open_clip tag a --pretrained checkpoint file holds, so that it runs with that tag's preprocessing and "
+         "activation (recognised by itself when the file sits in the Hugging Face cache); 'none': the "
+         "architecture's defaults.")
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE",
                          help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu].")
 BackendOpt = typer.Option(
@@ -71,19 +75,23 @@ WaitOpt = typer.Option(True, "--wait/--no-wait",
                             "message) or fail at once.")
 
 
-def _model(name: str | None, pretrained: str | None) -> ModelConfig | None:
-    if name is None and pretrained is None:
+def _model(name: str | None, pretrained: str | None, pretrained_as: str | None = None) -> ModelConfig | None:
+    if name is None and pretrained is None and pretrained_as is None:
         return None  # the collection's own model, or the default for a new one
     default = ModelConfig()
     tag = default.pretrained if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     if pretrained is not None and tag and Path(tag).expanduser().exists():
-        tag = str(Path(tag).expanduser().resolve())
-    return ModelConfig(name=name or "", pretrained=tag)  # "": the collection's model name
+        tag = str(Path(tag).expanduser().absolute())  # not resolved: a Hugging Face cache path names its tag
+    return ModelConfig(name=name or "", pretrained=tag, pretrained_as=pretrained_as)  # "": the collection's name
 
 
-def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False):
+def _check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         _fail(f"--backend: unknown backend {backend!r}; use {', '.join(BACKENDS)}", 2)
+
+
+def _open(index: Path | None, model=None, pretrained=None, device=None, backend=None, wait=False, pretrained_as=None):
+    _check_backend(backend)
     folder = index or "the collection"
 
     def waiting() -> None:
@@ -92,8 +100,13 @@ def _open(index: Path | None, model=None, pretrained=None, device=None, backend=
 
     from . import api  # imported when a command needs it: a query through a server never does
 
-    return api.open(index, model=_model(model, pretrained), device=device, backend=backend,
+    return api.open(index, model=_model(model, pretrained, pretrained_as), device=device, backend=backend,
                     wait=math.inf if wait else 0.0, on_wait=waiting)
+
+
+def _warn(messages) -> None:
+    for message in messages:
+        typer.echo(f"imgsearch: warning: {message}", err=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -155,6 +168,7 @@ def index(
     index: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    pretrained_as: Optional[str] = PretrainedAsOpt,
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
     batch_size: Optional[int] = typer.Option(
@@ -183,7 +197,7 @@ def index(
     settings = IndexingConfig(batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size,
                               workers=workers, ray=ray)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
-    with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend, wait, pretrained_as) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
             report = engine.index_folder(folder, settings, progress, excludes)
     if as_json:
@@ -210,6 +224,11 @@ def _print_index_report(report) -> None:
     if report.still_skipped:
         typer.echo(f"  {report.still_skipped} files skipped in earlier runs are still unreadable "
                    "(`imgsearch skipped` lists them)", err=True)
+    if report.reembedded:
+        typer.echo(f"  re-embedded {report.reembedded} unchanged images whose stored vectors were wrong: "
+                   f"{report.reembedded_why}", err=True)
+    for note in report.notes:
+        typer.echo(f"  note: {note}", err=True)
 
 
 @app.command()
@@ -264,6 +283,7 @@ def query(
     if hits is None:
         with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
             found = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
+            _warn(engine.warnings())
         hits = [h.to_dict() for h in found]
     if as_json:
         return _print_json(hits)
@@ -351,8 +371,7 @@ def serve(
     Searches see what a concurrent `imgsearch index` commits, without a restart."""
     from .server.service import ServeConfig
 
-    if backend is not None and backend not in BACKENDS:
-        _fail(f"--backend: unknown backend {backend!r}; use {', '.join(BACKENDS)}", 2)
+    _check_backend(backend)
     config = ServeConfig(index=index, host=host, port=port, token=token or None,
                          max_upload_bytes=int(max_upload_mb * 2**20), backend=backend, device=device)
     with _user_errors():
@@ -427,8 +446,18 @@ def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
         f"{about.dim} dimensions\nimages      {about.images}\ntexts       {about.texts}\n"
         f"skipped     {about.skipped}\nindex       {kind}\non disk     {about.disk_bytes / 1e6:.1f} MB\n"
         f"schema      v{about.schema_version}\nbackend     {about.backend or '-'} (last index run); "
-        f"queries: {about.query_backend}"
+        f"queries: {about.query_backend}{f' ({about.query_backend_reason})' if about.query_backend_reason else ''}"
+        + (f"\nrecipe      {_recipe_line(about.recipe)}" if about.recipe else "")
     )
+    _warn(about.warnings)
+
+
+def _recipe_line(recipe: dict) -> str:
+    act = "QuickGELU" if recipe.get("quick_gelu") else "GELU"
+    mean = "/".join(f"{float(v):g}" for v in recipe.get("mean", ()))
+    std = "/".join(f"{float(v):g}" for v in recipe.get("std", ()))
+    return (f"{recipe.get('tag') or 'architecture defaults'}: mean {mean}, std {std}, {recipe.get('interpolation')}, "
+            f"{recipe.get('resize_mode')}, {act} ({recipe.get('source')})")
 
 
 @app.command()
@@ -467,12 +496,13 @@ def texts_add(
     index: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    pretrained_as: Optional[str] = PretrainedAsOpt,
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
-    with _user_errors(), _open(index, model, pretrained, device, backend, wait) as engine:
+    with _user_errors(), _open(index, model, pretrained, device, backend, wait, pretrained_as) as engine:
         engine.require_existing()  # a mistyped --index must not create a collection
         with _progress_bar("embedding", "text") as progress:
             added = engine.add_text_file(file, progress)
@@ -494,35 +524,45 @@ def eval_(
     annotations: Path = typer.Option(..., "--annotations", help="Karpathy/COCO/BLIP JSON or CLIP_benchmark CSV."),
     model: str = typer.Option(ModelConfig.name, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(ModelConfig.pretrained, "--pretrained", help="Pretrained tag, checkpoint file, or 'none'."),
+    pretrained_as: Optional[str] = typer.Option(
+        None, "--pretrained-as", "--published-as", metavar="TAG|none",
+        help="The open_clip tag a --pretrained checkpoint file holds: it runs with that tag's recipe and its "
+             "published numbers are shown."),
     device: Optional[str] = DeviceOpt,
-    backend: Optional[str] = BackendOpt,
+    backend: str = typer.Option(
+        "torch", "--backend", metavar="|".join(BACKENDS),
+        help="What runs the model. The protocol's torch fp32 by default, so that CLIP_benchmark's numbers are "
+             "reproduced to the hit; a faster backend (auto, openvino, onnx...) only when asked for, and the report "
+             "says which ran."),
+    precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16|auto",
+                                  help="Torch precision (fp32: the protocol's; auto: bf16 where the CPU has it)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     ivf_threshold: int = typer.Option(IndexConfig.ivf_threshold, "--ivf-threshold", min=0,
                                       help="Index size from which the index is IVF (0: always)."),
     nprobe: int = typer.Option(IndexConfig.nprobe, "--nprobe", min=1, help="IVF lists searched per query."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the full report as JSON here."),
-    published_as: Optional[str] = typer.Option(
-        None, "--published-as", metavar="TAG",
-        help="The open_clip tag a --pretrained checkpoint file holds (e.g. laion2b_s34b_b79k), to show its "
-             "published numbers."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Recall@1/5/10 and MRR, text->image and image->text, exact and through imgsearch's index
     (CLIP_benchmark protocol; see docs/evaluation.md)."""
     from .datasets import load_dataset
-    from .embedder import Embedder
-    from .evaluate import evaluate, format_table
 
-    chosen = _model(model, pretrained)
+    _check_backend(backend)
+    if precision not in PRECISIONS:
+        _fail(f"--precision: unknown precision {precision!r}; use {', '.join(PRECISIONS)}", 2)
     config = IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe)
     if json_out is not None and not json_out.parent.is_dir():  # found now, not after an hour of embedding
         _fail(f"--json-out: folder {json_out.parent} does not exist; create it or pick another path", 2)
     with _user_errors():
-        data = load_dataset(dataset.lower(), annotations, images)
-        embedder = Embedder(replace(chosen, device=device or chosen.device, backend=backend or chosen.backend)).load()
+        data = load_dataset(dataset.lower(), annotations, images)  # inputs checked before torch is imported
+        from .clip.embedder import Embedder
+        from .evaluate import evaluate, format_table
+
+        chosen = replace(_model(model, pretrained, pretrained_as), backend=backend, precision=precision)
+        embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
         with _progress_bar("embedding", "item", enabled=not as_json) as bar:
             report = evaluate(data, embedder, config, batch_size,
-                              lambda stage, done, total: bar(done, total, f"embedding {stage}"), published_as)
+                              lambda stage, done, total: bar(done, total, f"embedding {stage}"))
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))

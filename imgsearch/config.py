@@ -11,6 +11,8 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .errors import BadInputError
+
 # Where collections live unless --index / IMGSEARCH_INDEX says otherwise: the platform's per-user data folder
 # (see data_dir), so that a collection is found from any working directory.
 COLLECTION_ENV = "IMGSEARCH_INDEX"
@@ -22,6 +24,26 @@ MODEL_CONFIGS_ENV = "IMGSEARCH_MODEL_CONFIGS"
 
 # Cosine at or above which two images are near-duplicates by default (see docs/search.md for what it catches).
 DUPLICATE_THRESHOLD = 0.95
+
+# What can run a model on a CPU (``ModelConfig.backend``): "auto" chooses (imgsearch/encoders.py); "torch" (fp32,
+# or bf16 weights), "onnx" (ONNX Runtime fp32, from the export cached once per model), "onnx-int8" (its image tower
+# quantized to int8), "openvino" (the exported image tower, bf16 where the CPU has it) force one.
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# How image files are decoded for indexing (``IndexingConfig.decode``).
+DECODE_MODES = ("auto", "fast", "reference", "tensor")
+
+
+def check_choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a BadInputError naming them."""
+    if value not in allowed:
+        raise BadInputError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
+    return value
+
+
+def check_backend(name: str) -> str:
+    return check_choice("backend", name, BACKENDS)
+
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -41,9 +63,17 @@ class ModelConfig:
     # "auto" = fp16 autocast on cuda; on cpu bf16 weights where the CPU has native bf16 (AVX512-BF16/AMX) and the
     # model passes the quality check, else fp32. Or "fp32", "fp16", "bf16".
     precision: str = "auto"
-    # "auto", "torch", "onnx" (ONNX Runtime fp32, CPU) or "onnx-int8" (its image tower in int8): see
-    # imgsearch/inference/backends.py for what auto picks.
+    # What runs the model on a CPU: "auto", or one of BACKENDS forced (see imgsearch/encoders.py for what auto picks).
     backend: str = "auto"
+    # For a checkpoint file: the open_clip tag whose weights it holds, so that it runs with that tag's preprocessing
+    # and activation (clip/models.recipe_for); "none": the architecture's defaults. None: recognised where it can be
+    # (its Hugging Face cache folder, its SHA-256), else the one recipe all the architecture's published weights
+    # share; a file of an architecture whose weights differ (ViT-B-32: OpenAI's QuickGELU, LAION's GELU) is refused.
+    pretrained_as: str | None = None
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
+        check_choice("precision", self.precision, PRECISIONS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,8 +88,8 @@ class ModelConfig:
         return f"{self.name} ({self.pretrained or 'random weights'})"
 
     def same_model(self, other: "ModelConfig") -> bool:
-        """Whether both produce the same embeddings (device and precision aside)."""
-        return (self.name, self.pretrained) == (other.name, other.pretrained)
+        """Whether both produce the same embeddings (device, precision and backend aside)."""
+        return (self.name, self.pretrained, self.pretrained_as) == (other.name, other.pretrained, other.pretrained_as)
 
 
 @dataclass(frozen=True)
@@ -121,7 +151,7 @@ class IndexingConfig:
     # "fast": JPEGs decoded at reduced size in the decoder where the model input allows (DCT scaling), upright by
     # EXIF, transparency on white; the vectors differ little from a full decode (docs/performance.md).
     # "tensor": JPEGs decoded by torchvision on the model's device (nvJPEG on a GPU), resized, cropped and
-    # normalised there; other files as "fast" (imgsearch/tensor_decode.py). Runs on a CPU too (for tests).
+    # normalised there; other files as "fast" (imgsearch/clip/tensor_decode.py). Runs on a CPU too (for tests).
     # "auto": "tensor" when torch runs the model on a CUDA GPU, else "fast".
     # "reference": exactly as CLIP_benchmark decodes (full size, Image.convert("RGB"), no EXIF rotation), which
     # `imgsearch eval` uses so that published numbers can be reproduced.
@@ -129,6 +159,9 @@ class IndexingConfig:
     # Embed on a Ray cluster instead of in this process: "local" (start one here), "auto" (a running one) or its
     # address. Needs `pip install 'imgsearch[ray]'`; see imgsearch/distributed/ray_embed.py.
     ray: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("decode mode", self.decode, DECODE_MODES)
 
     def resolved_workers(self, gpu: bool = False) -> int:
         if self.workers is not None:

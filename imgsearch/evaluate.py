@@ -117,7 +117,8 @@ def check_finite(name: str, vectors: np.ndarray) -> None:
     if bad.any():
         raise InvalidEmbeddingsError(
             f"{int(bad.sum())} of {len(vectors)} {name} embeddings contain NaN or inf (first: #{int(np.argmax(bad))}); "
-            "the model's output is invalid: check the checkpoint, and try --precision fp32 / --device cpu"
+            "the model's output is invalid: check the checkpoint (and, with a faster --backend or --precision, try the "
+            "defaults: torch fp32)"
         )
 
 
@@ -178,9 +179,10 @@ class EvalReport:
     model: str
     pretrained: str | None
     device: str
+    backend: str  # what ran the model, e.g. "torch fp32" (the protocol's; a faster one only when asked for)
     n_images: int
     n_captions: int
-    full_split: bool  # the dataset has the Karpathy test split's size, so references compare
+    full_split: bool  # the images are exactly those of the dataset's Karpathy test split, so references compare
     text_to_image: DirectionResult
     image_to_text: DirectionResult
     embed_seconds: float
@@ -188,6 +190,7 @@ class EvalReport:
     timestamp: str
     reference: dict | None = field(default=None)  # direction -> (R@1, R@5, R@10)
     reference_note: str | None = None  # why no published numbers are shown, when they are not
+    recipe: dict | None = None  # the preprocessing and activation the weights ran with (clip.models.Recipe)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -236,23 +239,25 @@ def evaluate_embeddings(images: np.ndarray, texts: np.ndarray, caption_image: np
 
 
 def evaluate(dataset: RetrievalDataset, embedder, index_config: IndexConfig = IndexConfig(),
-             batch_size: int = 64, progress: Progress | None = None, published_as: str | None = None) -> EvalReport:
-    """``published_as``: the open_clip tag a checkpoint file holds, to show its published numbers."""
+             batch_size: int = 64, progress: Progress | None = None) -> EvalReport:
+    """The report for ``embedder`` (an ``Embedder``: its recipe says which tag's published numbers apply to a
+    checkpoint file tied to one, ``ModelConfig.pretrained_as``)."""
     started = time.perf_counter()
     images, texts = embed_dataset(dataset, embedder, batch_size, progress)
     embedded = time.perf_counter()
     t2i, i2t = evaluate_embeddings(images, texts, dataset.caption_image, index_config)
-    model = embedder.config
-    full_split = reference.FULL_SPLITS.get(dataset.name) == (dataset.n_images, dataset.n_captions)
-    published, why_not = reference.find(model.name, published_as or model.pretrained, dataset.name, full_split,
-                                        from_file=checkpoints.is_path(model.pretrained) and not published_as)
+    model, recipe = embedder.config, embedder.recipe
+    from_file = checkpoints.is_path(model.pretrained)
+    full_split = reference.is_full_split(dataset.name, dataset.image_paths)
+    published, why_not = reference.find(model.name, recipe.tag if from_file else model.pretrained, dataset.name,
+                                        full_split, from_file=from_file and recipe.tag is None)
     return EvalReport(
         dataset=dataset.name, model=model.name, pretrained=model.pretrained, device=embedder.device,
-        n_images=dataset.n_images, n_captions=dataset.n_captions, full_split=full_split,
+        backend=embedder.backend, n_images=dataset.n_images, n_captions=dataset.n_captions, full_split=full_split,
         text_to_image=t2i, image_to_text=i2t,
         embed_seconds=embedded - started, search_seconds=time.perf_counter() - embedded,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        reference=published, reference_note=why_not,
+        reference=published, reference_note=why_not, recipe=recipe.to_dict(),
     )
 
 
@@ -260,7 +265,7 @@ def format_table(report: EvalReport) -> str:
     """A plain-text table: each direction's R@1/5/10 and MRR, exact, through the index, and the difference."""
     lines = [
         f"{report.dataset}: {report.n_images} images, {report.n_captions} captions; "
-        f"model {report.model} ({report.pretrained or 'random weights'}) on {report.device}",
+        f"model {report.model} ({report.pretrained or 'random weights'}) on {report.device}, {report.backend}",
         f"{'direction':<15}{'':<11}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MRR':>8}",
     ]
     for key, title in (("text_to_image", "text->image"), ("image_to_text", "image->text")):

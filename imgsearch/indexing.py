@@ -10,20 +10,24 @@ from pathlib import Path
 from typing import Sequence
 
 from . import images as imgs
-from .planning import Plan, find_touched, make_plan, match_content
+from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
 from .results import IndexReport, SkippedFile
 from .store import Changes, NewImage, Skip, Store
 
 
-def plan_run(store: Store, root: Path, excludes: Sequence[str]) -> Plan:
-    """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide."""
+def plan_run(store: Store, root: Path, excludes: Sequence[str], stale_before: float | None = None) -> Plan:
+    """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide.
+    ``stale_before``: rows whose vectors were written before this time are re-embedded (``stale.py``)."""
     prefix = os.path.join(str(root), "")
-    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix))
+    stale = store.ids_written_before("images", stale_before) if stale_before is not None else set()
+    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix), stale)
     sizes = store.known_sizes() if plan.new else set()
     hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}
     if hashes:
-        match_content(plan, hashes, store.states_by_hash(hashes.values()), os.path.lexists)
-    find_touched(plan, _hash_or_none)
+        stored = store.states_by_hash(hashes.values())
+        match_content(plan, hashes, stored, os.path.lexists)
+        reembed_stale(plan, stale, {s.id: s for rows in stored.values() for s in rows})
+    find_touched(plan, _hash_or_none, stale)
     return plan
 
 
@@ -44,6 +48,7 @@ def report_for(root: Path, plan: Plan) -> IndexReport:
         scanned=plan.unchanged + len(plan.touched) + len(plan.new) + len(plan.changed) + len(plan.moved)
         + len(plan.copies) + plan.still_skipped + len(plan.problems),
         unchanged=plan.unchanged + len(plan.touched), moved=len(plan.moved), removed=len(plan.vanished),
+        reembedded=len(plan.stale_paths),
         added=len(plan.copies), reused=len(plan.copies), still_skipped=plan.still_skipped,
         skipped=[SkippedFile(p.path, p.reason) for p in plan.problems],
     )
@@ -68,9 +73,9 @@ def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Chang
     return changes
 
 
-def tally(report: IndexReport, changes: Changes) -> None:
+def tally(report: IndexReport, changes: Changes, plan: Plan) -> None:
     report.added += len(changes.new)
-    report.updated += len(changes.replaced)
+    report.updated += sum(1 for row in changes.replaced.values() if row.path not in plan.stale_paths)
     report.removed += len(changes.deleted)
     report.skipped.extend(SkippedFile(s.path, s.reason) for s in changes.skipped)
 

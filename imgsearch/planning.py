@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import AbstractSet, Callable, Iterable
 
 from .images import FileEntry, ScanProblem
 from .store import ImageState, Moved, Skip
@@ -28,6 +28,8 @@ class Plan:
     gone_skips: list[str] = field(default_factory=list)  # skipped before, no longer on disk
     copies: list[tuple[FileEntry, ImageState]] = field(default_factory=list)  # new path, stored content
     known_paths: set[str] = field(default_factory=set)  # stored rows under the folder (seen or vanished)
+    stale_paths: set[str] = field(default_factory=set)  # of ``changed``: unchanged files re-embedded because an
+    # earlier imgsearch made their vectors wrongly
 
     @property
     def to_embed(self) -> list[FileEntry]:
@@ -42,8 +44,10 @@ def make_plan(
     scanned: Iterable[FileEntry | ScanProblem],
     known: dict[str, ImageState],
     skipped: dict[str, Skip],
+    stale: AbstractSet[int] = frozenset(),
 ) -> Plan:
-    """Sort the scanned files against the stored rows of the same folder."""
+    """Sort the scanned files against the stored rows of the same folder. ``stale``: ids of rows whose vectors
+    must be made again (an earlier imgsearch made them wrongly): an unchanged one is re-embedded in place."""
     plan, seen, blind_spots = Plan(), set(), []
     for item in scanned:
         seen.add(item.path)
@@ -52,7 +56,7 @@ def make_plan(
             if item.is_folder:
                 blind_spots.append(os.path.join(item.path, ""))
         elif item.path in known:
-            _classify_known(plan, known[item.path], item)
+            _classify_known(plan, known[item.path], item, stale)
         elif item.path in skipped and _same_file(skipped[item.path], item):
             plan.still_skipped += 1
         else:
@@ -71,11 +75,14 @@ def _classify_problem(plan: Plan, problem: ScanProblem, before: Skip | None) -> 
         plan.problems.append(Skip(problem.path, None, None, problem.reason))
 
 
-def _classify_known(plan: Plan, state: ImageState, entry: FileEntry) -> None:
-    if _same_file(state, entry):
+def _classify_known(plan: Plan, state: ImageState, entry: FileEntry, stale: AbstractSet[int]) -> None:
+    same = _same_file(state, entry)
+    if same and state.id not in stale:
         plan.unchanged += 1
-    else:
-        plan.changed[entry.path] = (state, entry)
+        return
+    plan.changed[entry.path] = (state, entry)
+    if same:
+        plan.stale_paths.add(entry.path)
 
 
 def match_content(
@@ -106,9 +113,23 @@ def match_content(
     plan.new = remaining
 
 
-def find_touched(plan: Plan, content_hash: Callable[[str], str | None]) -> None:
-    """Changed size/mtime but identical content (a copy without -p, a touch): keep the vector."""
+def find_touched(plan: Plan, content_hash: Callable[[str], str | None], stale: AbstractSet[int] = frozenset()) -> None:
+    """Changed size/mtime but identical content (a copy without -p, a touch): keep the vector (unless it is stale)."""
     for path, (state, entry) in list(plan.changed.items()):
-        if content_hash(path) == state.content_hash:
+        if state.id not in stale and content_hash(path) == state.content_hash:
             plan.touched.append(Moved(state.id, path, entry.size, entry.mtime_ns))
             del plan.changed[path]
+
+
+def reembed_stale(plan: Plan, stale: AbstractSet[int], states: dict[int, ImageState]) -> None:
+    """Moves and copies of rows whose vectors are stale: a moved one is re-embedded at its new path, and a copy is
+    embedded afresh instead of reusing the stale vector. ``states``: the stored rows, by id."""
+    if not stale:
+        return
+    for move in [m for m in plan.moved if m.id in stale]:
+        plan.moved.remove(move)
+        plan.changed[move.path] = (states[move.id], FileEntry(move.path, move.size, move.mtime_ns))
+        plan.stale_paths.add(move.path)
+    for entry, source in [c for c in plan.copies if c[1].id in stale]:
+        plan.copies.remove((entry, source))
+        plan.new.append(entry)

@@ -7,6 +7,10 @@ text_to_image, "text retrieval" our image_to_text. Values are (R@1, R@5, R@10) a
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+
 Triple = tuple[float, float, float]
 
 SOURCE = "open_clip docs/openclip_retrieval_results.csv (CLIP_benchmark, Karpathy test splits)"
@@ -47,8 +51,30 @@ RESULTS: dict[tuple[str, str], dict[str, dict[str, Triple]]] = {
     },
 }
 
-# Karpathy test split sizes (images, captions): reference numbers only compare on the full split.
-FULL_SPLITS = {"flickr30k": (1000, 5000), "coco": (5000, 25000)}
+# The Karpathy test splits, known by their images, not by their size (Flickr8k's test split also has 1,000 images
+# and 5,000 captions): (image count, BLAKE2b-128 of the sorted image ids, ``image_id``), taken from
+# ../shared/data/annotations (tests/test_evaluate.py checks them). Reference numbers only compare on these.
+FULL_SPLITS = {"flickr30k": (1000, "fd158b941f7417c9971977051dfcb930"),
+               "coco": (5000, "0929282f60ce5ba08c744391c9f52e7c")}
+_COCO_NAME = re.compile(r"(?:COCO_[A-Za-z]+\d*_)?0*(\d+)")
+
+
+def image_id(path: str) -> str:
+    """An image's identity in a split: its file name without extension, COCO's numeric id for COCO's names
+    ("COCO_val2014_000000391895.jpg" and "391895.jpg" are the same image)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    found = _COCO_NAME.fullmatch(stem)
+    return str(int(found.group(1))) if found else stem
+
+
+def split_fingerprint(image_paths) -> tuple[int, str]:
+    ids = sorted({image_id(p) for p in image_paths})
+    return len(ids), hashlib.blake2b(",".join(ids).encode(), digest_size=16).hexdigest()
+
+
+def is_full_split(dataset: str, image_paths) -> bool:
+    """Whether these are exactly the images of that dataset's Karpathy test split."""
+    return dataset in FULL_SPLITS and split_fingerprint(image_paths) == FULL_SPLITS[dataset]
 
 
 def lookup(model: str, pretrained: str | None, dataset: str) -> dict[str, Triple] | None:
@@ -61,12 +87,13 @@ def find(model: str, tag: str | None, dataset: str, full_split: bool,
     if dataset not in FULL_SPLITS:
         return None, f"none are recorded for a dataset named {dataset!r} (only {', '.join(FULL_SPLITS)})"
     if from_file:
-        return None, ("the model came from a checkpoint file; if it is one of open_clip's published checkpoints, "
-                      "name its tag with --published-as TAG")
+        return None, ("the model came from a checkpoint file not tied to a tag; if it is one of open_clip's "
+                      "published checkpoints, name its tag with --pretrained-as TAG")
     found = lookup(model, tag, dataset)
     if found is None:
         known = ", ".join(f"{m}/{t}" for m, t in RESULTS)
         return None, f"none are recorded for {model} ({tag or 'random weights'}); recorded: {known}"
     if not full_split:
-        return None, "they are for the full Karpathy test split, and this run used a different set of images"
+        return None, (f"they are for the images of {dataset}'s Karpathy test split, and this run used other images "
+                      "(a subset, another split or another dataset)")
     return found, None

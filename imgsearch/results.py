@@ -51,14 +51,16 @@ class IndexReport(_AsDict):
     skipped: list[SkippedFile] = field(default_factory=list)  # newly skipped this run, with reasons
     still_skipped: int = 0  # skipped in an earlier run and unchanged since
     seconds: float = 0.0
-    interrupted: bool = False
     backfilled: int = 0  # rows from an older collection whose format and date were read (not re-embedded)
     backend: str = ""  # what ran the model this run, e.g. "torch bf16", "onnx fp32"; "" when nothing was embedded
+    reembedded: int = 0  # unchanged files whose vectors an earlier imgsearch made wrongly, embedded again
+    reembedded_why: str | None = None  # what was wrong with them
+    notes: list[str] = field(default_factory=list)  # why a faster backend was not used, and similar
 
     @property
     def embedded(self) -> int:
         """Files that went through the model."""
-        return self.added - self.reused + self.updated
+        return self.added - self.reused + self.updated + self.reembedded
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class CollectionInfo(_AsDict):
     schema_version: int
     backend: str | None = None  # what ran the model in the last index run that embedded something
     query_backend: str = "torch"  # what encodes a query now: "onnx" (cached export, no torch import) or "torch"
+    query_backend_reason: str | None = None  # why queries load torch, when they do
+    pretrained_as: str | None = None  # the tag a checkpoint file is tied to
+    recipe: dict | None = None  # how the vectors are made: the tag's preprocessing and activation (clip.models.Recipe)
+    warnings: list[str] = field(default_factory=list)  # what makes answers less than right (stale vectors)
 
 
 @dataclass(frozen=True)

@@ -353,6 +353,10 @@ class Store:
         with self._guard(), self.engine.begin() as conn:
             self._put(conn, key, value)
 
+    def delete(self, key: str) -> None:
+        with self._guard(), self.engine.begin() as conn:
+            conn.execute(sa.delete(meta_t).where(meta_t.c.key == key))
+
     def generation(self, table: str) -> int:
         return self.get(f"{table}_generation", 0)
 
@@ -543,6 +547,17 @@ class Store:
                                           skipped_t.c.reason).order_by(skipped_t.c.path))
             return [Skip(*r) for r in rows]
 
+    def ids_written_before(self, table: str, before: float) -> set[int]:
+        """Ids of images (or texts) whose vectors were written before ``before`` (epoch seconds)."""
+        sql = f"SELECT id FROM {table} WHERE {_STAMP_COLUMN[table]} < ?"
+        with self._guard(), self.engine.connect() as conn:
+            return {r[0] for r in conn.connection.driver_connection.execute(sql, (before,))}
+
+    def count_written_before(self, table: str, before: float) -> int:
+        sql = f"SELECT count(*) FROM {table} WHERE {_STAMP_COLUMN[table]} < ?"
+        with self._guard(), self.engine.connect() as conn:
+            return conn.connection.driver_connection.execute(sql, (before,)).fetchone()[0]
+
     # -- texts ----------------------------------------------------------------------------------
     def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str | None,
                   manifest: dict | None = None) -> tuple[list[int], int]:
@@ -556,6 +571,21 @@ class Store:
                 conn.execute(sa.insert(texts_t), [dict(id=i, text=t, source=source, added_at=now, vector=_blob(v))
                                                   for i, t, v in zip(ids, texts, vectors)])
             return ids, self._bump(conn, "texts")
+
+    def texts_written_before(self, before: float) -> list[tuple[int, str]]:
+        """(id, text) of texts whose vectors were written before ``before``."""
+        with self._guard(), self.engine.connect() as conn:
+            sql = "SELECT id, text FROM texts WHERE added_at < ? ORDER BY id"
+            return [tuple(r) for r in conn.connection.driver_connection.execute(sql, (before,))]
+
+    def replace_text_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> int:
+        """New vectors for stored texts (same ids), stamped now; returns the texts' generation after it."""
+        now = time.time()
+        with self._guard(), self.engine.begin() as conn:
+            conn.execute(sa.update(texts_t).where(texts_t.c.id == sa.bindparam("b_id")).values(
+                vector=sa.bindparam("vector"), added_at=now),
+                [{"b_id": int(i), "vector": _blob(v)} for i, v in zip(ids, vectors)])
+            return self._bump(conn, "texts")
 
     def texts_by_id(self, ids: Sequence[int]) -> dict[int, sa.Row]:
         cols = [texts_t.c.id, texts_t.c.text, texts_t.c.source]

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     from PIL import Image
 
     from imgsearch.config import IndexingConfig, ModelConfig
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
     from imgsearch.images import load_image, load_reference_image
 
     paths = [str(p) for p in sorted(SHARED.rglob("*.jpg"))]

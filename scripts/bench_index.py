@@ -51,7 +51,7 @@ import torch
 
 import imgsearch
 from imgsearch.config import IndexingConfig, ModelConfig
-from imgsearch.embedder import resolve_device
+from imgsearch.clip.models import resolve_device
 from imgsearch.images import FileEntry, load_image, scan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     workers = IndexingConfig(workers=args.workers).resolved_workers(device.startswith("cuda"))
     if args.batch_size is None:  # the library's choice, used for the model-only batches too
-        from imgsearch.embedder import Embedder
+        from imgsearch.clip.embedder import Embedder
 
         args.batch_size = Embedder(model).load().gpu_batch if device.startswith("cuda") else IndexingConfig.batch_size
     print(f"indexing benchmark: {len(paths)} images in {args.images}")

@@ -53,10 +53,10 @@ def export_for_rclip(datadir: Path) -> None:
     import torch
 
     from imgsearch.config import ModelConfig
-    from imgsearch.embedder import load_model
+    from imgsearch.clip.models import load_model
     from imgsearch.inference.tokenizer import vocab_path
 
-    model, _, _ = load_model(ModelConfig(ARCH, None, device="cpu"), "cpu")
+    model = load_model(ModelConfig(ARCH, None, device="cpu"), "cpu").model
     folder = datadir / RCLIP_SUBDIR
     folder.mkdir(parents=True)
     (datadir / "tokenizer").mkdir()

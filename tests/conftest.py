@@ -54,7 +54,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model, model_configs_dir):
     os.environ["IMGSEARCH_MODEL_CONFIGS"] = str(model_configs_dir)
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     return Embedder(tiny_model)
 

@@ -178,7 +178,7 @@ def test_missing_and_empty_collections_say_what_to_do(tmp_path, tiny_model, phot
 
 
 def test_model_errors_name_the_choices(tmp_path):
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     with pytest.raises(ModelLoadError, match="unknown model 'ViT-Nope'"):
         Embedder(ModelConfig(name="ViT-Nope")).embed_texts(["x"])
@@ -191,11 +191,11 @@ def test_model_errors_name_the_choices(tmp_path):
 def test_local_checkpoint_loads_offline_with_its_own_weights(tmp_path, tiny_model):
     import torch
 
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     torch_only = replace(tiny_model, backend="torch")  # the weights are edited in place below: no cached export
     random_model = Embedder(torch_only)
-    model = random_model._parts()[0]
+    model = random_model.model
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5).add_(0.01)  # weights that differ from the seeded random init

@@ -30,7 +30,7 @@ EDGE_TEXTS = ["", "   ", "Café &amp;amp; crème brûlée 😀", "日本語の�
 
 
 def _embedder(config):
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     return Embedder(config)
 
@@ -68,7 +68,7 @@ def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_ca
     fp32 = _embedder(replace(tiny_model, backend="torch", precision="fp32"))
     onnx = _embedder(replace(tiny_model, backend="onnx"))
     assert onnx.backend == "onnx fp32" and fp32.backend == "torch fp32"
-    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    export = backends.find_export(tiny_model)
     assert export is not None and export.passed and export.meta["check"]["text_min_cosine"] > 0.9999
     texts = [c for item in coco_captions[:20] for c in item["caption"]]
     images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:16]]
@@ -83,12 +83,12 @@ def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_ca
 
 def test_an_incomplete_export_is_ignored_and_redone(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
-    folder = backends.export_folder(tiny_model.name, tiny_model.pretrained)
+    folder = backends.export_folder(tiny_model)
     folder.mkdir(parents=True)
     (folder / "text.onnx").write_bytes(b"half a file")  # killed mid-export: no meta.json
-    assert backends.find_export(tiny_model.name, tiny_model.pretrained) is None
+    assert backends.find_export(tiny_model) is None
     vec = _embedder(replace(tiny_model, backend="onnx")).embed_texts(["a dog"])
-    assert backends.find_export(tiny_model.name, tiny_model.pretrained).passed and vec.shape == (1, 32)
+    assert backends.find_export(tiny_model).passed and vec.shape == (1, 32)
 
 
 def test_bf16_weights_stay_close_to_fp32(tiny_model, coco_captions):
@@ -102,20 +102,6 @@ def test_bf16_weights_stay_close_to_fp32(tiny_model, coco_captions):
         assert a.dtype == np.float32 and np.sum(a * b, axis=1).min() > 0.99
 
 
-@pytest.mark.parametrize("native, ort, precision, expected", [
-    (True, True, "auto", ("torch", "bf16")),
-    (False, True, "auto", ("onnx", "fp32")),
-    (False, False, "auto", ("torch", "fp32")),
-    (True, True, "fp32", ("onnx", "fp32")),
-    (False, True, "bf16", ("torch", "bf16")),
-])
-def test_auto_picks_by_cpu_and_what_is_installed(monkeypatch, native, ort, precision, expected):
-    monkeypatch.setattr(backends, "native_bf16", lambda: native)
-    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: ort)
-    assert backends.cpu_plan("auto", precision) == expected
-    assert backends.cpu_plan("torch", "fp32") == ("torch", "fp32")
-
-
 def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
     monkeypatch.setattr(backends, "MIN_COSINE", 1.5)  # nothing can pass
     monkeypatch.setattr(backends, "native_bf16", lambda: True)
@@ -127,8 +113,8 @@ def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     monkeypatch.setenv("IMGSEARCH_CACHE", os.environ["IMGSEARCH_CACHE"] + "_strict")
     onnx = _embedder(replace(tiny_model, backend="auto"))
-    assert onnx.backend == "torch fp32" and "failed its check" in onnx.notes[-1]
-    assert not backends.find_export(tiny_model.name, tiny_model.pretrained).passed  # nor OpenVINO, installed or not
+    assert onnx.backend == "torch fp32" and "check against torch fp32 failed" in onnx.notes[-1]
+    assert not backends.find_export(tiny_model).passed  # nor OpenVINO, installed or not
     forced = _embedder(replace(tiny_model, backend="onnx"))  # an explicit choice is honoured
     assert forced.backend == "onnx fp32"
 

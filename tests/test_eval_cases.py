@@ -182,8 +182,24 @@ def test_reference_rows_need_the_full_split_and_a_known_model():
 
     full, why = reference.find("ViT-B-32", "laion2b_s34b_b79k", "coco", full_split=True)
     assert full["text_to_image"][0] == pytest.approx(0.3934) and why is None
-    assert "different set of images" in reference.find("ViT-B-32", "laion2b_s34b_b79k", "coco", False)[1]
-    assert "--published-as" in reference.find("ViT-B-32", "/x/ckpt.bin", "coco", True, from_file=True)[1]
+    assert "used other images" in reference.find("ViT-B-32", "laion2b_s34b_b79k", "coco", False)[1]
+    assert "--pretrained-as" in reference.find("ViT-B-32", "/x/ckpt.bin", "coco", True, from_file=True)[1]
+
+
+@pytest.mark.parametrize("name, kind, full", [
+    ("flickr30k_test_karpathy.txt", "flickr30k", True),
+    ("flickr30k_test_karpathy.json", "flickr30k", True),
+    ("coco_test_karpathy.json", "coco", True),
+    ("coco_karpathy_test_blipstyle.json", "coco", True),
+    ("flickr8k_test.json", "flickr30k", False),  # 1,000 images and 5,000 captions too: the size proves nothing
+    ("coco_test_karpathy.json", "flickr30k", False),
+])
+def test_the_full_split_is_known_by_its_images_not_its_size(name, kind, full):
+    from imgsearch import reference
+
+    data = load_dataset(kind, SHARED_DATA / "annotations" / name, COCO_MINI, check_images=False)
+    assert reference.is_full_split(kind, data.image_paths) is full
+    assert not reference.is_full_split(kind, data.image_paths[:-1])  # one image short
 
 
 def test_shared_coco_split_has_captions_shared_word_for_word_between_images():

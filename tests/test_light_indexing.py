@@ -16,6 +16,7 @@ import pytest
 
 import imgsearch
 from imgsearch.config import IndexingConfig
+from imgsearch import encoders
 from imgsearch.inference import backends
 
 from conftest import COCO_MINI, write_image
@@ -57,7 +58,7 @@ def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
     write_image(seed / "one.png", 99)
     with imgsearch.open(coll, model=tiny_model) as engine:
         engine.index_folder(seed)
-    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    export = backends.find_export(tiny_model)
     assert export is not None and export.int8_passed, export and export.meta["check"]
     assert export.openvino_passed or not backends.openvino_installed(), export.meta["check"]
 
@@ -104,7 +105,7 @@ def test_light_path_decodes_in_order_whatever_the_threads(tmp_path, tiny_model, 
     from imgsearch.inference.files import ExportImageFiles
 
     _first_run(tmp_path / "coll", tiny_model, tmp_path)
-    encoder = ExportImageFiles(backends.find_export(tiny_model.name, tiny_model.pretrained), "fp32").load()
+    encoder = ExportImageFiles(backends.find_export(tiny_model), "onnx").load()
     paths = sorted(str(p) for p in photos.rglob("*.*")) * 3  # 39 files, batches of 5: ten batches in flight
     runs = {t: list(encoder.embed_files(paths, IndexingConfig(workers=t, batch_size=5))) for t in (0, 1, 4)}
     for batches in runs.values():
@@ -119,43 +120,19 @@ def test_auto_falls_back_from_int8_that_failed_its_check(tmp_path, tiny_model, m
     monkeypatch.setattr(backends, "MIN_COSINE_INT8", 1.5)  # the int8 tower cannot pass
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     monkeypatch.setattr(backends, "openvino_installed", lambda: False)  # a CPU where auto would run ONNX Runtime
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     auto = Embedder(replace(tiny_model, backend="auto"))
     assert auto.backend == "onnx fp32"
-    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    export = backends.find_export(tiny_model)
     assert export.passed and not export.int8_passed and export.image_int8_path.is_file()
-    assert backends.export_plan("auto", "auto", export) == "fp32"
-    assert backends.export_plan("onnx-int8", "auto", export) == "int8"  # asked for by name: honoured
+    assert encoders.for_files(tiny_model, export, cuda=False).runner == "onnx"
+    assert encoders.for_files(replace(tiny_model, backend="onnx-int8"), export, False).runner == "onnx-int8"  # asked
     forced = Embedder(replace(tiny_model, backend="onnx-int8"))
     assert forced.backend == "onnx int8"
     export.image_int8_path.unlink()
     missing = Embedder(replace(tiny_model, backend="onnx-int8"))
-    assert missing.backend == "onnx fp32" and "onnx-int8 is unavailable here" in missing.notes[-1]
-
-
-@pytest.mark.parametrize("backend, precision, openvino, native, expected", [
-    ("auto", "auto", True, True, "openvino"),
-    ("auto", "auto", False, True, None),  # OpenVINO absent: torch bf16 on a CPU with native bf16
-    ("auto", "auto", False, False, "fp32"),  # ... else ONNX Runtime fp32; auto never runs int8
-    ("auto", "fp32", True, True, "fp32"),
-    ("onnx", "auto", True, True, "fp32"),
-    ("onnx-int8", "auto", True, True, "int8"),
-    ("openvino", "auto", True, False, "openvino"),
-    ("openvino", "auto", False, False, "fp32"),  # asked for but not installed
-    ("torch", "auto", True, True, None),
-])
-def test_which_export_path_bulk_work_runs(monkeypatch, tmp_path, backend, precision, openvino, native, expected):
-    monkeypatch.setattr(backends, "native_bf16", lambda: native)
-    monkeypatch.setattr(backends, "openvino_installed", lambda: openvino)
-    folder = tmp_path / "export"
-    folder.mkdir()
-    (folder / "image.int8.onnx").write_bytes(b"")
-    export = backends.OnnxExport(folder, {"check": {"passed": True, "int8_passed": True, "openvino_passed": True}})
-    assert backends.export_plan(backend, precision, export) == expected
-    assert backends.export_plan(backend, precision, None) is None
-    failed = replace(export, meta={"check": {"passed": False, "int8_passed": True, "openvino_passed": True}})
-    assert backends.export_plan("auto", precision, failed) is None  # auto never runs an export that failed
+    assert missing.backend == "onnx fp32" and "no int8 tower could be made" in missing.notes[-1]
 
 
 def test_exports_keep_weights_beside_the_graph_and_stale_formats_are_removed(tmp_path, tiny_model, monkeypatch):
@@ -164,10 +141,10 @@ def test_exports_keep_weights_beside_the_graph_and_stale_formats_are_removed(tmp
     stale.mkdir(parents=True)
     (stale / "meta.json").write_text(json.dumps({"format": 1}))
     (stale / "text.onnx").write_bytes(b"x" * 1000)
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     Embedder(replace(tiny_model, backend="onnx")).embed_texts(["a dog"])
-    export = backends.find_export(tiny_model.name, tiny_model.pretrained)
+    export = backends.find_export(tiny_model)
     for tower in (export.text_path, export.image_path):
         assert tower.with_name(tower.name + ".data").is_file()
     data = export.text_path.with_name("text.onnx.data")  # the token table alone is 49408 x 32 floats

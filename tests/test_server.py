@@ -49,7 +49,7 @@ def site(tmp_path_factory, tiny_model, coco_captions, serve_env):
     coll = root / "coll"
     # ONNX Runtime fp32, as the server embeds uploads: stored and uploaded vectors are then the same, where the
     # default backend's would differ within its quality guard (enough to reorder the tiny model's crowded scores)
-    from imgsearch.embedder import Embedder
+    from imgsearch.clip.embedder import Embedder
 
     onnx = Embedder(replace(tiny_model, backend="onnx"))
     index_captioned(coll, photos, onnx, coco_captions, [p.name for p in PHOTOS])

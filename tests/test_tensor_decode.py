@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from imgsearch.config import IndexingConfig
-from imgsearch.embedder import Embedder, preprocess_cfg
+from imgsearch.clip.embedder import Embedder
+from imgsearch.clip.models import preprocess_cfg
 
 from conftest import COCO_MINI, write_image
 
@@ -76,11 +77,11 @@ def test_the_tensor_transform_matches_the_models_own_on_real_photos(tiny_model):
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from imgsearch.tensor_decode import Transform
+    from imgsearch.clip.tensor_decode import Transform
 
     embedder = Embedder(replace(tiny_model, backend="torch"))
     for size in (32, 224):  # the tiny model's input, and ViT-B-32's
-        cfg = {**preprocess_cfg(embedder._parts()[0]), "size": size}
+        cfg = {**preprocess_cfg(embedder.model), "size": size}
         theirs_fn = open_clip.image_transform(size, is_train=False)
         transform = Transform.for_model(cfg)
         for path in PHOTOS[:8]:
@@ -101,7 +102,7 @@ def test_every_exif_orientation_turns_upright_as_pillow_turns_it(tmp_path, orien
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from imgsearch.images import jpeg_header
-    from imgsearch.tensor_decode import upright
+    from imgsearch.clip.tensor_decode import upright
 
     rng = np.random.default_rng(orientation)
     pixels = np.kron(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))  # 48 x 80
@@ -121,7 +122,7 @@ def test_every_exif_orientation_turns_upright_as_pillow_turns_it(tmp_path, orien
 
 
 def test_other_transforms_stay_on_the_pillow_path():
-    from imgsearch.tensor_decode import Transform
+    from imgsearch.clip.tensor_decode import Transform
 
     plain = {"size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic", "resize_mode": "shortest"}
     assert Transform.for_model(plain).size == (224, 224)

@@ -147,7 +147,7 @@ def test_a_moved_checkpoint_is_recognised_by_content(tmp_path, photo_dir):
     import open_clip
     import torch
 
-    from imgsearch.embedder import register_extra_model_configs
+    from imgsearch.clip.models import register_extra_model_configs
 
     register_extra_model_configs()  # the tiny architecture, also when this test runs alone
     model = open_clip.create_model(TINY_MODEL, pretrained=None)

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..config import IndexingConfig, ModelConfig
-from ..embedder import Embedder
+from ..clip.embedder import Embedder
 from ..errors import BadInputError, ImgsearchError
 from ..images import EmbeddedBatch, FileEntry, ImageDetails, loader, prepared
 

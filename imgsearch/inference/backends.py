@@ -1,17 +1,12 @@
-"""Which backend runs a model, and where its exported ONNX towers are cached. Imports nothing heavy.
+"""The cache of exported towers (ONNX, with the checks made when each was exported) and what this machine can run.
+Imports nothing heavy. Which backend runs a model is decided in ``imgsearch/encoders.py``, from what is here.
 
-The rule behind ``auto`` (measured, docs/performance.md):
-- on a CUDA device, torch (fp16 autocast);
-- on a CPU, OpenVINO running the exported image tower when it is installed and passed its check (bf16 on CPUs
-  with native bf16, else fp32): the fastest path measured on CPU that passes the quality guard, and indexing
-  then never imports torch;
-- else, on a CPU with native bf16 (AVX512-BF16 or AMX), torch with bf16 weights: 2.2x fp32 on ViT-B-32;
-- else ONNX Runtime fp32 when its export exists and passed its check;
-- a single query on CPU uses the fp32 ONNX towers whenever they are cached: no torch import, a sub-second process.
-``onnx-int8`` (the image tower quantized to int8 by ONNX Runtime) is faster still but is only run when asked for:
-on the shared photos its top-10 overlap with fp32 was 0.941-0.949, under the 0.95 guard (docs/performance.md).
-A path that failed its quality check (cosine to torch fp32 below ``MIN_COSINE``, ``MIN_COSINE_INT8`` for int8) is
-never chosen by ``auto``.
+An export lives under ``$IMGSEARCH_CACHE/onnx/<key>``: the key names one set of weights run one way (model name,
+weights: tag, checkpoint path and stat, or random; the tag a checkpoint is tied to; the open_clip version; the
+export format). Its ``meta.json``, written last, holds the preprocessing and tokenizer the towers expect, the
+recipe, and the check against torch fp32 (cosine to torch fp32 on fixed probes: ``MIN_COSINE`` for every fp32 and
+16-bit path, ``MIN_COSINE_INT8`` for int8). A failed check is believed only from the imgsearch version that made it:
+another version exports again.
 """
 
 from __future__ import annotations
@@ -25,20 +20,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BadInputError
+from ..config import ModelConfig
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
 CACHE_ENV = "IMGSEARCH_CACHE"
 # Quality guard for 16-bit and exported paths: every probe vector's cosine to torch fp32.
 MIN_COSINE = 0.999
 MIN_COSINE_INT8 = 0.99  # issue #6's bar for 8-bit paths
-_EXPORT_FORMAT = 3  # 2: weights in side files (<tower>.onnx.data); 3: the int8 and OpenVINO checks
-
-
-def check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise BadInputError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-    return name
+# 2: weights in side files (<tower>.onnx.data); 3: the int8 and OpenVINO checks; 4: exported from a model in eval
+# mode, with its recipe (preprocessing, activation) and keyed by the tag a checkpoint is tied to (issue #19).
+_EXPORT_FORMAT = 4
 
 
 def cache_dir() -> Path:
@@ -50,8 +40,17 @@ def cache_dir() -> Path:
     return Path(base) / "imgsearch"
 
 
-def model_key(name: str, pretrained: str | None) -> str:
-    """A name for one set of weights under one open_clip version: tag, checkpoint file (by stat), or random."""
+def imgsearch_version() -> str:
+    try:
+        return importlib.metadata.version("imgsearch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def model_key(model: ModelConfig) -> str:
+    """A name for one set of weights run one way under one open_clip version: tag, checkpoint file (by stat) and
+    the tag it is tied to, or random."""
+    name, pretrained = model.name, model.pretrained
     if pretrained and os.path.isfile(pretrained):
         st = os.stat(pretrained)
         weights = f"file:{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
@@ -61,7 +60,8 @@ def model_key(name: str, pretrained: str | None) -> str:
         version = importlib.metadata.version("open_clip_torch")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    digest = hashlib.blake2b(f"{name}|{weights}|{version}|{_EXPORT_FORMAT}".encode(), digest_size=8).hexdigest()
+    tied = f"|as:{model.pretrained_as}" if model.pretrained_as else ""
+    digest = hashlib.blake2b(f"{name}|{weights}{tied}|{version}|{_EXPORT_FORMAT}".encode(), digest_size=8).hexdigest()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return f"{safe}-{digest}"
 
@@ -76,6 +76,19 @@ class OnnxExport:
     @property
     def passed(self) -> bool:
         return bool(self.meta.get("check", {}).get("passed"))
+
+    @property
+    def check(self) -> dict:
+        return self.meta.get("check", {})
+
+    def failure(self) -> str | None:
+        """Why the export may not be used by ``auto`` (its check failed), or None."""
+        if self.passed:
+            return None
+        check = self.check
+        worst = min((v for k, v in check.items() if k in ("image_min_cosine", "text_min_cosine")), default=None)
+        return (f"its check against torch fp32 failed (cosine {worst:.4f} < {MIN_COSINE})" if worst is not None
+                else "its check against torch fp32 failed")
 
     @property
     def int8_passed(self) -> bool:
@@ -112,8 +125,13 @@ class OnnxExport:
 
     @property
     def torch_free_text(self) -> bool:
-        """Whether texts can be tokenized without open_clip (its CLIP BPE tokenizer)."""
-        return self.meta.get("tokenizer") == "clip-bpe"
+        """Whether texts can be tokenized without open_clip: its CLIP BPE tokenizer, or a Hugging Face tokenizer
+        saved beside the towers (read with the ``tokenizers`` package)."""
+        kind = self.meta.get("tokenizer")
+        if kind == "clip-bpe":
+            return True
+        return kind == "hf" and (self.folder / "tokenizer.json").is_file() and importlib.util.find_spec(
+            "tokenizers") is not None
 
     @property
     def torch_free_images(self) -> bool:
@@ -133,20 +151,28 @@ class FromExport:
     def image_size(self) -> int:
         return self.export.image_size
 
+    @property
+    def recipe_record(self) -> dict:
+        """The recipe the export was made with (``clip.models.Recipe.to_dict``)."""
+        return self.export.meta["recipe"]
 
-def export_folder(name: str, pretrained: str | None) -> Path:
-    return cache_dir() / "onnx" / model_key(name, pretrained)
+
+def export_folder(model: ModelConfig) -> Path:
+    return cache_dir() / "onnx" / model_key(model)
 
 
-def find_export(name: str, pretrained: str | None) -> OnnxExport | None:
-    """The cached export of this model, or None (absent, incomplete or from another format)."""
-    folder = export_folder(name, pretrained)
+def find_export(model: ModelConfig) -> OnnxExport | None:
+    """The cached export of this model, or None: absent, incomplete, from another format, or failed by another
+    imgsearch version (whose export code may have been the cause: it is made again)."""
+    folder = export_folder(model)
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
     found = OnnxExport(folder, meta)
     if meta.get("format") != _EXPORT_FORMAT or not (found.text_path.is_file() and found.image_path.is_file()):
+        return None
+    if not found.passed and meta.get("imgsearch") != imgsearch_version():
         return None
     return found
 
@@ -168,7 +194,7 @@ def remove_stale_exports() -> list[Path]:
 def write_meta(folder: Path, meta: dict) -> None:
     """meta.json last and atomically: its presence means both towers are complete."""
     tmp = folder / f"meta.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"format": _EXPORT_FORMAT, **meta}, indent=1))
+    tmp.write_text(json.dumps({"format": _EXPORT_FORMAT, "imgsearch": imgsearch_version(), **meta}, indent=1))
     os.replace(tmp, folder / "meta.json")
 
 
@@ -190,38 +216,6 @@ def cpu_flags() -> set[str]:
 def native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (else bf16 is emulated and slower than fp32)."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def cpu_plan(backend: str, precision: str, export: OnnxExport | None = None) -> tuple[str, str]:
-    """(backend, precision) for bulk work on a CPU, given the model's cached export (or None); explicit choices
-    are kept. ("onnx", "int8") runs the int8 image tower; ("openvino", "auto") lets OpenVINO pick (bf16 or fp32)."""
-    if backend == "onnx-int8":
-        return "onnx", "int8"
-    if backend == "openvino" or (backend == "auto" and precision == "auto" and export is not None
-                                 and export.openvino_passed and openvino_installed()):
-        return "openvino", "auto"
-    if backend == "auto":
-        wants_torch = precision in ("bf16", "fp16") or (precision == "auto" and native_bf16())
-        backend = "torch" if wants_torch or not onnxruntime_installed() else "onnx"
-    if precision == "auto":
-        precision = "bf16" if backend == "torch" and native_bf16() else "fp32"
-    return backend, precision
-
-
-def export_plan(backend: str, precision: str, export: OnnxExport | None) -> str | None:
-    """What runs an export's image tower for bulk work on a CPU: "openvino", "int8" or "fp32" (ONNX Runtime), or
-    None when torch runs (the plan says so, or there is no export auto may use). A backend named explicitly runs
-    an export that failed its check, as asked; ``auto`` never does. Missing pieces fall back to ONNX fp32."""
-    if export is None:
-        return None
-    plan_backend, plan_precision = cpu_plan(backend, precision, export)
-    if plan_backend not in ("onnx", "openvino") or not (export.passed or backend != "auto"):
-        return None
-    if plan_backend == "openvino" and openvino_installed():
-        return "openvino"
-    if plan_precision == "int8" and export.image_int8_path.is_file() and (export.int8_passed or backend == "onnx-int8"):
-        return "int8"
-    return "fp32"
 
 
 def openvino_installed() -> bool:

@@ -25,23 +25,26 @@ from .preprocess import preprocess
 _AHEAD = 2  # batches decoded ahead of the one the model is on
 
 
-def image_tower(export: OnnxExport, plan: str):
-    """(tower with ``encode_image(pixels) -> vectors``, label) for an ``export_plan`` choice."""
-    if plan == "openvino":
+def image_tower(export: OnnxExport, runner: str):
+    """(tower with ``encode_image(pixels) -> vectors``, label) for an ``encoders.Plan`` runner: "openvino",
+    "onnx-int8" or "onnx" (fp32)."""
+    if runner == "openvino":
         from .openvino import OpenVinoImageTower
 
         tower = OpenVinoImageTower(export)
         return tower, f"openvino {tower.precision}"
-    return OnnxTowers(export, int8=plan == "int8"), f"onnx {plan}"
+    int8 = runner == "onnx-int8"
+    return OnnxTowers(export, int8=int8), f"onnx {'int8' if int8 else 'fp32'}"
 
 
 class ExportImageFiles(FromExport):
     """Embeds image files with an export's image tower (OpenVINO, ONNX Runtime int8 or fp32), as
     ``Embedder.embed_files`` does with torch."""
 
-    def __init__(self, export: OnnxExport, plan: str = "fp32"):
+    def __init__(self, export: OnnxExport, runner: str = "onnx"):
         self.export = export
-        self._tower, self.backend = image_tower(export, plan)
+        self._tower, self.backend = image_tower(export, runner)
+        self.notes: list[str] = []
 
     def load(self) -> "ExportImageFiles":
         """Open the session now (and warm it with one blank image), so that a broken export fails before any work."""
@@ -51,8 +54,7 @@ class ExportImageFiles(FromExport):
 
     def embed_files(self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()) -> Iterator[EmbeddedBatch]:
         """Embed files batch by batch; unreadable ones come back as failures with a reason, never stopping the run."""
-        if settings.decode not in ("auto", "fast", "reference"):  # "tensor" decoding needs torch: Embedder's
-            raise ValueError(f"IndexingConfig.decode must be auto, fast or reference here, got {settings.decode!r}")
+        assert settings.decode != "tensor", "tensor decoding runs in torch (encoders.file_encoder never sends it here)"
         decode = partial(prepared, load=loader(settings.decode), transform=partial(preprocess, cfg=self.export.meta[
             "preprocess"]), min_side=self.image_size, max_pixels=settings.max_pixels)
         batches = [range(i, min(i + settings.batch_size, len(paths))) for i in range(0, len(paths), settings.batch_size)]

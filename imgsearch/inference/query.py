@@ -14,7 +14,7 @@ from PIL import Image
 from .backends import FromExport, OnnxExport
 from .onnx import OnnxTowers
 from .preprocess import preprocess
-from .tokenizer import ClipTokenizer
+from .tokenizer import for_export
 
 # One intra-op thread for one query: measured faster than two on a 2-core machine (docs/performance.md).
 QUERY_THREADS = 1
@@ -24,12 +24,12 @@ class OnnxQueryEncoder(FromExport):
     def __init__(self, export: OnnxExport, threads: int | None = QUERY_THREADS):
         self.export = export
         self._towers = OnnxTowers(export, threads, lean=True)
-        self._tokenizer: ClipTokenizer | None = None
+        self._tokenizer = None
         self.backend = "onnx fp32 (query)"
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            self._tokenizer = ClipTokenizer(self.export.meta.get("context_length", 77))
+            self._tokenizer = for_export(self.export.meta, self.export.folder)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return self._towers.encode_text(self._tokenizer(list(texts)))

@@ -11,6 +11,7 @@ import html
 import importlib.util
 import os
 import re
+import string
 import zlib
 
 import numpy as np
@@ -111,7 +112,12 @@ def _join_pair(parts: list[str], pair: tuple[str, str]) -> list[str]:
 
 
 def _clean(text: str) -> str:
-    """open_clip's 'lower' cleaning: ftfy, HTML unescaped twice, whitespace collapsed, lower case.
+    """open_clip's 'lower' cleaning: ftfy, HTML unescaped twice, whitespace collapsed, lower case."""
+    return " ".join(basic_clean(text).split()).lower()
+
+
+def basic_clean(text: str) -> str:
+    """open_clip's ``basic_clean``: ftfy, HTML unescaped twice, stripped.
 
     ftfy (70 ms to import) changes no text made of printable ASCII, whitespace and no "&" (it has no mojibake,
     no entity, no control character to fix), so such text, nearly every query, skips it."""
@@ -119,5 +125,47 @@ def _clean(text: str) -> str:
         import ftfy  # open_clip's dependency
 
         text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return " ".join(text.split()).lower()
+    return html.unescape(html.unescape(text)).strip()
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_CLEANERS = {
+    "whitespace": lambda t: " ".join(basic_clean(t).split()),
+    "lower": _clean,
+    # open_clip's canonicalize_text (big_vision's): underscores to spaces, punctuation dropped, lower case
+    "canonicalize": lambda t: " ".join(basic_clean(t).replace("_", " ").translate(_PUNCTUATION).lower().split()),
+}
+_CLEANERS["siglip"] = _CLEANERS["canonicalize"]
+
+
+class HfTokenizer:
+    """A Hugging Face tokenizer as open_clip's wrapper runs it (``HFTokenizer``, ``SigLipTokenizer``), from the
+    ``tokenizer.json`` an export saved, with the ``tokenizers`` package (Rust, no torch, no transformers): the
+    wrapper's cleaning, truncation and padding to ``context_length``, and the separator it strips."""
+
+    def __init__(self, path: str, context_length: int, settings: dict):
+        from tokenizers import Tokenizer
+
+        self.context_length, self.settings = context_length, settings
+        self._clean = _CLEANERS[settings["clean"]]
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.enable_truncation(max_length=context_length, direction=settings.get("truncation_side", "right"))
+        self._tokenizer.enable_padding(direction=settings.get("padding_side", "right"), pad_id=settings["pad_id"],
+                                       pad_token=settings["pad_token"], length=context_length)
+
+    def __call__(self, texts: str | list[str]) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encoded = self._tokenizer.encode_batch([self._clean(t) for t in texts])
+        ids = np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), self.context_length)
+        strip = self.settings.get("strip_sep_id")
+        if strip is not None:
+            ids[ids == strip] = 0
+        return ids
+
+
+def for_export(meta: dict, folder) -> "ClipTokenizer | HfTokenizer":
+    """The torch-free tokenizer an export's meta describes (``encoders.for_query`` checks that there is one)."""
+    length = meta.get("context_length", 77)
+    if meta.get("tokenizer") == "hf":
+        return HfTokenizer(os.path.join(folder, "tokenizer.json"), length, meta["hf"])
+    return ClipTokenizer(length)

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .images import ImageDetails, ImageSkipped, jpeg_header, prepared, read_file, skip_reason
-from .inference.preprocess import input_size, shortest_to
+from ..images import ImageDetails, ImageSkipped, jpeg_header, prepared, read_file, skip_reason
+from ..inference.preprocess import input_size, shortest_to
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,184 @@
+"""Exporting a model's towers to ONNX once, and checking every exported path against torch fp32 before any is used.
+
+The export is made from the fp32 weights of a model in eval mode, and leaves the model as it found it:
+``torch.onnx.export`` restores the *wrapper's* training flag, and a fresh ``nn.Module`` starts in training mode,
+which once put every module of the model into training mode after an export (BatchNorm then normalised each batch
+by its own statistics: the same image gave cosine 0.86 alone against inside a batch of four). The export is checked
+against the model in eval mode on fixed probe images and texts: ONNX Runtime fp32, its int8 image tower, and
+OpenVINO's run of it, each recorded in ``meta.json`` (``encoders.py`` reads them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from typing import Iterator
+
+import numpy as np
+import open_clip
+import torch
+
+from ..config import ModelConfig
+from ..inference import backends, probes
+from .models import Loaded, first_sentence, preprocess_cfg
+
+PROBE_TEXTS = probes.TEXTS
+probe_images = probes.images
+min_cosine = probes.min_cosine
+
+
+def normalised(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def training_flags_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Every module's training flag as it was on entry, whatever happens inside (an export sets them)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class _Tower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, text: bool):
+        super().__init__()
+        self.model, self.text = model, text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(x) if self.text else self.model.encode_image(x)
+
+
+def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tensor):
+    """Export both towers to ONNX in a private folder, check them against torch fp32, then publish the folder.
+
+    Concurrent exporters each write their own folder; the first rename wins and the others are discarded.
+    """
+    from ..inference.onnx import OnnxTowers
+
+    final = backends.export_folder(config)
+    work = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _write_towers(loaded.model, work, pixels, tokens)
+        meta = _meta(loaded, config, work)
+        staged = backends.OnnxExport(work, meta)
+        towers = OnnxTowers(staged, threads=1)
+        with torch.inference_mode():
+            reference = normalised(loaded.model.encode_image(pixels))
+            text_reference = normalised(loaded.model.encode_text(tokens))
+        check = {"image_min_cosine": min_cosine(towers.encode_image(pixels.numpy()), reference),
+                 "text_min_cosine": min_cosine(towers.encode_text(tokens.numpy()), text_reference)}
+        check["passed"] = min(check.values()) >= backends.MIN_COSINE
+        check.update(_int8_check(staged, pixels.numpy(), reference))
+        check.update(_openvino_check(staged, pixels.numpy(), reference))
+        backends.write_meta(work, {**meta, "check": check, "probes": {"image": reference.tolist(),
+                                                                      "text": text_reference.tolist()}})
+        if final.exists() and backends.find_export(config) is None:
+            shutil.rmtree(final, ignore_errors=True)  # a broken leftover (folders are published whole)
+        try:
+            os.rename(work, final)
+        except OSError:  # another process published first
+            shutil.rmtree(work, ignore_errors=True)
+        backends.remove_stale_exports()
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return backends.find_export(config)
+
+
+def _write_towers(model: torch.nn.Module, folder, pixels: torch.Tensor, tokens: torch.Tensor) -> None:
+    from ..inference.onnx import externalise
+
+    # Grad mode on: under no_grad, MultiheadAttention takes a fused fast path that ONNX cannot express. The towers
+    # are traced in eval mode, and every module's flag is restored afterwards (see the module docstring).
+    with torch.enable_grad(), warnings.catch_warnings(), training_flags_kept(model):
+        warnings.simplefilter("ignore")
+        model.eval()
+        for text, sample, name in ((True, tokens, "text"), (False, pixels, "image")):
+            tower = _Tower(model, text).eval()
+            torch.onnx.export(tower, (sample[:2],), str(folder / f"{name}.onnx"),
+                              input_names=["tokens" if text else "pixels"], output_names=["features"],
+                              dynamic_axes={"tokens" if text else "pixels": {0: "n"}, "features": {0: "n"}},
+                              opset_version=17, dynamo=False)
+            externalise(folder / f"{name}.onnx")
+
+
+def _int8_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
+    """Quantize the image tower to int8 and check it against torch fp32 (cosine >= MIN_COSINE_INT8)."""
+    from ..inference.onnx import OnnxTowers, quantize_int8
+
+    try:
+        quantize_int8(staged.image_path, staged.image_int8_path)
+        worst = min_cosine(OnnxTowers(staged, threads=1, int8=True).encode_image(pixels), reference)
+    except Exception as exc:  # an op the quantizer cannot handle: fp32 paths still work
+        staged.image_int8_path.unlink(missing_ok=True)
+        return {"int8_passed": False, "int8_error": first_sentence(exc)}
+    return {"image_int8_min_cosine": worst, "int8_passed": worst >= backends.MIN_COSINE_INT8}
+
+
+def _openvino_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
+    """Run the image tower in OpenVINO, when installed, and check it against torch fp32 (cosine >= MIN_COSINE)."""
+    if not backends.openvino_installed():
+        return {}
+    from ..inference.openvino import OpenVinoImageTower
+
+    try:
+        tower = OpenVinoImageTower(staged)
+        worst = min_cosine(tower.encode_image(pixels), reference)
+    except Exception as exc:  # an op OpenVINO cannot compile: the other paths still work
+        return {"openvino_passed": False, "openvino_error": first_sentence(exc)}
+    return {"openvino_min_cosine": worst, "openvino_precision": tower.precision,
+            "openvino_passed": worst >= backends.MIN_COSINE}
+
+
+def _meta(loaded: Loaded, config: ModelConfig, folder) -> dict:
+    cfg = preprocess_cfg(loaded.model)
+    return {"model": config.name, "pretrained": config.pretrained, "pretrained_as": config.pretrained_as,
+            "dim": _dim(loaded),
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "recipe": loaded.recipe.to_dict(), **tokenizer_meta(loaded.tokenizer, folder),
+            "torch": torch.__version__, "open_clip": getattr(open_clip, "__version__", "")}
+
+
+def _dim(loaded: Loaded) -> int:
+    with torch.inference_mode():
+        return int(loaded.model.encode_text(loaded.tokenizer(["a"])).shape[-1])
+
+
+def tokenizer_meta(tokenizer, folder) -> dict:
+    """How the torch-free query path tokenizes like ``tokenizer``: CLIP's BPE (inference/tokenizer.py), or a Hugging
+    Face tokenizer, whose ``tokenizer.json`` is saved into the export ``folder`` with the settings open_clip's
+    wrapper applies (cleaning, padding, truncation, the separator it strips); else "open_clip" (torch only)."""
+    length = int(getattr(tokenizer, "context_length", 77) or 77)
+    if isinstance(tokenizer, open_clip.SimpleTokenizer):
+        plain = tokenizer.reduction_fn is None and tokenizer.clean_fn.__name__ == "_clean_lower"
+        return {"tokenizer": "clip-bpe" if plain else "open_clip", "context_length": length}
+    hf = _hf_settings(tokenizer)
+    if hf is None:
+        return {"tokenizer": "open_clip", "context_length": length}
+    tokenizer.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    return {"tokenizer": "hf", "context_length": length, "hf": hf}
+
+
+def _hf_settings(tokenizer) -> dict | None:
+    inner = getattr(tokenizer, "tokenizer", None)
+    if not hasattr(inner, "backend_tokenizer") or getattr(tokenizer, "tokenizer_mode", "") not in ("", None):
+        return None
+    if isinstance(tokenizer, open_clip.tokenizer.SigLipTokenizer):
+        clean = "siglip"
+    else:
+        clean = {"_clean_canonicalize": "canonicalize", "_clean_lower": "lower",
+                 "_clean_whitespace": "whitespace"}.get(getattr(tokenizer.clean_fn, "__name__", ""))
+    if clean is None:
+        return None
+    return {"clean": clean, "pad_id": int(inner.pad_token_id), "pad_token": str(inner.pad_token),
+            "padding_side": inner.padding_side, "truncation_side": inner.truncation_side,
+            "strip_sep_id": int(inner.sep_token_id) if getattr(tokenizer, "strip_sep_token", False) else None}

@@ -1,0 +1,149 @@
+"""What encodes a query or a batch of image files: decided here, and nowhere else.
+
+The rule behind ``--backend auto`` (measured, docs/performance.md):
+- on a CUDA device, torch (fp16 autocast; JPEGs decoded on the device);
+- on a CPU, for image files: OpenVINO running the exported image tower, when it is installed (x86) and passed its
+  check (bf16 on CPUs with native bf16, else fp32): the fastest path measured that keeps the quality guard, and
+  later runs then never import torch; else torch with bf16 weights on CPUs with native bf16 (AVX512-BF16, AMX),
+  checked against fp32 at load; else ONNX Runtime fp32 from a passed export; else torch fp32;
+- a query in a process that has no model loaded: the export's fp32 ONNX towers with the torch-free tokenizer and
+  transform, whenever the export passed its check: no torch import, a sub-second process;
+- ``onnx-int8`` (the image tower quantized to int8) is only run when asked for: it missed the ranking guard
+  (top-10 overlap 0.941-0.949 < 0.95 on the shared photos, docs/performance.md).
+Every path is checked against torch fp32 in eval mode (``clip/export.py``) before ``auto`` may take it; a backend
+named explicitly runs even an export that failed, as asked. Whenever ``auto`` does not take the fastest path, the
+plan says why (``reason``), and ``imgsearch info`` and the index run show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+from .inference import backends
+from .inference.backends import OnnxExport
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What runs: ``runner`` "torch", "onnx" (ONNX Runtime fp32), "onnx-int8" or "openvino"; ``precision`` for torch
+    ("fp32", "bf16", "fp16", "auto": autocast on CUDA); ``reason``: why a faster path was not taken, or None."""
+
+    runner: str
+    precision: str = "fp32"
+    reason: str | None = None
+
+    @property
+    def uses_export(self) -> bool:
+        return self.runner != "torch"
+
+
+def on_cuda(model: ModelConfig) -> bool:
+    """Whether torch would run this model on a CUDA device (asked without importing torch)."""
+    return model.device.startswith("cuda") or (model.device == "auto" and backends.cuda_visible())
+
+
+def export_problem(export: OnnxExport | None) -> str | None:
+    """Why ``auto`` may not use this export, or None."""
+    if not backends.onnxruntime_installed():
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    if export is None:
+        return "the model has no usable ONNX export"
+    return export.failure()
+
+
+def for_files(model: ModelConfig, export: OnnxExport | None, cuda: bool) -> Plan:
+    """What embeds image files in bulk, given the model's cached export (None: none could be made)."""
+    backend, precision = model.backend, model.precision
+    if cuda:
+        return Plan("torch", precision)
+    if backend == "torch":
+        return Plan("torch", _torch_precision(precision))
+    if backend != "auto":
+        return _explicit(backend, export)
+    if precision in ("bf16", "fp16"):
+        return Plan("torch", precision)
+    problem = export_problem(export)
+    if precision == "auto" and problem is None and export.openvino_passed and backends.openvino_installed():
+        return Plan("openvino")
+    why = _why_not_openvino(export, problem) if precision == "auto" else None
+    if precision == "auto" and backends.native_bf16():
+        return Plan("torch", "bf16", why)
+    if problem is None:
+        return Plan("onnx", "fp32", why)
+    return Plan("torch", "fp32", why or f"torch fp32 runs: {problem}")
+
+
+def _explicit(backend: str, export: OnnxExport | None) -> Plan:
+    """A backend named by the user: run it (even from an export that failed its check), or say why it cannot."""
+    if export is None or not backends.onnxruntime_installed():
+        return Plan("torch", "fp32", f"--backend {backend} needs the model's ONNX export: {export_problem(export)}; "
+                                     "torch fp32 runs instead")
+    if backend == "openvino" and not backends.openvino_installed():
+        return Plan("onnx", "fp32", "--backend openvino: OpenVINO is not installed (pip install openvino); ONNX "
+                                    "Runtime fp32 runs instead")
+    if backend == "onnx-int8" and not export.image_int8_path.is_file():
+        return Plan("onnx", "fp32", f"--backend onnx-int8: no int8 tower could be made ({export.check.get('int8_error', 'see the export check')}); "
+                                    "ONNX Runtime fp32 runs instead")
+    return Plan(backend)
+
+
+def _why_not_openvino(export: OnnxExport | None, problem: str | None) -> str | None:
+    if problem is not None and export is not None:
+        return f"the model's ONNX export is not used: {problem}"
+    if not backends.openvino_installed():
+        return None  # not offered on this platform: nothing to explain
+    if problem is not None:
+        return f"OpenVINO is not used: {problem}"
+    check = export.check
+    if "openvino_error" in check:
+        return f"OpenVINO is not used: it could not run the exported image tower ({check['openvino_error']})"
+    if "openvino_min_cosine" in check:
+        return (f"OpenVINO is not used: it failed its check against torch fp32 (cosine "
+                f"{check['openvino_min_cosine']:.4f} < {backends.MIN_COSINE})")
+    return "OpenVINO is not used: the export has no OpenVINO check"
+
+
+def _torch_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if backends.native_bf16() else "fp32"
+    return precision
+
+
+def for_query(model: ModelConfig, export: OnnxExport | None) -> Plan:
+    """What encodes a query in a process that has no model loaded: the torch-free ONNX towers, or torch."""
+    if model.backend == "torch" or model.device not in ("auto", "cpu") or model.precision not in ("auto", "fp32"):
+        return Plan("torch", model.precision)  # asked for outright
+    problem = export_problem(export)
+    if problem is None and not export.torch_free_text:
+        problem = f"its tokenizer ({export.meta.get('tokenizer')}) needs open_clip"
+    if problem is None and not export.torch_free_images:
+        problem = f"its image transform ({export.meta.get('preprocess', {}).get('resize_mode')}) needs torchvision"
+    if problem is None:
+        return Plan("onnx")
+    return Plan("torch", model.precision, f"queries load torch: {problem}")
+
+
+def query_encoder(model: ModelConfig) -> tuple[object | None, Plan]:
+    """(the torch-free query encoder, or None when torch must encode; the plan, with its reason)."""
+    export = backends.find_export(model) if backends.onnxruntime_installed() else None
+    plan = for_query(model, export)
+    if plan.runner == "torch":
+        return None, plan
+    from .inference.query import OnnxQueryEncoder
+
+    return OnnxQueryEncoder(export), plan
+
+
+def file_encoder(model: ModelConfig, decode: str) -> tuple[object | None, Plan | None]:
+    """(the torch-free file encoder, its plan) when the model's cached export runs the files on this CPU, else
+    (None, None): torch embeds them (and makes the export on a model's first run)."""
+    if decode == "tensor" or on_cuda(model) or model.backend == "torch" or not backends.onnxruntime_installed():
+        return None, None
+    export = backends.find_export(model)
+    plan = for_files(model, export, cuda=False)
+    if not plan.uses_export or not export.torch_free_images:
+        return None, None
+    from .inference.files import ExportImageFiles
+
+    return ExportImageFiles(export, plan.runner), plan

@@ -1,0 +1,102 @@
+"""The one decision of what encodes files and queries (imgsearch/encoders.py), over every combination of what is
+installed, what the CPU computes natively, what the export's checks said and what was asked for."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from imgsearch import encoders
+from imgsearch.config import ModelConfig
+from imgsearch.inference import backends
+
+MODEL = ModelConfig("imgsearch-tiny", None, device="cpu")
+PASSED = {"passed": True, "int8_passed": True, "openvino_passed": True, "openvino_min_cosine": 0.9999}
+
+
+def _export(tmp_path, check=PASSED, tokenizer="clip-bpe", resize="shortest"):
+    folder = tmp_path / "export"
+    folder.mkdir(exist_ok=True)
+    (folder / "image.int8.onnx").write_bytes(b"")
+    return backends.OnnxExport(folder, {"check": dict(check), "tokenizer": tokenizer,
+                                        "preprocess": {"resize_mode": resize}, "imgsearch": "x"})
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A CPU whose capabilities the test sets: (openvino installed, native bf16)."""
+    def set_(openvino=True, native=True, ort=True):
+        monkeypatch.setattr(backends, "openvino_installed", lambda: openvino)
+        monkeypatch.setattr(backends, "native_bf16", lambda: native)
+        monkeypatch.setattr(backends, "onnxruntime_installed", lambda: ort)
+    return set_
+
+
+@pytest.mark.parametrize("backend, precision, openvino, native, runner, why", [
+    ("auto", "auto", True, True, ("openvino", "fp32"), None),
+    ("auto", "auto", False, True, ("torch", "bf16"), None),  # OpenVINO absent (not x86): torch bf16, nothing to say
+    ("auto", "auto", False, False, ("onnx", "fp32"), None),  # ... else ONNX Runtime fp32; auto never runs int8
+    ("auto", "fp32", True, True, ("onnx", "fp32"), None),
+    ("auto", "bf16", True, True, ("torch", "bf16"), None),
+    ("onnx", "auto", True, True, ("onnx", "fp32"), None),
+    ("onnx-int8", "auto", True, True, ("onnx-int8", "fp32"), None),
+    ("openvino", "auto", True, False, ("openvino", "fp32"), None),
+    ("openvino", "auto", False, False, ("onnx", "fp32"), "OpenVINO is not installed"),  # asked for, not installed
+    ("torch", "auto", True, True, ("torch", "bf16"), None),
+    ("torch", "auto", True, False, ("torch", "fp32"), None),
+])
+def test_files_on_a_cpu(machine, tmp_path, backend, precision, openvino, native, runner, why):
+    machine(openvino, native)
+    plan = encoders.for_files(replace(MODEL, backend=backend, precision=precision), _export(tmp_path), cuda=False)
+    assert (plan.runner, plan.precision) == runner
+    assert (plan.reason is None) if why is None else (why in plan.reason)
+
+
+def test_a_failed_export_is_never_run_by_auto_and_the_reason_is_given(machine, tmp_path):
+    machine(openvino=True, native=False)
+    failed = _export(tmp_path, {"passed": False, "image_min_cosine": 0.074, "text_min_cosine": 1.0})
+    plan = encoders.for_files(MODEL, failed, cuda=False)
+    assert plan.runner == "torch" and "cosine 0.0740 < 0.999" in plan.reason
+    assert encoders.for_files(replace(MODEL, backend="onnx"), failed, cuda=False).runner == "onnx"  # asked: run
+    query = encoders.for_query(MODEL, failed)
+    assert query.runner == "torch" and "failed" in query.reason
+
+
+def test_openvino_that_failed_its_check_is_explained(machine, tmp_path):
+    machine(openvino=True, native=True)
+    export = _export(tmp_path, {**PASSED, "openvino_passed": False, "openvino_min_cosine": 0.97})
+    plan = encoders.for_files(MODEL, export, cuda=False)
+    assert (plan.runner, plan.precision) == ("torch", "bf16") and "cosine 0.9700" in plan.reason
+
+
+def test_no_export_no_onnxruntime(machine, tmp_path):
+    machine(openvino=False, native=False, ort=False)
+    plan = encoders.for_files(MODEL, _export(tmp_path), cuda=False)
+    assert plan.runner == "torch" and "onnxruntime is not installed" in plan.reason
+    machine(openvino=False, native=False)
+    assert encoders.for_files(MODEL, None, cuda=False).runner == "torch"
+    assert "no usable ONNX export" in encoders.for_query(MODEL, None).reason
+
+
+def test_cuda_runs_torch(machine, tmp_path):
+    machine()
+    assert encoders.for_files(MODEL, _export(tmp_path), cuda=True).runner == "torch"
+
+
+@pytest.mark.parametrize("change, runner", [
+    ({}, "onnx"),
+    ({"backend": "torch"}, "torch"),
+    ({"device": "cuda"}, "torch"),
+    ({"precision": "bf16"}, "torch"),
+])
+def test_queries(machine, tmp_path, change, runner):
+    machine()
+    plan = encoders.for_query(replace(MODEL, **change), _export(tmp_path))
+    assert plan.runner == runner and plan.reason is None  # asked for outright: nothing to explain
+
+
+def test_a_query_needs_a_torch_free_tokenizer_and_transform(machine, tmp_path):
+    machine()
+    assert "needs open_clip" in encoders.for_query(MODEL, _export(tmp_path, tokenizer="open_clip")).reason
+    assert "needs torchvision" in encoders.for_query(MODEL, _export(tmp_path, resize="longest")).reason
