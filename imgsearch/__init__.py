@@ -20,6 +20,10 @@ _HOMES = {
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # one version, the package's own (pyproject.toml)
+        from importlib.metadata import version
+
+        return version("imgsearch")
     if name not in _HOMES:
         raise AttributeError(f"module 'imgsearch' has no attribute {name!r}")
     value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
@@ -32,4 +36,3 @@ __all__ = [
     "CollectionInfo", "ImageHit", "IndexReport", "SkippedFile", "TextHit", "Query", "Term", "Filters",
     "DuplicateGroup", "DuplicateImage",
 ]
-__version__ = "0.1.0"

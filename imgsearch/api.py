@@ -27,7 +27,7 @@ from .config import (
     DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig, collection_path,
 )
 from .errors import (
-    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
+    BadInputError, CollectionError, CollectionNotFoundError, ExportDamagedError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
 )
 from .locking import LOCK_NAME, writer_lock
 from .planning import Plan
@@ -91,6 +91,7 @@ class Collection:
         self._columns: tuple | None = None  # (store version, ImageColumns) for filters
         self._selection: tuple | None = None  # (store version, Filters, IdFilter): the last filter's ids
         self._known_dim: int | None = None
+        self._damage: list[str] = []  # damaged cached exports met (and removed) by this handle
 
     # -- plumbing -------------------------------------------------------------------------------
     def __enter__(self) -> "Collection":
@@ -275,13 +276,15 @@ class Collection:
         """What makes this collection's answers less than right, for a reader to show: vectors made wrongly by an
         earlier imgsearch (``stale.py``), until an index run re-embeds them."""
         if not self.exists or self._stored_model() is None:
-            return []
+            return list(self._damage)
         store = self._store_for()
         marker = store.get(stale.STALE_KEY)
         if marker:
             counts = [store.count_written_before(t, marker["before"]) for t in ("images", "texts")]
-            return [stale.warning(marker, *counts)] if any(counts) else []
-        return [stale.LEGACY_WARNING] if store.get(stale.EMBEDDING_KEY) is None else []
+            found = [stale.warning(marker, *counts)] if any(counts) else []
+        else:
+            found = [stale.LEGACY_WARNING] if store.get(stale.EMBEDDING_KEY) is None else []
+        return found + self._damage
 
     @property
     def query_encoder(self):
@@ -433,8 +436,12 @@ class Collection:
             report.backend = "ray"
             return self._ray().embedded(entries, self.model, settings, self.folder / self._ray().SHARDS,
                                         model_image_size(self.model)), recipe_for(self.model).to_dict()
-        encoder = self._image_file_encoder(settings).load()  # a download or model error surfaces before any progress
-        report.backend, report.notes = encoder.backend, list(encoder.notes)
+        try:
+            encoder = self._image_file_encoder(settings).load()  # a model or download error surfaces before progress
+        except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
+            report.notes.append(str(exc))
+            encoder = self.embedder.load()
+        report.backend, report.notes = encoder.backend, report.notes + list(encoder.notes)
         return encoder.embed_files([e.path for e in entries], settings), encoder.recipe_record
 
     def _image_file_encoder(self, settings: IndexingConfig):
@@ -482,6 +489,10 @@ class Collection:
                 for start in range(0, len(texts), batch_size):
                     chunk = texts[start : start + batch_size]
                     vectors = self.embedder.embed_texts(chunk)
+                    if not np.isfinite(vectors).all():
+                        bad = chunk[int(np.argmin(np.isfinite(vectors).all(axis=1)))]
+                        raise CollectionError(f"the model computed NaN or infinite values for the text {bad!r}; the "
+                                              "model or its cached export is damaged: run `imgsearch check`")
                     manifest = (self._manifest(vectors.shape[1], self.embedder.recipe_record)
                                 if self._stored_model() is None else {})
                     ids, generation = store.add_texts(chunk, vectors, source, manifest)
@@ -631,7 +642,7 @@ class Collection:
 
     def _term_vector(self, term: Term) -> np.ndarray:
         if term.kind == "text":
-            return self.query_encoder.embed_texts([term.value])[0]
+            return self._encoded("embed_texts", term.value)
         if term.kind == "image":
             return self._image_vector(term.value)
         found = self._store_for().vectors("images", [term.value])
@@ -642,7 +653,7 @@ class Collection:
 
     def _image_vector(self, image: ImageQuery) -> np.ndarray:
         if isinstance(image, Image.Image):
-            return self.query_encoder.embed_images([image])[0]
+            return self._encoded("embed_images", image)
         hint = "; to search for these words as text, call search_text" if isinstance(image, str) else ""
         if not (isinstance(image, str) and imgs.is_url(image)) and not os.path.exists(os.path.expanduser(image)):
             raise BadInputError(f"query image not found: {image}{hint}")
@@ -650,7 +661,17 @@ class Collection:
             loaded = imgs.load_query_image(image, min_side=self.query_encoder.image_size)  # as when indexed
         except imgs.ImageSkipped as exc:
             raise BadInputError(f"cannot use {image} as a query image: {exc}") from None
-        return self.query_encoder.embed_images([loaded.image])[0]
+        return self._encoded("embed_images", loaded.image)
+
+    def _encoded(self, method: str, value) -> np.ndarray:
+        """One text or image through the query encoder; a damaged cached export (removed as it is found) gives way
+        to torch, with a warning, for this query and the rest of the process."""
+        try:
+            return getattr(self.query_encoder, method)([value])[0]
+        except ExportDamagedError as exc:
+            self._damage.append(str(exc))
+            self._light = (None, encoders.Plan("torch", reason=f"queries load torch: {exc}"))
+            return getattr(self.embedder, method)([value])[0]
 
     # -- duplicates -----------------------------------------------------------------------------
     def duplicates(self, threshold: float | None = DUPLICATE_THRESHOLD) -> list[DuplicateGroup]:

@@ -257,6 +257,10 @@ def query(
     index: Optional[Path] = IndexOpt,
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="FILE",
                                              help="New location of the collection's checkpoint file, if it moved."),
+    pretrained_as: Optional[str] = typer.Option(
+        None, "--pretrained-as", metavar="TAG|none",
+        help="The tag the collection's checkpoint file holds, for a collection an earlier imgsearch built that did "
+             "not record it (`imgsearch index ... --pretrained-as TAG` records it)."),
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
     server: Optional[str] = typer.Option(
@@ -278,10 +282,11 @@ def query(
         except ImgsearchError as exc:
             _fail(exc.for_cli(), 2)
     hits = None
-    if server != "off" and not (pretrained or device or backend):  # those ask for an in-process model
+    if server != "off" and not (pretrained or pretrained_as or device or backend):  # those ask for an in-process model
         hits = _ask_server(server, index, None if texts else wanted, image[0] if texts else None, top)
     if hits is None:
-        with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend) as engine:
+        with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend,
+                                   pretrained_as=pretrained_as) as engine:
             found = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
             _warn(engine.warnings())
         hits = [h.to_dict() for h in found]

@@ -67,10 +67,11 @@ def for_files(model: ModelConfig, export: OnnxExport | None, cuda: bool) -> Plan
     if precision == "auto" and problem is None and export.openvino_passed and backends.openvino_installed():
         return Plan("openvino")
     why = _why_not_openvino(export, problem) if precision == "auto" else None
-    if precision == "auto" and backends.native_bf16():
+    bf16_failed = problem is None and export.bf16_failed
+    if precision == "auto" and backends.native_bf16() and not bf16_failed:
         return Plan("torch", "bf16", why)
     if problem is None:
-        return Plan("onnx", "fp32", why)
+        return Plan("onnx", "fp32", "; ".join(filter(None, [why, bf16_failed and export.failure("torch-bf16")])) or None)
     return Plan("torch", "fp32", why or f"torch fp32 runs: {problem}")
 
 
@@ -83,8 +84,9 @@ def _explicit(backend: str, export: OnnxExport | None) -> Plan:
         return Plan("onnx", "fp32", "--backend openvino: OpenVINO is not installed (pip install openvino); ONNX "
                                     "Runtime fp32 runs instead")
     if backend == "onnx-int8" and not export.image_int8_path.is_file():
-        return Plan("onnx", "fp32", f"--backend onnx-int8: no int8 tower could be made ({export.check.get('int8_error', 'see the export check')}); "
-                                    "ONNX Runtime fp32 runs instead")
+        made = export.check.get("int8", {}).get("error", "see the export's check")
+        return Plan("onnx", "fp32", f"--backend onnx-int8: no int8 tower could be made ({made}); ONNX Runtime fp32 "
+                                    "runs instead")
     return Plan(backend)
 
 
@@ -95,13 +97,9 @@ def _why_not_openvino(export: OnnxExport | None, problem: str | None) -> str | N
         return None  # not offered on this platform: nothing to explain
     if problem is not None:
         return f"OpenVINO is not used: {problem}"
-    check = export.check
-    if "openvino_error" in check:
-        return f"OpenVINO is not used: it could not run the exported image tower ({check['openvino_error']})"
-    if "openvino_min_cosine" in check:
-        return (f"OpenVINO is not used: it failed its check against torch fp32 (cosine "
-                f"{check['openvino_min_cosine']:.4f} < {backends.MIN_COSINE})")
-    return "OpenVINO is not used: the export has no OpenVINO check"
+    if "openvino" not in export.check:
+        return "OpenVINO is not used: the export has no OpenVINO check"
+    return f"OpenVINO is not used: {export.failure('openvino')}"
 
 
 def _torch_precision(precision: str) -> str:

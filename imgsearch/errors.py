@@ -62,3 +62,14 @@ class NotFoundError(BadInputError):
 
 class TooLargeError(BadInputError):
     """An upload is over the size limit."""
+
+
+class ExportDamagedError(ImgsearchError):
+    """A cached export of a model failed its check at load (a truncated or altered file): it has been removed, and
+    is made again by the next run that loads the model in torch."""
+
+
+def first_sentence(exc: BaseException) -> str:
+    """An exception as one short line for a message: its type and the first sentence of its text."""
+    text = str(exc).split(". ")[0].strip().rstrip(".")
+    return f"{type(exc).__name__}: {text[:240]}"

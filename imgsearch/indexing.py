@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from . import images as imgs
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
 from .results import IndexReport, SkippedFile
@@ -54,10 +56,19 @@ def report_for(root: Path, plan: Plan) -> IndexReport:
     )
 
 
+NOT_FINITE = ("the model computed NaN or infinite values for it, so it could never be found; the model or its "
+              "cached export is damaged: run `imgsearch check`")
+
+
 def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Changes:
-    """The store batch for one embedded batch of files."""
+    """The store batch for one embedded batch of files. A vector that is not finite is never stored: its file is
+    skipped with the reason (and retried once it changes, like any skipped file)."""
     changes = Changes()
-    for pos, details, vector in zip(batch.positions, batch.details, batch.vectors):
+    finite = np.isfinite(batch.vectors).all(axis=1) if len(batch.positions) else np.zeros(0, bool)
+    failures = list(batch.failures) + [(pos, NOT_FINITE) for pos, ok in zip(batch.positions, finite) if not ok]
+    for pos, details, vector, ok in zip(batch.positions, batch.details, batch.vectors, finite):
+        if not ok:
+            continue
         entry = entries[pos]
         row = NewImage(entry.path, entry.size, entry.mtime_ns, details.content_hash,
                        details.width, details.height, vector, details.format or "", details.taken_at)
@@ -65,7 +76,7 @@ def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Chang
             changes.replaced[plan.changed[entry.path][0].id] = row
         else:
             changes.new.append(row)
-    for pos, reason in batch.failures:
+    for pos, reason in failures:
         entry = entries[pos]
         changes.skipped.append(Skip(entry.path, entry.size, entry.mtime_ns, reason))
         if entry.path in plan.changed:  # was fine, now unreadable: its old vector no longer describes it

@@ -235,7 +235,10 @@ class Changes:
 
 
 def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    vector = np.ascontiguousarray(vector, dtype=np.float32)
+    if not np.isfinite(vector).all():  # callers filter these out (indexing.batch_changes): a bug if one gets here
+        raise ValueError("refusing to store a vector with NaN or infinite values")
+    return vector.tobytes()
 
 
 def _on_connect(dbapi_conn, _record) -> None:

@@ -16,7 +16,10 @@ else
     .venv/bin/python -m pip install -q --retries 0 --timeout 15 \
         --extra-index-url https://download.pytorch.org/whl/cpu "${TORCH[@]}"
 fi
-.venv/bin/python -m pip install -q -e ".[test,ray]"
+.venv/bin/python -m pip install -q -e ".[test,ray,hf]"
+# The reference implementation `imgsearch eval` is tested against (tests/test_evaluate.py): only its retrieval
+# metric is used, which needs nothing beyond torch, so none of its many dependencies are installed.
+.venv/bin/python -m pip install -q --no-deps "clip_benchmark==1.6.2"
 # The gallery's browser tests need a Chromium; Playwright's own download is not used (offline machines).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -21,10 +21,17 @@ TINY_CONFIG = {
 }
 
 
+# The same, with a ResNet image tower: BatchNorm, which computes wrong vectors in training mode.
+TINY_RESNET = "imgsearch-tiny-resnet"
+TINY_RESNET_CONFIG = {**TINY_CONFIG, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8,
+                                                    "patch_size": None}}
+
+
 @pytest.fixture(scope="session")
 def model_configs_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model_configs")
     (folder / f"{TINY_MODEL}.json").write_text(json.dumps(TINY_CONFIG))
+    (folder / f"{TINY_RESNET}.json").write_text(json.dumps(TINY_RESNET_CONFIG))
     return folder
 
 

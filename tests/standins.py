@@ -48,6 +48,7 @@ def tokenizer(hf_home: Path, repo: str, texts: list[str], specials=("<pad>", "</
     (files / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **named}))
     (files / "special_tokens_map.json").write_text(json.dumps(named))
+    (files / "config.json").write_text("{}")  # transformers 5 reads a model config before the tokenizer's
     return files
 
 

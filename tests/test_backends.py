@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from imgsearch.inference import backends
+from imgsearch.inference import backends, probes
 from imgsearch.inference.preprocess import preprocess
 from imgsearch.inference.tokenizer import ClipTokenizer
 
@@ -69,7 +69,7 @@ def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_ca
     onnx = _embedder(replace(tiny_model, backend="onnx"))
     assert onnx.backend == "onnx fp32" and fp32.backend == "torch fp32"
     export = backends.find_export(tiny_model)
-    assert export is not None and export.passed and export.meta["check"]["text_min_cosine"] > 0.9999
+    assert export is not None and export.passed and export.check["onnx"]["cosine"] > 0.9999
     texts = [c for item in coco_captions[:20] for c in item["caption"]]
     images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:16]]
     for a, b in ((onnx.embed_texts(texts), fp32.embed_texts(texts)),
@@ -103,17 +103,17 @@ def test_bf16_weights_stay_close_to_fp32(tiny_model, coco_captions):
 
 
 def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
-    monkeypatch.setattr(backends, "MIN_COSINE", 1.5)  # nothing can pass
+    monkeypatch.setattr(probes, "MIN_COSINE", 1.5)  # nothing can pass
     monkeypatch.setattr(backends, "native_bf16", lambda: True)
     installed = backends.openvino_installed
     monkeypatch.setattr(backends, "openvino_installed", lambda: False)  # auto's bf16 torch path, checked at load
     bf16 = _embedder(replace(tiny_model, backend="auto"))
-    assert bf16.backend == "torch fp32" and "bf16 failed the quality check" in bf16.notes[0]
+    assert bf16.backend == "torch fp32" and "bf16 failed its check against fp32" in bf16.notes[0]
     monkeypatch.setattr(backends, "openvino_installed", installed)
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     monkeypatch.setenv("IMGSEARCH_CACHE", os.environ["IMGSEARCH_CACHE"] + "_strict")
     onnx = _embedder(replace(tiny_model, backend="auto"))
-    assert onnx.backend == "torch fp32" and "check against torch fp32 failed" in onnx.notes[-1]
+    assert onnx.backend == "torch fp32" and "failed its check against torch fp32" in onnx.notes[-1]
     assert not backends.find_export(tiny_model).passed  # nor OpenVINO, installed or not
     forced = _embedder(replace(tiny_model, backend="onnx"))  # an explicit choice is honoured
     assert forced.backend == "onnx fp32"
@@ -180,14 +180,44 @@ def test_vit_b_32_backends_agree_with_torch_fp32(tmp_path, monkeypatch, coco_cap
     photos = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:12]]
     pixels = np.stack([preprocess(im, export.meta["preprocess"]) for im in photos])
     reference = fp32.embed_images(photos)
-    plans = {"fp32": backends.MIN_COSINE, "int8": backends.MIN_COSINE_INT8}
+    plans = {"fp32": probes.MIN_COSINE, "int8": probes.MIN_COSINE_INT8}
     if backends.openvino_installed():
         assert export.openvino_passed, export.meta["check"]
-        plans["openvino"] = backends.MIN_COSINE
+        plans["openvino"] = probes.MIN_COSINE
     for plan, guard in plans.items():
         tower, label = image_tower(export, plan)
         cosine = np.sum(tower.encode_image(pixels) * reference, axis=1)
         assert cosine.min() >= guard, (label, cosine.min())
     texts = [c for item in coco_captions[:8] for c in item["caption"]]
     text_cosine = np.sum(OnnxTowers(export).encode_text(ClipTokenizer()(texts)) * fp32.embed_texts(texts), axis=1)
-    assert text_cosine.min() >= backends.MIN_COSINE
+    assert text_cosine.min() >= probes.MIN_COSINE
+
+
+def test_info_and_the_index_run_say_why_a_faster_path_was_not_taken(tmp_path, photo_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from imgsearch.cli import app
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(probes, "MIN_COSINE", 1.5)  # the export fails its check
+    monkeypatch.setattr(backends, "native_bf16", lambda: False)
+    result = CliRunner().invoke(app, ["index", str(photo_dir), "--index", str(tmp_path / "c"), "--model",
+                                      "imgsearch-tiny", "--pretrained", "none", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "note: " in result.output and "failed its check against torch fp32" in result.output
+    info = CliRunner().invoke(app, ["info", "--index", str(tmp_path / "c")])
+    assert "queries: torch (queries load torch: the export failed its check" in info.output
+
+
+def test_a_failed_export_is_believed_only_by_the_version_that_made_it(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(probes, "MIN_COSINE", 1.5)
+    _embedder(replace(tiny_model, backend="auto")).load()
+    failed = backends.find_export(tiny_model)
+    assert failed is not None and not failed.passed  # the same version believes its own failure
+    meta = json.loads((failed.folder / "meta.json").read_text())
+    (failed.folder / "meta.json").write_text(json.dumps({**meta, "imgsearch": "0.0.1"}))
+    assert backends.find_export(tiny_model) is None  # made by another version: its export code may be the cause
+    monkeypatch.setattr(probes, "MIN_COSINE", 0.999)
+    _embedder(replace(tiny_model, backend="auto")).load()
+    assert backends.find_export(tiny_model).passed

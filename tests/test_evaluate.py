@@ -98,3 +98,35 @@ def test_evaluation_decodes_images_exactly_as_the_reference_protocol(small_set, 
     assert np.allclose(images, reference, atol=1e-5)
     fast = np.concatenate([b.vectors for b in tiny_embedder.embed_files(data.image_paths, IndexingConfig(workers=0))])
     assert np.einsum("ij,ij->i", fast, reference).min() < 0.99999  # the fast decode is not the reference one
+
+
+@pytest.mark.parametrize("flags, backend", [((), "torch fp32"), (("--backend", "onnx"), "onnx fp32")])
+def test_eval_runs_the_protocols_fp32_unless_told_and_says_what_ran(small_set, tmp_path, flags, backend):
+    """0.1 evaluated with whatever `auto` picked (OpenVINO bf16 here), moving hit counts off CLIP_benchmark's, and
+    never said so; a faster backend now runs only when asked for, and the report names it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
+         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--json", *flags],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["backend"] == backend and report["recipe"]["tag"] is None
+    table = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
+         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--precision", "fp9"],
+        capture_output=True, text=True, timeout=300)
+    assert table.returncode == 2 and "--precision: unknown precision 'fp9'" in table.stderr
+
+
+@pytest.mark.slow
+def test_eval_equals_clip_benchmarks_hit_counts(tmp_path):
+    pytest.importorskip("clip_benchmark")
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from eval_vs_clip_benchmark import compare
+
+    ours, theirs, report = compare("ViT-B-32", 96)
+    assert report["backend"] == "torch fp32"
+    assert ours == {d: {k: pytest.approx(v, abs=1e-6) for k, v in hits.items()} for d, hits in theirs.items()}
+    assert sum(theirs["text_to_image"].values()) > 0  # something to compare

@@ -17,7 +17,7 @@ import pytest
 import imgsearch
 from imgsearch.config import IndexingConfig
 from imgsearch import encoders
-from imgsearch.inference import backends
+from imgsearch.inference import backends, probes
 
 from conftest import COCO_MINI, write_image
 
@@ -64,10 +64,10 @@ def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend, threads, ran, guard", [
-    pytest.param("auto", 0, "openvino", backends.MIN_COSINE,  # auto on x86: OpenVINO (bf16 where the CPU has it)
+    pytest.param("auto", 0, "openvino", probes.MIN_COSINE,  # auto on x86: OpenVINO (bf16 where the CPU has it)
                  marks=pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here")),
-    ("onnx-int8", 3, "onnx int8", backends.MIN_COSINE_INT8),
-    ("onnx", 2, "onnx fp32", backends.MIN_COSINE),
+    ("onnx-int8", 3, "onnx int8", probes.MIN_COSINE_INT8),
+    ("onnx", 2, "onnx fp32", probes.MIN_COSINE),
 ])
 def test_later_runs_index_without_torch_and_match_the_torch_pipeline(tmp_path, tiny_model, photos, backend, threads,
                                                                      ran, guard):
@@ -117,7 +117,7 @@ def test_light_path_decodes_in_order_whatever_the_threads(tmp_path, tiny_model, 
 
 def test_auto_falls_back_from_int8_that_failed_its_check(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(backends, "MIN_COSINE_INT8", 1.5)  # the int8 tower cannot pass
+    monkeypatch.setattr(probes, "MIN_COSINE_INT8", 1.5)  # the int8 tower cannot pass
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     monkeypatch.setattr(backends, "openvino_installed", lambda: False)  # a CPU where auto would run ONNX Runtime
     from imgsearch.clip.embedder import Embedder

@@ -21,11 +21,13 @@ from PIL import Image
 
 from .. import encoders
 from ..config import IndexingConfig, ModelConfig
-from ..errors import BadInputError
+from ..errors import BadInputError, ExportDamagedError
 from ..images import EmbeddedBatch, loader, prepared
 from ..inference import backends
 from ..inference.preprocess import input_size
-from .export import PROBE_TEXTS, export, min_cosine, normalised, probe_images
+from ..inference import probes
+from ..inference.onnx import OnnxTowers
+from .export import export, normalised
 from .models import Loaded, first_sentence, load_model, model_dim, preprocess_cfg, resolve_device
 
 _TEXT_BATCH = 256
@@ -147,7 +149,6 @@ class Embedder:
             self.notes.append(plan.reason)
         if plan.uses_export:
             from ..inference.files import image_tower
-            from ..inference.onnx import OnnxTowers
 
             images, label = image_tower(export_, plan.runner)
             return _ExportRunner(images, OnnxTowers(export_), label)
@@ -156,25 +157,27 @@ class Embedder:
         return _TorchTowers(model, self.device, plan.precision)
 
     def _bf16_towers(self, model: torch.nn.Module) -> _TorchTowers:
-        """bf16 weights, cast once, if the probes keep cosine >= MIN_COSINE to fp32 (else fp32, with a note)."""
+        """bf16 weights, cast once, if they pass the guard on the probes against fp32 (``probes.judge``); else
+        fp32, with a note. Asked for by name (``precision="bf16"``), bf16 runs whatever the probes say."""
         fp32 = _TorchTowers(model, self.device, "fp32")
         half = _TorchTowers(_cast_copy(model, torch.bfloat16), self.device, "bf16")
         pixels, tokens = self._probes
-        worst = min(min_cosine(fp32.encode_image(pixels), half.encode_image(pixels)),
-                    min_cosine(fp32.encode_text(tokens), half.encode_text(tokens)))
-        if worst >= backends.MIN_COSINE or self.config.precision == "bf16":
+        verdict = probes.judge(fp32.encode_image(pixels), fp32.encode_text(tokens), half.encode_image(pixels),
+                               half.encode_text(tokens))
+        if verdict.passed or self.config.precision == "bf16":
             import dataclasses
 
             self._loaded = dataclasses.replace(self._loaded, model=half.model)  # the fp32 weights are freed
             return half
-        self.notes.append(f"bf16 failed the quality check (cosine {worst:.5f} < {backends.MIN_COSINE}); fp32 runs")
+        self.notes.append(f"bf16 failed its check against fp32 ({probes.Verdict.describe(verdict.to_dict())}); "
+                          "fp32 runs")
         return fp32
 
     @functools.cached_property
     def _probes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixels, tokens) of the fixed probe images and texts, made once for every quality check."""
         loaded = self._parts()
-        return torch.stack([loaded.preprocess(im) for im in probe_images()]), loaded.tokenizer(list(PROBE_TEXTS))
+        return torch.stack([loaded.preprocess(im) for im in probes.images()]), loaded.tokenizer(list(probes.TEXTS))
 
     def export_onnx(self):
         """This model's ONNX towers in the cache (exported and checked once), or None if it cannot be exported.
@@ -184,7 +187,11 @@ class Embedder:
             return None
         found = backends.find_export(self.config)
         if found is not None:
-            return found
+            try:
+                OnnxTowers(found, threads=1).check()
+                return found
+            except ExportDamagedError as exc:  # removed: made again below
+                self.notes.append(f"{exc}: made again now")
         try:
             return export(self._parts(), self.config, *self._probes)
         except Exception as exc:  # an architecture the exporter cannot handle: torch still works
@@ -215,11 +222,13 @@ class Embedder:
             out.append(runner.encode_text(tokenizer(list(texts[start : start + batch_size]))))
         return np.concatenate(out)
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        preprocess = self._parts().preprocess
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_preprocessed(torch.stack([preprocess(im.convert("RGB")) for im in images]))
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = IndexingConfig.batch_size) -> np.ndarray:
+        """PIL images, ``batch_size`` per forward pass (a pass holds its activations: hundreds at once would not fit)."""
+        preprocess, out = self._parts().preprocess, [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self.encode_preprocessed(torch.stack([preprocess(im.convert("RGB")) for im in chunk])))
+        return np.concatenate(out)
 
     def embed_files(
         self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()

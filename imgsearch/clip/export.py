@@ -24,11 +24,6 @@ from ..config import ModelConfig
 from ..inference import backends, probes
 from .models import Loaded, first_sentence, preprocess_cfg
 
-PROBE_TEXTS = probes.TEXTS
-probe_images = probes.images
-min_cosine = probes.min_cosine
-
-
 def normalised(features: torch.Tensor) -> np.ndarray:
     features = features.float()
     features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -66,21 +61,22 @@ def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: to
     work = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    backends.remove_dead_work(final.parent)
     try:
         _write_towers(loaded.model, work, pixels, tokens)
         meta = _meta(loaded, config, work)
         staged = backends.OnnxExport(work, meta)
-        towers = OnnxTowers(staged, threads=1)
+        towers = OnnxTowers(staged, threads=1, verify=False)
         with torch.inference_mode():
-            reference = normalised(loaded.model.encode_image(pixels))
-            text_reference = normalised(loaded.model.encode_text(tokens))
-        check = {"image_min_cosine": min_cosine(towers.encode_image(pixels.numpy()), reference),
-                 "text_min_cosine": min_cosine(towers.encode_text(tokens.numpy()), text_reference)}
-        check["passed"] = min(check.values()) >= backends.MIN_COSINE
-        check.update(_int8_check(staged, pixels.numpy(), reference))
-        check.update(_openvino_check(staged, pixels.numpy(), reference))
-        backends.write_meta(work, {**meta, "check": check, "probes": {"image": reference.tolist(),
-                                                                      "text": text_reference.tolist()}})
+            reference = normalised(loaded.model.encode_image(pixels)), normalised(loaded.model.encode_text(tokens))
+        check = {"onnx": probes.judge(*reference, towers.encode_image(pixels.numpy()),
+                                      towers.encode_text(tokens.numpy())).to_dict(),
+                 "int8": _int8_check(staged, pixels.numpy(), reference),
+                 "openvino": _openvino_check(staged, pixels.numpy(), reference),
+                 "torch-bf16": _bf16_check(loaded.model, pixels, tokens, reference)}
+        backends.write_meta(work, {**meta, "check": {k: v for k, v in check.items() if v},
+                                   "probes": {"image": reference[0].tolist(), "text": reference[1].tolist(),
+                                              "tokens": tokens.numpy().tolist()}})
         if final.exists() and backends.find_export(config) is None:
             shutil.rmtree(final, ignore_errors=True)  # a broken leftover (folders are published whole)
         try:
@@ -111,32 +107,46 @@ def _write_towers(model: torch.nn.Module, folder, pixels: torch.Tensor, tokens: 
             externalise(folder / f"{name}.onnx")
 
 
-def _int8_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
-    """Quantize the image tower to int8 and check it against torch fp32 (cosine >= MIN_COSINE_INT8)."""
+def _int8_check(staged, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Quantize the image tower to int8 and judge it against torch fp32 (cosine bound MIN_COSINE_INT8)."""
     from ..inference.onnx import OnnxTowers, quantize_int8
 
     try:
         quantize_int8(staged.image_path, staged.image_int8_path)
-        worst = min_cosine(OnnxTowers(staged, threads=1, int8=True).encode_image(pixels), reference)
+        images = OnnxTowers(staged, threads=1, int8=True, verify=False).encode_image(pixels)
     except Exception as exc:  # an op the quantizer cannot handle: fp32 paths still work
         staged.image_int8_path.unlink(missing_ok=True)
-        return {"int8_passed": False, "int8_error": first_sentence(exc)}
-    return {"image_int8_min_cosine": worst, "int8_passed": worst >= backends.MIN_COSINE_INT8}
+        return {"passed": False, "error": first_sentence(exc)}
+    return probes.judge(*reference, images, reference[1], bound=probes.MIN_COSINE_INT8).to_dict()
 
 
-def _openvino_check(staged, pixels: np.ndarray, reference: np.ndarray) -> dict:
-    """Run the image tower in OpenVINO, when installed, and check it against torch fp32 (cosine >= MIN_COSINE)."""
+def _openvino_check(staged, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Run the image tower in OpenVINO, when installed, and judge it against torch fp32."""
     if not backends.openvino_installed():
         return {}
     from ..inference.openvino import OpenVinoImageTower
 
     try:
-        tower = OpenVinoImageTower(staged)
-        worst = min_cosine(tower.encode_image(pixels), reference)
+        tower = OpenVinoImageTower(staged, verify=False)
+        images = tower.encode_image(pixels)
     except Exception as exc:  # an op OpenVINO cannot compile: the other paths still work
-        return {"openvino_passed": False, "openvino_error": first_sentence(exc)}
-    return {"openvino_min_cosine": worst, "openvino_precision": tower.precision,
-            "openvino_passed": worst >= backends.MIN_COSINE}
+        return {"passed": False, "error": first_sentence(exc)}
+    return {**probes.judge(*reference, images, reference[1]).to_dict(), "precision": tower.precision}
+
+
+def _bf16_check(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
+                reference: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Judge torch with bf16 weights on this CPU, so that later runs choose between it and the export without
+    building the model (encoders.for_files)."""
+    import copy
+
+    if not backends.native_bf16():
+        return {}
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.inference_mode():
+        images = normalised(half.encode_image(pixels.to(torch.bfloat16)))
+        texts = normalised(half.encode_text(tokens))
+    return probes.judge(*reference, images, texts).to_dict()
 
 
 def _meta(loaded: Loaded, config: ModelConfig, folder) -> dict:

@@ -13,20 +13,17 @@ import contextlib
 import dataclasses
 import difflib
 import hashlib
-import importlib.util
 import logging
 import os
-import socket
-import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
 import open_clip
 import torch
 
-from .. import architectures, checkpoints
+from .. import architectures, checkpoints, hub
 from ..config import MODEL_CONFIGS_ENV, ModelConfig
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_sentence
 
 # What open_clip applies for a tag (its pretrained config) and for anything else (its PreprocessCfg defaults).
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -239,8 +236,8 @@ def _check_downloadable(name: str, tag: str) -> None:
         return
     cfg = open_clip.get_pretrained_cfg(name, tag) or {}
     repo = os.path.split(cfg.get("hf_hub") or "")[0].rstrip("/")
-    source = f"{_hub_endpoint()}/{repo}" if repo else cfg.get("url", "")
-    problem = _offline_problem(source)
+    source = f"{hub.endpoint()}/{repo}" if repo else cfg.get("url", "")
+    problem = hub.offline_problem(source)
     if problem:
         raise ModelLoadError(
             f"the weights of {name} ({tag}) are not cached and cannot be downloaded: {problem}. "
@@ -259,15 +256,18 @@ def _check_text_side(name: str, config: dict) -> None:
     tokenizer_repo, text_repo = architectures.hf_text(config)
     if not (tokenizer_repo or text_repo):
         return
-    if importlib.util.find_spec("transformers") is None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
         raise ModelLoadError(
             f"{name} tokenizes text with Hugging Face's tokenizer for {tokenizer_repo or text_repo}, which needs the "
-            "transformers package; install it with `pip install transformers` (or `pip install 'imgsearch[hf]'`)")
+            "transformers package; install it with `pip install transformers` (or `pip install 'imgsearch[hf]'`)"
+        ) from None
     for repo, files, what in ((tokenizer_repo, _TOKENIZER_FILES, "tokenizer"),
                               (text_repo, ("config.json",), "text tower's configuration")):
-        if not repo or _hub_cached(repo, files):
+        if not repo or hub.cached(repo, files):
             continue
-        problem = _offline_problem(f"{_hub_endpoint()}/{repo}")
+        problem = hub.offline_problem(f"{hub.endpoint()}/{repo}")
         if problem:
             cached_as = f"models--{repo.replace('/', '--')}"
             raise ModelLoadError(
@@ -277,14 +277,6 @@ def _check_text_side(name: str, config: dict) -> None:
                 f"{' ($HF_HOME/hub)' if os.environ.get('HF_HOME') else ''}")
 
 
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def _offline_problem(source: str) -> str | None:
-    return "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else _unreachable(source)
-
-
 def weights_cached(name: str, tag: str) -> bool:
     """Whether open_clip's weights for (name, tag) are in the local cache already (no download needed)."""
     cfg = open_clip.get_pretrained_cfg(name, tag) or {}
@@ -292,36 +284,11 @@ def weights_cached(name: str, tag: str) -> bool:
     repo = repo.rstrip("/")
     if not repo:
         return _cached_url(cfg.get("url") or "")
-    filename = filename or "open_clip_pytorch_model.bin"
-    return _hub_cached(repo, ("open_clip_model.safetensors", filename.replace(".bin", ".safetensors"), filename))
-
-
-def _hub_cached(repo: str, candidates) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo, c), str) for c in candidates)
+    return hub.cached(repo, hub.weight_files(filename))
 
 
 def _cached_url(url: str) -> bool:
     return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _unreachable(url: str, timeout: float = 5.0) -> str | None:
-    """Why url's host cannot be reached (None if it can, or if a proxy decides)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    host = urllib.parse.urlparse(url).hostname
-    if not host:
-        return None
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as exc:
-        return f"no connection to {host} ({exc.strerror or exc})"
-    return None
 
 
 # -- building -----------------------------------------------------------------------------------------------
@@ -380,11 +347,6 @@ def _quiet_open_clip():
             yield
     finally:
         root.setLevel(before)
-
-
-def first_sentence(exc: BaseException) -> str:
-    text = str(exc).split(". ")[0].strip().rstrip(".")
-    return f"{type(exc).__name__}: {text[:240]}"
 
 
 def _seeded_if_random(pretrained: str | None):

@@ -4,9 +4,9 @@ Imports nothing heavy. Which backend runs a model is decided in ``imgsearch/enco
 An export lives under ``$IMGSEARCH_CACHE/onnx/<key>``: the key names one set of weights run one way (model name,
 weights: tag, checkpoint path and stat, or random; the tag a checkpoint is tied to; the open_clip version; the
 export format). Its ``meta.json``, written last, holds the preprocessing and tokenizer the towers expect, the
-recipe, and the check against torch fp32 (cosine to torch fp32 on fixed probes: ``MIN_COSINE`` for every fp32 and
-16-bit path, ``MIN_COSINE_INT8`` for int8). A failed check is believed only from the imgsearch version that made it:
-another version exports again.
+recipe, torch fp32's vectors for the fixed probes, and the verdict of each path on them (``probes.judge``:
+ONNX Runtime fp32 for both towers, its int8 image tower, OpenVINO's run of the image tower). A failed check is
+believed only from the imgsearch version that made it: another version exports again.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from pathlib import Path
 from ..config import ModelConfig
 
 CACHE_ENV = "IMGSEARCH_CACHE"
-# Quality guard for 16-bit and exported paths: every probe vector's cosine to torch fp32.
-MIN_COSINE = 0.999
-MIN_COSINE_INT8 = 0.99  # issue #6's bar for 8-bit paths
 # 2: weights in side files (<tower>.onnx.data); 3: the int8 and OpenVINO checks; 4: exported from a model in eval
-# mode, with its recipe (preprocessing, activation) and keyed by the tag a checkpoint is tied to (issue #19).
+# mode, with its recipe (preprocessing, activation), keyed by the tag a checkpoint is tied to, each path's verdict
+# (cosine and ranking error) and torch's probe vectors (issue #19).
 _EXPORT_FORMAT = 4
 
 
@@ -74,31 +72,44 @@ class OnnxExport:
     meta: dict
 
     @property
-    def passed(self) -> bool:
-        return bool(self.meta.get("check", {}).get("passed"))
-
-    @property
     def check(self) -> dict:
+        """Each path's verdict on the probes (``probes.Verdict.to_dict``, or {"error": ...}): "onnx" (both towers in
+        ONNX Runtime fp32), "int8" (its int8 image tower), "openvino" (OpenVINO's run of the image tower)."""
         return self.meta.get("check", {})
 
-    def failure(self) -> str | None:
-        """Why the export may not be used by ``auto`` (its check failed), or None."""
-        if self.passed:
+    def _passed(self, path: str) -> bool:
+        return bool(self.check.get(path, {}).get("passed"))
+
+    @property
+    def passed(self) -> bool:
+        return self._passed("onnx")
+
+    def failure(self, path: str = "onnx") -> str | None:
+        """Why ``auto`` may not use a path of this export (its check failed), or None."""
+        if self.passed and self._passed(path):
             return None
-        check = self.check
-        worst = min((v for k, v in check.items() if k in ("image_min_cosine", "text_min_cosine")), default=None)
-        return (f"its check against torch fp32 failed (cosine {worst:.4f} < {MIN_COSINE})" if worst is not None
-                else "its check against torch fp32 failed")
+        failed = path if self.passed else "onnx"
+        what = {"onnx": "the export", "int8": "its int8 tower", "openvino": "OpenVINO",
+                "torch-bf16": "torch with bf16 weights"}[failed]
+        from .probes import Verdict  # numpy and Pillow: only when there is something to say
+
+        return f"{what} failed its check against torch fp32: {Verdict.describe(self.check.get(failed, {}))}"
 
     @property
     def int8_passed(self) -> bool:
-        """Whether the int8 image tower exists and kept its probes within MIN_COSINE_INT8 of torch fp32."""
-        return self.passed and bool(self.meta.get("check", {}).get("int8_passed")) and self.image_int8_path.is_file()
+        """Whether the int8 image tower exists and passed its check (cosine bound MIN_COSINE_INT8)."""
+        return self.passed and self._passed("int8") and self.image_int8_path.is_file()
 
     @property
     def openvino_passed(self) -> bool:
-        """Whether OpenVINO ran the image tower within MIN_COSINE of torch fp32 when the export was checked."""
-        return self.passed and bool(self.meta.get("check", {}).get("openvino_passed"))
+        """Whether OpenVINO ran the image tower within the guard when the export was checked."""
+        return self.passed and self._passed("openvino")
+
+    @property
+    def bf16_failed(self) -> bool:
+        """Whether torch with bf16 weights was judged at export and failed (not judged: False)."""
+        record = self.check.get("torch-bf16")
+        return record is not None and not record.get("passed")
 
     @property
     def image_int8_path(self) -> Path:
@@ -177,6 +188,43 @@ def find_export(model: ModelConfig) -> OnnxExport | None:
     return found
 
 
+def discard(export: OnnxExport, reason: str):
+    """Remove a damaged export (a later run that loads the model in torch makes it again) and return the error
+    that says so. Renamed first, so that no process finds it half removed."""
+    from ..errors import ExportDamagedError
+
+    gone = export.folder.with_name(f"{export.folder.name}.damaged.{os.getpid()}")
+    try:
+        os.rename(export.folder, gone)
+    except OSError:
+        pass  # removed by another process already
+    shutil.rmtree(gone, ignore_errors=True)
+    return ExportDamagedError(
+        f"the cached export of {export.meta.get('model')} ({export.folder}) was damaged: {reason}; it was removed, "
+        "and the next index run makes it again")
+
+
+# How far below its cosine at export a loaded tower may fall on the probes before it is taken for damaged: the
+# same graph computes the same vectors (to ~1e-6 on one machine); a damaged weight file falls far below.
+_INTACT_SLACK = 0.01
+
+
+def verify(export: OnnxExport, tower: str, vectors, path: str = "onnx") -> None:
+    """Raise ExportDamagedError (removing the export) unless ``vectors``, what a loaded ``tower`` ("image" or
+    "text") of ``path`` ("onnx", "int8", "openvino") computed for the first probes, match what torch computed for
+    them when the export was made, as closely as that path did then."""
+    from .probes import min_cosine
+
+    bound = float(export.check.get(path, {}).get("cosine", 1.0)) - _INTACT_SLACK
+    recorded = export.meta.get("probes", {}).get(tower)
+    if not recorded:
+        raise discard(export, "it holds no probe vectors to check it with")
+    cosine = min_cosine(vectors, recorded[: len(vectors)])
+    if not cosine >= bound:  # NaN fails too
+        raise discard(export, f"its {tower} tower computes other vectors than when it was made (cosine {cosine:.4f} "
+                              f"on the probes, at least {bound} expected)")
+
+
 def remove_stale_exports() -> list[Path]:
     """Delete cached exports in an older format (never read again: their keys include the format)."""
     removed = []
@@ -189,6 +237,29 @@ def remove_stale_exports() -> list[Path]:
             shutil.rmtree(meta.parent, ignore_errors=True)
             removed.append(meta.parent)
     return removed
+
+
+def remove_dead_work(folder: Path) -> list[Path]:
+    """Private folders of exports whose process is gone (killed: up to ~700 MB each), and half-removed ones."""
+    removed = []
+    for work in folder.glob("*.*.tmp"):
+        pid = work.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    for gone in folder.glob("*.damaged.*"):
+        shutil.rmtree(gone, ignore_errors=True)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_meta(folder: Path, meta: dict) -> None:

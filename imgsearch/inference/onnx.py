@@ -58,20 +58,61 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-class OnnxTowers:
-    """Both towers of one export, each session created on first use; ``int8``: the image tower's int8 copy."""
+# Probes run through a tower when its session is made, against what torch computed when it was exported: two images
+# and four texts catch a damaged file for one forward pass (docs/design.md has the cost).
+CHECK_IMAGES, CHECK_TEXTS = 2, 4
 
-    def __init__(self, export: OnnxExport, threads: int | None = None, lean: bool = False, int8: bool = False):
-        self.export, self.threads, self.lean, self.int8 = export, threads, lean, int8
+
+class OnnxTowers:
+    """Both towers of one export, each session created on first use and checked against the export's probes
+    (``verify``: False while the export is being made, before it has any); ``int8``: the image tower's int8 copy."""
+
+    def __init__(self, export: OnnxExport, threads: int | None = None, lean: bool = False, int8: bool = False,
+                 verify: bool = True):
+        self.export, self.threads, self.lean, self.int8, self.verify = export, threads, lean, int8, verify
         self._text = self._image = None
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         if self._text is None:
-            self._text = _session(self.export.text_path, self.threads, self.lean)
-        return normalised(self._text.run(None, {"tokens": np.ascontiguousarray(tokens, np.int64)})[0])
+            self._text = self._checked(self.export.text_path, "text")
+        return self._run_text(self._text, tokens)
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         if self._image is None:
-            path = self.export.image_int8_path if self.int8 else self.export.image_path
-            self._image = _session(path, self.threads, self.lean)
-        return normalised(self._image.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0])
+            self._image = self._checked(self.export.image_int8_path if self.int8 else self.export.image_path, "image")
+        return self._run_image(self._image, pixels)
+
+    def check(self) -> None:
+        """Make (and so check) both sessions now; ExportDamagedError if either tower is damaged."""
+        if self._text is None:
+            self._text = self._checked(self.export.text_path, "text")
+        if self._image is None:
+            self._image = self._checked(self.export.image_int8_path if self.int8 else self.export.image_path, "image")
+
+    @staticmethod
+    def _run_text(session, tokens: np.ndarray) -> np.ndarray:
+        return normalised(session.run(None, {"tokens": np.ascontiguousarray(tokens, np.int64)})[0])
+
+    @staticmethod
+    def _run_image(session, pixels: np.ndarray) -> np.ndarray:
+        return normalised(session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0])
+
+    def _checked(self, path, tower: str):
+        """A session for one tower file, which a damaged file cannot give or gives wrong vectors from."""
+        from ..errors import first_sentence
+        from . import backends, probes
+
+        try:
+            session = _session(path, self.threads, self.lean)
+        except Exception as exc:  # truncated or altered: InvalidProtobuf, "Deserialize tensor ... out of bounds"...
+            raise backends.discard(self.export, f"{Path(path).name} cannot be loaded ({first_sentence(exc)})") from None
+        if self.verify:
+            if tower == "text":
+                tokens = self.export.meta.get("probes", {}).get("tokens")
+                if not tokens:
+                    raise backends.discard(self.export, "it holds no probe tokens to check it with")
+                got = self._run_text(session, np.asarray(tokens)[:CHECK_TEXTS])
+            else:
+                got = self._run_image(session, probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES))
+            backends.verify(self.export, tower, got, "int8" if self.int8 and tower == "image" else "onnx")
+        return session

@@ -16,20 +16,35 @@ from .onnx import normalised
 class OpenVinoImageTower:
     """An export's image tower compiled for this CPU (on first use) for one batch at a time."""
 
-    def __init__(self, export: OnnxExport):
-        self.export = export
+    def __init__(self, export: OnnxExport, verify: bool = True):
+        self.export, self.verify = export, verify
         self._compiled = self._request = None
 
     def _compile(self):
         if self._compiled is None:
             import openvino
 
-            # LATENCY: one stream over every core for each batch; THROUGHPUT splits the cores between streams
-            # that one synchronous caller never fills (measured half the speed).
-            self._compiled = openvino.Core().compile_model(str(self.export.image_path), "CPU",
-                                                          {"PERFORMANCE_HINT": "LATENCY"})
+            from ..errors import first_sentence
+            from . import backends, probes
+            from .onnx import CHECK_IMAGES
+
+            try:
+                # LATENCY: one stream over every core for each batch; THROUGHPUT splits the cores between streams
+                # that one synchronous caller never fills (measured half the speed).
+                self._compiled = openvino.Core().compile_model(str(self.export.image_path), "CPU",
+                                                              {"PERFORMANCE_HINT": "LATENCY"})
+            except Exception as exc:  # a truncated or altered file
+                raise backends.discard(self.export, f"OpenVINO cannot load its image tower ({first_sentence(exc)})") \
+                    from None
             self._request = self._compiled.create_infer_request()
+            if self.verify:
+                got = self._infer(probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES))
+                backends.verify(self.export, "image", got, "openvino")
         return self._compiled
+
+    def _infer(self, pixels: np.ndarray) -> np.ndarray:
+        out = self._request.infer({0: np.ascontiguousarray(pixels, np.float32)})
+        return normalised(np.asarray(out[0]))
 
     @property
     def precision(self) -> str:
@@ -39,5 +54,4 @@ class OpenVinoImageTower:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         self._compile()
-        out = self._request.infer({0: np.ascontiguousarray(pixels, np.float32)})
-        return normalised(np.asarray(out[0]))
+        return self._infer(pixels)

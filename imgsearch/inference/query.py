@@ -27,15 +27,16 @@ class OnnxQueryEncoder(FromExport):
         self._tokenizer = None
         self.backend = "onnx fp32 (query)"
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         if self._tokenizer is None:
             self._tokenizer = for_export(self.export.meta, self.export.folder)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return self._towers.encode_text(self._tokenizer(list(texts)))
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(texts), batch_size):
+            out.append(self._towers.encode_text(self._tokenizer(list(texts[start : start + batch_size]))))
+        return np.concatenate(out)
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        cfg = self.export.meta["preprocess"]
-        return self._towers.encode_image(np.stack([preprocess(im, cfg) for im in images]))
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        cfg, out = self.export.meta["preprocess"], [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            out.append(self._towers.encode_image(np.stack([preprocess(im, cfg) for im in images[start : start + batch_size]])))
+        return np.concatenate(out)

@@ -37,13 +37,10 @@ def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float 
     """Seconds since the epoch at the start of a date given as YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]
     (local time, like EXIF dates and file times), a datetime/date, or already a number (``"@1700000000"``
     as text: seconds since the epoch, as GNU date writes them)."""
-    if text is None or isinstance(text, (int, float)):
-        return None if text is None else float(text)
-    if isinstance(text, str) and text.startswith("@"):
-        try:
-            return float(text[1:])
-        except ValueError:
-            raise BadInputError(f"{flag}: {text!r} is not @SECONDS since the epoch") from None
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) or (isinstance(text, str) and text.startswith("@")):
+        return _seconds(text, flag)
     if isinstance(text, dt.datetime):
         return text.timestamp()
     if isinstance(text, dt.date):
@@ -55,6 +52,17 @@ def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float 
             continue
     raise BadInputError(f"{flag}: cannot read {text!r} as a date; write YYYY, YYYY-MM, YYYY-MM-DD or "
                         "'YYYY-MM-DD HH:MM' (local time)")
+
+
+def _seconds(value: str | float, flag: str) -> float:
+    """Seconds since the epoch, given as a number or "@SECONDS": finite, and a date a calendar holds."""
+    try:
+        seconds = float(value[1:] if isinstance(value, str) else value)
+        dt.datetime.fromtimestamp(seconds)  # NaN, inf and 1e400 (inf) fail here too, as do years past 9999
+    except (ValueError, OverflowError, OSError):
+        raise BadInputError(f"{flag}: {value!r} is not a time: give @SECONDS since the epoch (a finite number "
+                            "between years 1 and 9999) or a date") from None
+    return seconds
 
 
 def _folder(path: str | os.PathLike) -> str:

@@ -27,6 +27,9 @@ from ..errors import BadInputError
 from .filters import Filters
 
 PREFIXES = ("img", "id", "text")
+MAX_TERMS = 32  # each term is one encoder pass: a 2,000-term query cost a server 1.1 s
+MAX_WEIGHT = 1000.0  # beyond it a weight means nothing more (the sum is renormalised), and 1e308 overflows
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
 _TOKENS = re.compile(r'"(?P<quoted>[^"]*)"|(?P<unclosed>")|(?<!\S)(?P<op>[+-])(?!\S)|(?P<plain>[^"\s]+|\s+)')
 _WEIGHT = re.compile(r"^\s*(?P<w>\d+(?:\.\d*)?|\.\d+)\s*\*\s*")
 _PREFIX = re.compile(r"^\s*(?P<p>[A-Za-z][A-Za-z0-9_-]*):(?=\S|$)")
@@ -43,8 +46,10 @@ class Term:
     def __post_init__(self) -> None:
         if self.kind not in ("text", "image", "id"):
             raise BadInputError(f"unknown term kind {self.kind!r}; use text, image or id")
-        if not math.isfinite(self.weight) or self.weight == 0:
-            raise BadInputError(f"term weight must be a non-zero number, got {self.weight}")
+        if not math.isfinite(self.weight) or self.weight == 0 or abs(self.weight) > MAX_WEIGHT:
+            raise BadInputError(f"term weight must be a non-zero number of at most {MAX_WEIGHT:g}, got {self.weight:g}")
+        if self.kind == "id" and not 0 < self.value <= MAX_ID:
+            raise BadInputError(f"id:{self.value} is not an image id; ids are whole numbers from 1 to {MAX_ID}")
         if self.kind == "text" and not str(self.value).strip():
             raise BadInputError("empty query text; give some words (or leave the term out)")
 
@@ -82,6 +87,8 @@ class Query:
             raise BadInputError("empty query; give some text, an image, or both")
         if not any(t.weight > 0 for t in self.terms):
             raise BadInputError("a query needs at least one term to look for, not only terms to subtract")
+        if len(self.terms) > MAX_TERMS:
+            raise BadInputError(f"the query has {len(self.terms)} terms; at most {MAX_TERMS} are combined")
 
     @classmethod
     def parse(cls, text: str, filters: Filters | None = None, bare_images: bool = False) -> "Query":
@@ -198,8 +205,10 @@ def combine(vectors, weights) -> np.ndarray:
     """The query vector: normalise(sum of weight * term vector). Term vectors come from the encoders or the
     store, which hold every vector L2-normalised (the one convention, enforced where vectors are made).
     Refuses terms that cancel out."""
-    total = np.asarray(weights, np.float32) @ np.asarray(vectors, np.float32)
+    total = np.asarray(weights, np.float64) @ np.asarray(vectors, np.float64)
     length = float(np.linalg.norm(total))
+    if not math.isfinite(length):
+        raise BadInputError("the query's weighted sum is not a number; give smaller weights")
     if length < 1e-4:
         raise BadInputError("the query's terms cancel each other out (their weighted sum is zero); "
                             "remove or reweight a subtracted term")
