@@ -28,6 +28,9 @@ app = typer.Typer(
 texts_app = typer.Typer(help="Manage the text collection used for image -> text search.", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(texts_app, name="texts")
+cache_app = typer.Typer(help="The cache of exported models ($IMGSEARCH_CACHE): list, remove, prune.",
+                        rich_markup_mode=None, invoke_without_command=True)
+app.add_typer(cache_app, name="cache")
 
 
 def _show_version(value: bool) -> None:
@@ -305,7 +308,8 @@ def _ask_server(url: str | None, index: Path | None, wanted: Query | None, descr
 
     named, token = url is not None, os.environ.get(TOKEN_ENV)
     if not named:
-        found = discovery.find(collection_path(index))
+        folder = collection_path(index)
+        found = discovery.find(folder)
         if found is None:
             return None
         url, token = found["url"], token or found.get("token")
@@ -313,6 +317,8 @@ def _ask_server(url: str | None, index: Path | None, wanted: Query | None, descr
     if describe is None and plan is None:
         return None  # e.g. two image terms: only one image can be uploaded
     client = Client(url, token)
+    if not named and not (isinstance(found.get("nonce"), str) and client.proves(found["nonce"], folder)):
+        return None  # not the server that announced itself there (a reused pid, a copied collection): in-process
     try:
         with _user_errors():
             if describe is not None:
@@ -366,7 +372,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free one)."),
     token: Optional[str] = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True, metavar="SECRET",
-                                        help="Require this token on every request (needed off loopback)."),
+                                        help="Require this token on every request (needed off loopback). On the "
+                                             "command line every local user sees it (ps): prefer $IMGSEARCH_TOKEN "
+                                             "or --token-file."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", metavar="FILE",
+                                              help="Read the token from the first line of FILE."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image upload accepted."),
     device: Optional[str] = DeviceOpt,
     backend: Optional[str] = BackendOpt,
@@ -377,6 +387,11 @@ def serve(
     from .server.service import ServeConfig
 
     _check_backend(backend)
+    if token_file is not None:
+        try:
+            token = token_file.expanduser().read_text().splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            _fail(f"--token-file: cannot read a token from {token_file}: {getattr(exc, 'strerror', None) or 'empty'}", 2)
     config = ServeConfig(index=index, host=host, port=port, token=token or None,
                          max_upload_bytes=int(max_upload_mb * 2**20), backend=backend, device=device)
     with _user_errors():
@@ -520,6 +535,52 @@ def texts_clear(index: Optional[Path] = IndexOpt, wait: bool = WaitOpt) -> None:
     with _user_errors(), _open(index, wait=wait) as engine:
         removed = engine.clear_texts()
     typer.echo(f"removed {removed} texts")
+
+
+@cache_app.callback()
+def cache_list(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List the cached model exports with their sizes (each model tried adds 0.3-0.9 GB); `imgsearch cache remove
+    MODEL` and `imgsearch cache prune` free the space, and a later run makes what it needs again."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .inference.backends import cache_dir, cached_exports
+
+    found = cached_exports()
+    if as_json:
+        return _print_json([e.to_dict() for e in found])
+    import datetime as dt
+
+    for e in found:
+        used = dt.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d")
+        what = f"{e.model} ({e.pretrained or 'random weights'}{f' as {e.pretrained_as}' if e.pretrained_as else ''})"
+        typer.echo(f"{e.bytes / 1e6:9.1f} MB  last used {used}  {what}{'' if e.current else '  [old format]'}")
+    typer.echo(f"{len(found)} exports, {sum(e.bytes for e in found) / 1e6:.1f} MB in {cache_dir() / 'onnx'}", err=True)
+
+
+@cache_app.command("remove")
+def cache_remove(model: str = typer.Argument(..., help="Model name, e.g. ViT-B-32 (all its tags and files).")) -> None:
+    """Remove a model's exports; its next run exports it again (once, in torch)."""
+    from .inference.backends import remove_exports
+
+    removed = remove_exports(model=model)
+    if not removed:
+        _fail(f"no cached export of {model!r}; `imgsearch cache` lists them", 1)
+    typer.echo(f"removed {len(removed)} exports of {model}, {sum(e.bytes for e in removed) / 1e6:.1f} MB")
+
+
+@cache_app.command("prune")
+def cache_prune(unused_days: Optional[float] = typer.Option(
+        None, "--unused-days", metavar="N", help="Also remove exports no process has opened for N days.")) -> None:
+    """Remove exports of older imgsearch formats and leftovers of killed exports (and, with --unused-days, those
+    not used lately)."""
+    from .inference.backends import remove_dead_work, remove_exports
+
+    removed = remove_exports(unused_days=unused_days)
+    from .inference.backends import cache_dir
+
+    leftovers = remove_dead_work(cache_dir() / "onnx") if (cache_dir() / "onnx").is_dir() else []
+    typer.echo(f"removed {len(removed)} exports, {sum(e.bytes for e in removed) / 1e6:.1f} MB"
+               f"{f', and {len(leftovers)} leftovers of killed exports' if leftovers else ''}")
 
 
 @app.command("eval")

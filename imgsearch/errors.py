@@ -64,6 +64,10 @@ class TooLargeError(BadInputError):
     """An upload is over the size limit."""
 
 
+class UnsupportedMediaError(BadInputError):
+    """An upload is not declared as an image."""
+
+
 class ExportDamagedError(ImgsearchError):
     """A cached export of a model failed its check at load (a truncated or altered file): it has been removed, and
     is made again by the next run that loads the model in torch."""

@@ -115,7 +115,8 @@ def index_captioned(coll: Path, photos: Path, embedder, captions: list[dict], na
 class Served:
     """A real `imgsearch serve` subprocess on a free port, found through its discovery file."""
 
-    def __init__(self, collection: Path, *args: str, env: dict | None = None):
+    def __init__(self, collection: Path, *args: str, env: dict | None = None, files: int | None = None):
+        """``files``: the server process's limit of open files (RLIMIT_NOFILE), to test what fills it."""
         import subprocess
         import sys
         import time
@@ -124,9 +125,15 @@ class Served:
         discovery = collection / "server.json"
         discovery.unlink(missing_ok=True)
         self.log = collection.parent / f"serve-{collection.name}.log"
+        def limit():
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(collection),
                                       "--port", "0", *args], stdout=subprocess.DEVNULL,
-                                     stderr=self.log.open("w"), env=dict(os.environ, **(env or {})))
+                                     stderr=self.log.open("w"), env=dict(os.environ, **(env or {})),
+                                     preexec_fn=limit if files else None)
         deadline = time.monotonic() + 120
         while not discovery.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -143,7 +150,10 @@ class Served:
         import urllib.request
 
         query = f"?{urllib.parse.urlencode(params, doseq=True)}" if params else ""
-        request = urllib.request.Request(self.url + path + query, data=body, headers=headers or {}, method=method)
+        headers = dict(headers or {})
+        if body is not None and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/octet-stream"  # as the CLI and the gallery send uploads
+        request = urllib.request.Request(self.url + path + query, data=body, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, response.headers, response.read()

@@ -301,3 +301,56 @@ def cuda_visible() -> bool:
         return bool(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
         return os.path.exists("/dev/nvidia0")
+
+
+@dataclass(frozen=True)
+class CachedExport:
+    """One export in the cache, as `imgsearch cache` lists it."""
+
+    folder: Path
+    model: str
+    pretrained: str | None
+    pretrained_as: str | None
+    bytes: int
+    last_used: float  # when a process last opened it (its meta.json's access time, or its modification time)
+    current: bool  # in this imgsearch's format, so a run may use it
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "folder": str(self.folder)}
+
+
+def cached_exports() -> list[CachedExport]:
+    """Every export in the cache (largest first), current or not, and the leftovers of killed ones."""
+    found = []
+    for folder in sorted((cache_dir() / "onnx").glob("*")):
+        if not folder.is_dir():
+            continue
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        try:
+            st = (folder / "meta.json").stat()
+            used = max(st.st_atime, st.st_mtime)
+        except OSError:
+            used = folder.stat().st_mtime
+        found.append(CachedExport(folder, meta.get("model", folder.name), meta.get("pretrained"),
+                                  meta.get("pretrained_as"), size, used, meta.get("format") == _EXPORT_FORMAT))
+    return sorted(found, key=lambda e: -e.bytes)
+
+
+def remove_exports(model: str | None = None, unused_days: float | None = None) -> list[CachedExport]:
+    """Remove the exports of ``model`` (every tag and file of it), or those not used for ``unused_days`` (and any
+    of another format or left by a killed export); the next run that needs one makes it again."""
+    import time
+
+    now, removed = time.time(), []
+    for export in cached_exports():
+        if model is not None and export.model != model:
+            continue
+        if model is None and export.current and (unused_days is None or now - export.last_used < unused_days * 86400):
+            continue
+        shutil.rmtree(export.folder, ignore_errors=True)
+        removed.append(export)
+    return removed

@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -29,23 +30,27 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..errors import (
     BadInputError, CollectionNotFoundError, EmptyCollectionError, ImgsearchError, ModelLoadError, NotFoundError,
-    TooLargeError,
+    TooLargeError, UnsupportedMediaError,
 )
 from ..search import Filters
-from . import discovery
+from . import discovery, guard
 from .service import SearchService, ServeConfig
 
 STATIC = Path(__file__).parent / "static"
-TOKEN_COOKIE = "imgsearch_token"
 log = logging.getLogger("imgsearch.server")
+UPLOAD_TYPES = ("image/", "application/octet-stream")  # what an upload's Content-Type may say
+_ID = re.compile(r"[1-9][0-9]{0,18}")  # an image id as written by the server: no sign, no leading 0, no "_"
 
-# Most specific first: NotFoundError and TooLargeError are BadInputErrors.
-_STATUS = ((NotFoundError, 404, "not found"), (TooLargeError, 413, "too large"), (BadInputError, 400, "bad input"),
+# Most specific first: NotFoundError, TooLargeError and UnsupportedMediaError are BadInputErrors.
+_STATUS = ((NotFoundError, 404, "not found"), (TooLargeError, 413, "too large"),
+           (UnsupportedMediaError, 415, "unsupported media type"), (BadInputError, 400, "bad input"),
            (CollectionNotFoundError, 404, "no collection"), (EmptyCollectionError, 409, "empty collection"),
            (ModelLoadError, 503, "model unavailable"), (ImgsearchError, 500, "error"))
 
 
-def create_app(service: SearchService) -> FastAPI:
+def create_app(service: SearchService, hosts: frozenset[str] | None = None, port: int = 0) -> FastAPI:
+    """The ASGI app over ``service``; ``hosts``: the Host header values it answers (``guard.allowed_hosts``;
+    None: any); ``port``: the port it listens on (the token's cookie is named after it)."""
     app = FastAPI(title="imgsearch", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="Semantic image search over one collection. Errors are JSON {error, detail}.")
@@ -56,11 +61,17 @@ def create_app(service: SearchService) -> FastAPI:
 
     _install_errors(app)
     if service.config.token:
-        _install_token(app, service.config.token)
+        _install_token(app, service.config.token, f"imgsearch_token_{port}")
+    app.add_middleware(guard.SecurityHeaders)
+    app.add_middleware(guard.HostCheck, allowed=hosts)  # outermost: a forged Host learns nothing, not even 401
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def gallery() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/identity", summary="Proof that this server serves the collection a client means (no token needed)")
+    async def identity(challenge: str = Query(..., min_length=16, max_length=128, pattern="^[0-9a-f]+$")) -> dict:
+        return {"proof": service.proof(challenge)}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -89,17 +100,18 @@ def create_app(service: SearchService) -> FastAPI:
         return await run(service.browse, filters, offset, limit)
 
     @app.get("/api/images/{image_id}", summary="An indexed image's details")
-    async def image(image_id: int) -> dict:
+    async def image(image_id: int = Depends(_image_id)) -> dict:
         return await run(service.image, image_id)
 
     @app.get("/api/images/{image_id}/similar", summary="More like this: the same as q=id:IMAGE_ID")
-    async def similar(image_id: int, offset: int = 0, limit: int = 20, filters: Filters = _filters()) -> JSONResponse:
+    async def similar(image_id: int = Depends(_image_id), offset: int = 0, limit: int = 20,
+                      filters: Filters = _filters()) -> JSONResponse:
         await run(service.image, image_id)  # an unknown id is a 404 here, not a bad query
         return _timed(await run(service.search, f"id:{image_id}", None, filters, offset, limit))
 
     @app.get("/api/images/{image_id}/thumbnail", summary="JPEG thumbnail, EXIF orientation applied",
              response_class=Response)
-    async def thumbnail(image_id: int, size: int = 256) -> Response:
+    async def thumbnail(image_id: int = Depends(_image_id), size: int = 256) -> Response:
         made = await run(service.thumbnail, image_id, size)
         headers = {"Cache-Control": "private, max-age=86400"}
         if isinstance(made, Path):
@@ -108,7 +120,7 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.get("/api/images/{image_id}/file", summary="The original file (only while it is what was indexed)",
              response_class=Response)
-    async def original(image_id: int) -> Response:
+    async def original(image_id: int = Depends(_image_id)) -> Response:
         data, media_type, name = await run(service.original, image_id)
         disposition = "inline" if media_type.startswith("image/") else "attachment"
         return Response(data, media_type=media_type, headers={
@@ -116,7 +128,7 @@ def create_app(service: SearchService) -> FastAPI:
             "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/images/{image_id}/describe", summary="Image -> text: the texts best matching an indexed image")
-    async def describe(image_id: int, k: int = 5) -> dict:
+    async def describe(image_id: int = Depends(_image_id), k: int = 5) -> dict:
         return await run(service.describe, image_id, None, k)
 
     @app.post("/api/describe", summary="Image -> text for an uploaded image (the request body)")
@@ -141,6 +153,13 @@ def _filters():
     return Depends(parse)
 
 
+def _image_id(image_id: str) -> int:
+    """An image id from a path, written exactly as the server writes ids: "+1", "01" and "1_0" name nothing."""
+    if not _ID.fullmatch(image_id):
+        raise NotFoundError(f"no image with id {image_id!r}; ids are whole numbers as search results give them")
+    return int(image_id)
+
+
 def _timed(body: dict) -> JSONResponse:
     timing = body.get("timing", {})
     server_timing = ", ".join(f"{name.removesuffix('_ms')};dur={ms:.2f}" for name, ms in timing.items())
@@ -148,7 +167,12 @@ def _timed(body: dict) -> JSONResponse:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes, whatever Content-Length says."""
+    """The request body: an image (415 for any other declared type: a cross-site form can send text/plain without
+    asking), refused (413) as soon as it passes ``limit`` bytes, whatever Content-Length says."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not kind.startswith(UPLOAD_TYPES):
+        raise UnsupportedMediaError(f"an upload must be sent as image/* or application/octet-stream, not "
+                                    f"{kind or 'without a Content-Type'}")
     declared = request.headers.get("content-length")
     too_large = TooLargeError(f"uploads are limited to {limit:,} bytes; send a smaller image")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -187,9 +211,11 @@ def _install_errors(app: FastAPI) -> None:
         return _error(500, "internal error", "the server hit an unexpected error; its log has the details")
 
 
-def _install_token(app: FastAPI, token: str) -> None:
-    """Every request carries the token: ``Authorization: Bearer T``, the cookie the page gets, or ``?token=T``
-    (which also sets the cookie, so that a browser opened on ``/?token=T`` loads its images)."""
+def _install_token(app: FastAPI, token: str, cookie: str) -> None:
+    """Every request carries the token: ``Authorization: Bearer T``, the cookie the page gets (named after the port:
+    cookies ignore ports, and two servers on one host must not overwrite each other's), or ``?token=T``, which sets
+    the cookie and redirects to the same address without the token (it stays out of the address bar and history).
+    ``/api/identity`` needs none: it proves who the server is, and tells nothing else."""
     expected = token.encode()
 
     def matches(candidate: str | None) -> bool:
@@ -200,13 +226,18 @@ def _install_token(app: FastAPI, token: str) -> None:
         header = request.headers.get("authorization", "")
         bearer = header[7:] if header.lower().startswith("bearer ") else None
         in_query = request.query_params.get("token")
-        if not (matches(bearer) or matches(request.cookies.get(TOKEN_COOKIE)) or matches(in_query)):
+        if request.url.path == "/api/identity":
+            return await call_next(request)
+        if matches(in_query) and request.method in ("GET", "HEAD") and not request.url.path.startswith("/api/"):
+            clean = request.url.remove_query_params("token")
+            response = Response(status_code=303, headers={"Location": str(clean.path) + (
+                f"?{clean.query}" if clean.query else ""), "Cache-Control": "no-store"})
+            response.set_cookie(cookie, token, httponly=True, samesite="strict")
+            return response
+        if not (matches(bearer) or matches(request.cookies.get(cookie)) or matches(in_query)):
             return _error(401, "unauthorized", "this server needs its token: send `Authorization: Bearer TOKEN`, "
                                                "or open the page once as /?token=TOKEN")
-        response = await call_next(request)
-        if matches(in_query):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return response
+        return await call_next(request)
 
 
 def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr, flush=True)) -> None:
@@ -214,11 +245,13 @@ def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr
     config.check()
     service = SearchService(config)
     sock = _bound(config)
-    url = f"http://{_url_host(config.host)}:{sock.getsockname()[1]}"
+    port = sock.getsockname()[1]
+    url = f"http://{_url_host(config.host)}:{port}"
     service.warm()
-    app = create_app(service)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    written = discovery.write(service.folder, url, config.token)
+    app = create_app(service, guard.allowed_hosts(config.host, port), port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                           http=guard.GuardedH11, timeout_keep_alive=5))
+    written = discovery.write(service.folder, url, config.token, service.nonce)
     announce(f"imgsearch: serving {service.folder} at {url}{'/?token=...' if config.token else '/'} "
              "(Ctrl-C to stop)")
     # uvicorn re-raises the signal that stopped it once it has shut down: both end here, cleanly.

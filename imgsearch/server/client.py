@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import urllib.error
 import urllib.parse
@@ -18,6 +19,23 @@ class Unreachable(Exception):
 class Client:
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0):
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+
+    def proves(self, nonce: str, folder: Path) -> bool:
+        """Whether the server at the URL is the run that wrote ``nonce`` into ``folder``'s server.json, serving
+        that collection: asked before any query, upload or token is sent to it."""
+        import secrets
+
+        from .discovery import proof
+
+        challenge = secrets.token_hex(16)
+        request = urllib.request.Request(f"{self.url}/api/identity?challenge={challenge}")
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout, 5.0)) as response:
+                answer = json.load(response)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
+            return False
+        return isinstance(answer, dict) and hmac.compare_digest(str(answer.get("proof", "")),
+                                                                proof(nonce, challenge, folder))
 
     def search(self, q: str | None, image: str | None = None, k: int = 10, filters: dict | None = None) -> list[dict]:
         """Image hits (``ImageHit.to_dict()``) for a written query and/or a local image file, uploaded."""

@@ -4,6 +4,8 @@ while it runs (owner-only: it holds the token, if any). Standard library only: t
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -11,7 +13,15 @@ from pathlib import Path
 FILE = "server.json"
 
 
-def write(folder: Path, url: str, token: str | None) -> bool:
+def proof(nonce: str, challenge: str, folder: Path) -> str:
+    """HMAC of a client's challenge and a collection's real path, keyed by a server run's nonce: a server that
+    restarted (another nonce), another program that took its port, or the server of a copied collection (another
+    path) cannot give the one a client computes from server.json and the collection it means."""
+    message = f"{challenge}\0{os.path.realpath(folder)}".encode()
+    return hmac.new(nonce.encode(), message, hashlib.sha256).hexdigest()
+
+
+def write(folder: Path, url: str, token: str | None, nonce: str) -> bool:
     """Announce the server; False (nothing written) when the collection folder does not exist yet."""
     if not folder.is_dir():
         return False
@@ -19,7 +29,7 @@ def write(folder: Path, url: str, token: str | None) -> bool:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"url": url, "pid": os.getpid(), "token": token}, fh)
+            json.dump({"url": url, "pid": os.getpid(), "token": token, "nonce": nonce}, fh)
         os.replace(tmp, path)
     except OSError:  # a read-only collection: the server still runs, found by --server instead
         with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import stat
 import threading
 import time
@@ -19,7 +20,7 @@ from .. import api
 from .. import images as imgs
 from ..errors import BadInputError, NotFoundError, TooLargeError
 from ..search import Filters, Query, Term
-from . import thumbnails
+from . import discovery, thumbnails
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
@@ -33,6 +34,10 @@ class ServeConfig:
     port: int = 8000  # 0: any free port (the discovery file says which)
     token: str | None = None  # required on every request when set
     max_upload_bytes: int = 20 * 2**20
+    # Pixels of an uploaded image (a JPEG is decoded at reduced size, so the cap bites on PNG and the like): an
+    # 11000x11000 PNG of 353 KB took 7.4 s and 0.9 GB to decode.
+    max_upload_pixels: int = 40_000_000
+    decodes: int = 2  # uploads decoded at once; more wait their turn (24 at once peaked at 3.9 GB)
     max_results: int = 1000  # offset + limit of one search: paging deeper than this is refused
     refresh_every: float = 0.2  # seconds between checks for what other processes committed
     backend: str | None = None  # as for `imgsearch query`
@@ -67,6 +72,8 @@ class SearchService:
         self.thumbnails = thumbnails.Cache(self.folder / "thumbnails")
         self._checked = 0.0
         self._refreshing = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(config.decodes)
+        self.nonce = secrets.token_hex(16)  # this run's secret, in server.json: proves the server to its clients
 
     # -- lifecycle ------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -97,6 +104,11 @@ class SearchService:
             return "missing"
         self.fresh()
         return "empty" if self.collection.is_empty else "ready"
+
+    def proof(self, challenge: str) -> str:
+        """What a client checks before it sends a query (``discovery.proof``): this run's nonce and the
+        collection it serves, bound to the client's challenge."""
+        return discovery.proof(self.nonce, challenge, self.folder)
 
     # -- reading --------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -155,8 +167,16 @@ class SearchService:
         return hit.to_dict()
 
     def thumbnail(self, image_id: int, size: int) -> Path | bytes:
-        """The cached JPEG thumbnail (EXIF orientation applied) of an indexed image's current file."""
+        """The cached JPEG thumbnail (EXIF orientation applied) of an indexed image, only while its file is still
+        the one indexed (same size and modification time, as an index run judges it): like ``original``, never a
+        picture of a file that has changed or gone."""
         row = self._row(image_id)
+        try:
+            st = os.stat(row.path)
+        except OSError:
+            raise self._changed(row) from None
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            raise self._changed(row)
         return self.thumbnails.get(row, size, lambda: self._indexed_bytes(row))
 
     def original(self, image_id: int) -> tuple[bytes, str, str]:
@@ -189,10 +209,12 @@ class SearchService:
                                 f"{self.config.max_upload_bytes:,}; send a smaller image")
         if not data:
             raise BadInputError("the upload is empty: send the image file as the request body")
-        try:
-            return imgs.decode_image(data, min_side=self.collection.query_encoder.image_size).image
-        except imgs.ImageSkipped as exc:
-            raise BadInputError(f"the upload is not a usable image: {exc}") from None
+        with self._decoding:
+            try:
+                return imgs.decode_image(data, min_side=self.collection.query_encoder.image_size,
+                                         max_pixels=self.config.max_upload_pixels).image
+            except imgs.ImageSkipped as exc:
+                raise BadInputError(f"the upload is not a usable image: {exc}") from None
 
     def _row(self, image_id: int):
         row = self.collection.row(image_id) if self._known(image_id) else None
@@ -209,11 +231,15 @@ class SearchService:
         return NotFoundError(f"no image with id {image_id}; ids come from search results")
 
     @staticmethod
-    def _indexed_bytes(row) -> bytes:
+    def _changed(row) -> NotFoundError:
+        return NotFoundError(f"image {row.id}'s file {row.path} has changed or gone since it was indexed; "
+                             "run `imgsearch index` on its folder to update the collection")
+
+    @classmethod
+    def _indexed_bytes(cls, row) -> bytes:
         """The file's bytes, only if they are still exactly what was indexed: a file replaced since (or a
         link re-pointed at something else) is never served."""
-        changed = NotFoundError(f"image {row.id}'s file {row.path} has changed or gone since it was indexed; "
-                                "run `imgsearch index` on its folder to update the collection")
+        changed = cls._changed(row)
         try:
             st = os.stat(row.path)
             if not stat.S_ISREG(st.st_mode) or st.st_size != row.size:

@@ -28,7 +28,8 @@ function pageRequest(offset) {
   const p = params({ offset, limit: PAGE });
   if (state.upload) {
     if (state.q) p.set("q", state.q);
-    return api(`/api/search?${p}`, { method: "POST", body: state.upload });
+    const type = state.upload.type && state.upload.type.startsWith("image/") ? state.upload.type : "application/octet-stream";
+    return api(`/api/search?${p}`, { method: "POST", body: state.upload, headers: { "Content-Type": type } });
   }
   if (state.q) { p.set("q", state.q); return api(`/api/search?${p}`); }
   return api(`/api/images?${p}`);
