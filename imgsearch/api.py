@@ -27,7 +27,7 @@ from .config import (
     DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, IndexConfig, IndexingConfig, ModelConfig, collection_path,
 )
 from .errors import (
-    BadInputError, CollectionError, CollectionNotFoundError, ExportDamagedError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
+    BadInputError, CollectionDamagedError, CollectionError, CollectionNotFoundError, ExportDamagedError, EmptyCollectionError, ModelLoadError, ModelMismatchError, NotFoundError,
 )
 from .locking import LOCK_NAME, writer_lock
 from .planning import Plan
@@ -336,11 +336,12 @@ class Collection:
     # -- indexing -------------------------------------------------------------------------------
     def index_folder(
         self, folder: str | os.PathLike, settings: IndexingConfig = IndexingConfig(),
-        progress: Progress | None = None, excludes: Iterable[str] = DEFAULT_EXCLUDES,
+        progress: Progress | None = None, excludes: Iterable[str] = DEFAULT_EXCLUDES, rehash: bool = False,
     ) -> IndexReport:
         """Embed new and changed images under folder, drop vanished ones, follow moved ones.
 
-        ``excludes``: glob patterns (names or paths relative to folder) left out of the collection.
+        ``excludes``: glob patterns (names or paths relative to folder) left out of the collection. ``rehash``:
+        read every file's content even when its size and modification time are as stored.
         """
         root = Path(folder).expanduser()
         if not root.is_dir():
@@ -349,7 +350,7 @@ class Collection:
         with self._writing(create=True) as store:
             self._note_model_changes(store)  # also refuses a model other than the collection's, up front
             stale_before = self._stale_before(store)
-            plan = indexing.plan_run(store, root, tuple(excludes), stale_before)
+            plan = indexing.plan_run(store, root, tuple(excludes), stale_before, rehash)
             report = indexing.report_for(root, plan)
             report.reembedded_why = "; ".join((store.get(stale.STALE_KEY) or {}).get("why", [])) or None
             report.backfilled = indexing.backfill_details(store, root, progress)  # rows from before schema v3
@@ -556,7 +557,21 @@ class Collection:
     def _image_hits(self, vector: np.ndarray, k: int, filters: Filters, offset: int) -> list[ImageHit]:
         hits = self._search("images", vector, k + offset, self._allowed(filters) if filters else None)[offset:]
         rows = self._store_for().images_by_id([i for i, _ in hits])
+        self._check_resolved("images", hits, rows)
         return [_image_hit(rows[i], s) for i, s in hits if i in rows]
+
+    def _check_resolved(self, table: str, hits: list, rows: dict) -> None:
+        """Every hit must have its row, unless a writer deleted it since the index was brought up to date (a live
+        reader lags by up to one refresh). A hit without a row otherwise means a damaged database: 0.1 returned
+        5 of 10 results then, without a word."""
+        missing = [i for i, _ in hits if i not in rows]
+        if missing and self._store_for().generation(table) == self._synced(table).generation:
+            raise CollectionDamagedError(
+                f"{len(missing)} of the {len(hits)} best matches (ids {', '.join(map(str, missing[:5]))}) have no row "
+                f"in {self.folder / DB_NAME}: the database is damaged",
+                cli_hint="`imgsearch check` says what can be repaired; `imgsearch check --repair` rebuilds what can be "
+                         "rebuilt, and `imgsearch index` on the collection's folders re-embeds what was lost",
+                api_hint="Collection.check(repair=True) rebuilds what can be rebuilt; index_folder re-embeds the rest")
 
     def browse(self, filters: Filters | None = None, offset: int = 0, limit: int = 50) -> list[ImageHit]:
         """Images passing the filters (all without), most recently taken first; ``score`` is None."""
@@ -608,6 +623,7 @@ class Collection:
         vector = self.query_vector(image) if isinstance(image, Query) else self._image_vector(image)
         hits = self._search("texts", vector, k)
         rows = self._store_for().texts_by_id([i for i, _ in hits])
+        self._check_resolved("texts", hits, rows)
         return [TextHit(i, rows[i].text, s, rows[i].source) for i, s in hits if i in rows]
 
     def require_searchable(self, table: str = "images", k: int = 1) -> None:
@@ -702,6 +718,69 @@ class Collection:
             query_backend_reason=self._query_choice()[1].reason, pretrained_as=model.pretrained_as,
             recipe=(store.get(stale.EMBEDDING_KEY) or {}).get("recipe"), warnings=self.warnings(),
         )
+
+    def check(self, repair: bool = False):
+        """Verify the collection end to end (``check.py``): the database, its vectors, the FAISS files and float16
+        rows against the store, the model's cached export; ``repair`` rebuilds what can be rebuilt from the store.
+        Returns a ``check.CheckReport``."""
+        from . import check as checks
+
+        report = checks.CheckReport(str(self.folder))
+        self.require_existing()
+        report.findings.append(checks.database(self.folder / DB_NAME))
+        if not report.findings[-1].ok:
+            return report  # nothing below can be trusted
+        dim = self._dim()
+        for table in ("images", "texts") if dim else ():
+            report.findings += self._check_table(table, dim, repair)
+        report.findings += self._check_export()
+        return report
+
+    def _check_table(self, table: str, dim: int, repair: bool) -> list:
+        from . import check as checks
+
+        store, found = self._store_for(), []
+        if not store.has_rows(table):
+            return found
+        bad = checks.bad_vectors(store, table, dim)
+        finding = checks.Finding(f"{table} vectors", not bad, f"{len(bad)} hold NaN or infinity" if bad else
+                                 f"all {store.count(table)} are finite")
+        if bad and repair:
+            with self._writing() as writer:
+                writer.delete_rows(table, bad)
+            finding.repaired = True
+            finding.detail += (": removed; `imgsearch index` embeds their files again" if table == "images" else
+                               ": removed; add those texts again with `imgsearch texts add`")
+        found.append(finding)
+        synced = self._synced(table)
+        for finding in filter(None, (checks.index_file(synced), checks.half_rows(synced))):
+            if not finding.ok and repair:
+                with self._writing():
+                    synced.rebuild()
+                    synced.force_save()
+                finding.repaired, finding.detail = True, finding.detail + ": rebuilt from the store"
+            found.append(finding)
+        return found
+
+    def _check_export(self) -> list:
+        """The model's cached export through its probes (a damaged one is removed as it is found)."""
+        from . import check as checks
+        from .inference import backends
+
+        export = backends.find_export(self.model) if backends.onnxruntime_installed() else None
+        if export is None:
+            return [checks.Finding("export", True, "none cached (the next run that needs one makes it)")]
+        from .inference.onnx import OnnxTowers
+
+        try:
+            OnnxTowers(export, threads=1).check()
+            if export.openvino_passed and backends.openvino_installed():
+                from .inference.openvino import OpenVinoImageTower
+
+                OpenVinoImageTower(export).encode_image(np.zeros((1, 3, export.image_size, export.image_size), np.float32))
+        except ExportDamagedError as exc:
+            return [checks.Finding("export", False, str(exc), repaired=True)]
+        return [checks.Finding("export", True, f"{export.folder.name}: its towers give the probes' vectors")]
 
     def skipped(self) -> list[SkippedFile]:
         return [SkippedFile(s.path, s.reason) for s in self._store_for().skipped()]

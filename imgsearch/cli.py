@@ -185,6 +185,8 @@ def index(
                                       help="Leave out names or relative paths matching GLOB (repeatable)."),
     no_default_excludes: bool = typer.Option(
         False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."),
+    rehash: bool = typer.Option(False, "--rehash", help="Read every file's content, also when its size and time are "
+                                                          "unchanged (content changed with `touch -r` is found)."),
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     wait: bool = WaitOpt,
@@ -202,7 +204,7 @@ def index(
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with _user_errors(), _open(index, model, pretrained, device, backend, wait, pretrained_as) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
-            report = engine.index_folder(folder, settings, progress, excludes)
+            report = engine.index_folder(folder, settings, progress, excludes, rehash)
     if as_json:
         return _print_json(report.to_dict())
     _print_index_report(report)
@@ -478,6 +480,31 @@ def _recipe_line(recipe: dict) -> str:
     std = "/".join(f"{float(v):g}" for v in recipe.get("std", ()))
     return (f"{recipe.get('tag') or 'architecture defaults'}: mean {mean}, std {std}, {recipe.get('interpolation')}, "
             f"{recipe.get('resize_mode')}, {act} ({recipe.get('source')})")
+
+
+@app.command()
+def check(
+    index: Optional[Path] = IndexOpt,
+    repair: bool = typer.Option(False, "--repair", help="Rebuild what can be rebuilt from the store."),
+    as_json: bool = JsonOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Verify a collection end to end: the database (SQLite's own check), every vector, the FAISS files and float16
+    rows against the store, the model's cached export. Says what is wrong and what was repaired; exits 1 while
+    anything is wrong."""
+    with _user_errors(), _open(index, wait=wait) as engine:
+        report = engine.check(repair=repair)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for f in report.findings:
+            mark = "ok" if f.ok else "repaired" if f.repaired else "PROBLEM"
+            typer.echo(f"{mark:9} {f.part:15} {f.detail}")
+        if not report.ok:
+            typer.echo("imgsearch: the collection has problems" + ("" if repair else
+                       "; `imgsearch check --repair` rebuilds what can be rebuilt"), err=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

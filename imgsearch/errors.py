@@ -36,6 +36,10 @@ class CollectionError(ImgsearchError):
     """A collection on disk is unusable (newer schema, damaged files...)."""
 
 
+class CollectionDamagedError(CollectionError):
+    """A collection's own database is damaged: rows it should hold are missing or unreadable."""
+
+
 class EmptyCollectionError(ImgsearchError):
     """A search was asked of a collection that holds nothing to search."""
 

@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -108,11 +109,16 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
     cannot be listed, comes back as a ScanProblem.
     """
     root = Path(root).resolve()
+    inside = os.path.join(str(root), "")
     unlistable: list[OSError] = []
     seen_folders: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable.append, followlinks=True):
         yield from _folder_problems(unlistable)
+        real = os.path.realpath(dirpath)
+        if real != dirpath and (real + os.sep).startswith(inside):  # a link to a folder walked under its own path
+            dirnames[:] = []
+            continue
         if not _first_visit(dirpath, seen_folders):
             dirnames[:] = []
             continue
@@ -125,7 +131,7 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
                     yield ScanProblem(_printable(path), "its name is not valid UTF-8 (shown with \\x escapes), so "
                                       "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`")
                     continue
-                entry = _stat_entry(path, seen_files)
+                entry = _stat_entry(path, seen_files, inside)
                 if entry is not None:
                     yield entry
     yield from _folder_problems(unlistable)
@@ -167,10 +173,16 @@ def _folder_problems(errors: list[OSError]) -> Iterator[ScanProblem]:
     errors.clear()
 
 
-def _stat_entry(path: str, seen: set[tuple[int, int]]) -> FileEntry | ScanProblem | None:
-    """The file's entry; None when the same file was already listed under another path (a link)."""
+def _stat_entry(path: str, seen: set[tuple[int, int]], inside: str) -> FileEntry | ScanProblem | None:
+    """The file's entry; None when the same file is listed under another path: a link to a file inside the folder
+    is left to its target, indexed under its own path whatever the names' order (otherwise the link's name could
+    win and the real file's row be removed), and a hard link is listed once."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if (os.path.realpath(path) + os.sep).startswith(inside):
+                return None
+            st = os.stat(path)
     except OSError as exc:
         return ScanProblem(path, f"unreadable: {exc.strerror or exc}")
     if (st.st_dev, st.st_ino) in seen:

@@ -88,6 +88,18 @@ class Hits:
     scores: np.ndarray  # (nq, k) float32
 
 
+def file_crc(path: str | os.PathLike, chunk: int = 1 << 24) -> tuple[int, int]:
+    """(size, CRC-32) of a file, read in chunks: 3.3 GB/s here, 0.6 s for a 1M-vector IVF-Flat file
+    (docs/design.md)."""
+    import zlib
+
+    crc, size = 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            crc, size = zlib.crc32(block, crc), size + len(block)
+    return size, crc
+
+
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
@@ -180,18 +192,21 @@ class VectorIndex:
              exact: ExactVectors | None = None) -> "VectorIndex":
         return cls(faiss.read_index(str(path)), config, exact)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash leaves either the old file or the new one, never half."""
+    def save(self, path: str | os.PathLike) -> tuple[int, int]:
+        """Write atomically (a crash leaves either the old file or the new one, never half); returns the file's
+        (size, CRC-32), for the stamp that vouches for it."""
         path = Path(path)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             faiss.write_index(self._index, str(tmp))
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            written = file_crc(tmp)
             os.replace(tmp, path)
         except BaseException:  # a full disk or Ctrl-C must not leave an index-sized file behind
             tmp.unlink(missing_ok=True)
             raise
+        return written
 
     # -- state -------------------------------------------------------------------------------
     def _ivf(self):

@@ -17,12 +17,15 @@ from .results import IndexReport, SkippedFile
 from .store import Changes, NewImage, Skip, Store
 
 
-def plan_run(store: Store, root: Path, excludes: Sequence[str], stale_before: float | None = None) -> Plan:
-    """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide.
-    ``stale_before``: rows whose vectors were written before this time are re-embedded (``stale.py``)."""
+def plan_run(store: Store, root: Path, excludes: Sequence[str], stale_before: float | None = None,
+             rehash: bool = False) -> Plan:
+    """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide (and for
+    every known file with ``rehash``). ``stale_before``: rows whose vectors were written before this time are
+    re-embedded (``stale.py``)."""
     prefix = os.path.join(str(root), "")
     stale = store.ids_written_before("images", stale_before) if stale_before is not None else set()
-    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix), stale)
+    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix), stale,
+                     _hash_or_none if rehash else None)
     sizes = store.known_sizes() if plan.new else set()
     hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}
     if hashes:

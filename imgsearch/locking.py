@@ -41,7 +41,12 @@ def writer_lock(path: Path, wait: float = 0.0, on_wait: Callable[[], None] | Non
             raise _busy(path)
         _held.add(key)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # a read-only disk, a folder the user may not write
+            raise CollectionError(f"cannot write to {path.parent}: {exc.strerror or exc}; only reading commands "
+                                  "(query, info, skipped, serve) work there. Index into a collection on a writable "
+                                  "disk, or fix the folder's permissions") from None
         try:
             _acquire(fd, path, wait, on_wait)
             yield

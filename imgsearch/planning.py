@@ -45,9 +45,12 @@ def make_plan(
     known: dict[str, ImageState],
     skipped: dict[str, Skip],
     stale: AbstractSet[int] = frozenset(),
+    rehash: Callable[[str], str | None] | None = None,
 ) -> Plan:
     """Sort the scanned files against the stored rows of the same folder. ``stale``: ids of rows whose vectors
-    must be made again (an earlier imgsearch made them wrongly): an unchanged one is re-embedded in place."""
+    must be made again (an earlier imgsearch made them wrongly): an unchanged one is re-embedded in place.
+    ``rehash``: a content hash function; given, a file with its stored size and mtime is hashed anyway, and is
+    changed when its content is (`index --rehash`: `touch -r` can give new content the old time)."""
     plan, seen, blind_spots = Plan(), set(), []
     for item in scanned:
         seen.add(item.path)
@@ -56,7 +59,7 @@ def make_plan(
             if item.is_folder:
                 blind_spots.append(os.path.join(item.path, ""))
         elif item.path in known:
-            _classify_known(plan, known[item.path], item, stale)
+            _classify_known(plan, known[item.path], item, stale, rehash)
         elif item.path in skipped and _same_file(skipped[item.path], item):
             plan.still_skipped += 1
         else:
@@ -75,8 +78,11 @@ def _classify_problem(plan: Plan, problem: ScanProblem, before: Skip | None) -> 
         plan.problems.append(Skip(problem.path, None, None, problem.reason))
 
 
-def _classify_known(plan: Plan, state: ImageState, entry: FileEntry, stale: AbstractSet[int]) -> None:
+def _classify_known(plan: Plan, state: ImageState, entry: FileEntry, stale: AbstractSet[int], rehash=None) -> None:
     same = _same_file(state, entry)
+    if same and rehash is not None and state.id not in stale and rehash(entry.path) != state.content_hash:
+        plan.changed[entry.path] = (state, entry)  # same size and time, other content
+        return
     if same and state.id not in stale:
         plan.unchanged += 1
         return

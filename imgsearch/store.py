@@ -17,8 +17,10 @@ import functools
 import gc
 import json
 import operator
+import os
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -27,7 +29,7 @@ from urllib.parse import quote
 import numpy as np
 import sqlalchemy as sa
 
-from .errors import CollectionError, DiskFullError
+from .errors import CollectionDamagedError, CollectionError, DiskFullError
 
 SCHEMA_VERSION = 3
 # New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
@@ -87,32 +89,41 @@ _COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
 _V1_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at")
 
 
+# Each step's DDL is frozen as the text it ran on the day it shipped: never today's table definitions, which would
+# make a fresh collection and an upgraded one differ once a later step changes a table (tests/test_store.py checks
+# that they do not).
 def _migrate_to_1(conn: sa.Connection) -> None:
     """Version 1: meta, images (vectors inline), texts, skipped."""
-    conn.exec_driver_sql('CREATE TABLE meta ("key" VARCHAR NOT NULL PRIMARY KEY, value TEXT)')
-    conn.exec_driver_sql(
+    for ddl in (
+        'CREATE TABLE meta ("key" VARCHAR NOT NULL PRIMARY KEY, value TEXT)',
         "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,"
         " mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER, height INTEGER,"
-        " indexed_at FLOAT NOT NULL, vector BLOB NOT NULL)"
-    )
-    conn.exec_driver_sql("CREATE INDEX ix_images_content_hash ON images (content_hash)")
-    _md.create_all(conn, tables=[texts_t, skipped_t])
+        " indexed_at FLOAT NOT NULL, vector BLOB NOT NULL)",
+        "CREATE INDEX ix_images_content_hash ON images (content_hash)",
+        "CREATE TABLE texts (\n\tid INTEGER NOT NULL, \n\ttext TEXT NOT NULL, \n\tsource TEXT, \n\tadded_at FLOAT NOT NULL, "
+        "\n\tvector BLOB NOT NULL, \n\tPRIMARY KEY (id)\n)",
+        "CREATE TABLE skipped (\n\tpath TEXT NOT NULL, \n\tsize INTEGER, \n\tmtime_ns INTEGER, \n\treason TEXT NOT NULL, "
+        "\n\tseen_at FLOAT NOT NULL, \n\tPRIMARY KEY (path)\n)",
+    ):
+        conn.exec_driver_sql(ddl)
 
 
 def _migrate_to_2(conn: sa.Connection) -> None:
     """Version 2: vectors move out of ``images`` into ``image_vectors``, ids kept, nothing re-embedded."""
     columns = ", ".join(_V1_IMAGE_COLUMNS)
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_images_content_hash")
-    conn.exec_driver_sql("ALTER TABLE images RENAME TO images_v1")
-    conn.exec_driver_sql(  # the v2 layout of images (v3 adds its columns next)
+    for ddl in (
+        "DROP INDEX IF EXISTS ix_images_content_hash",
+        "ALTER TABLE images RENAME TO images_v1",
         "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,"
         " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER,"
-        " height INTEGER, indexed_at FLOAT NOT NULL)")
-    conn.exec_driver_sql("CREATE INDEX ix_images_content_hash ON images (content_hash)")
-    _md.create_all(conn, tables=[image_vectors_t])
-    conn.exec_driver_sql(f"INSERT INTO images ({columns}) SELECT {columns} FROM images_v1")
-    conn.exec_driver_sql("INSERT INTO image_vectors (id, vector) SELECT id, vector FROM images_v1")
-    conn.exec_driver_sql("DROP TABLE images_v1")
+        " height INTEGER, indexed_at FLOAT NOT NULL)",
+        "CREATE INDEX ix_images_content_hash ON images (content_hash)",
+        "CREATE TABLE image_vectors (\n\tid INTEGER NOT NULL, \n\tvector BLOB NOT NULL, \n\tPRIMARY KEY (id)\n)",
+        f"INSERT INTO images ({columns}) SELECT {columns} FROM images_v1",
+        "INSERT INTO image_vectors (id, vector) SELECT id, vector FROM images_v1",
+        "DROP TABLE images_v1",
+    ):
+        conn.exec_driver_sql(ddl)
 
 
 def _migrate_to_3(conn: sa.Connection) -> None:
@@ -251,6 +262,24 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _immutable(path: Path) -> str:
+    """``&immutable=1`` for a database on a read-only file system, where no one can write it and SQLite could not
+    make the shared-memory file WAL mode reads through ("unable to open database file" in 0.1). A write-ahead log
+    left with commits in it would then be ignored, so that is refused instead of read wrongly."""
+    try:
+        read_only_disk = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return ""
+    if not read_only_disk:
+        return ""
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise CollectionError(
+            f"{path} is on a read-only disk with unfinished writes in {wal.name}, which SQLite cannot read there; "
+            "open the collection once where its folder can be written (or copy the folder to a writable disk)")
+    return "&immutable=1"
+
+
 def _on_connect_read_only(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None
     dbapi_conn.execute("PRAGMA busy_timeout=10000")
@@ -268,8 +297,9 @@ class Store:
         self.read_only = read_only
         if not read_only and self.path.exists():
             Store(self.path, read_only=True).close()  # refuse a foreign database before writing to it
-        url = f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro&uri=true" if read_only else (
-            f"sqlite:///{self.path}")
+        url = f"sqlite:///{self.path}"
+        if read_only:
+            url = f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{_immutable(self.path)}&uri=true"
         # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
         self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
         sa.event.listen(self.engine, "connect", _on_connect_read_only if read_only else _on_connect)
@@ -294,14 +324,22 @@ class Store:
                         f"understands ({SCHEMA_VERSION}); upgrade imgsearch"
                     )
                 self.schema_version = version
-                if version == SCHEMA_VERSION or self.read_only:
+                if self.read_only:
                     return
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     MIGRATIONS[step](conn)
                     self._put(conn, "schema_version", step)
                 self.schema_version = SCHEMA_VERSION
+                if self._get(conn, "collection_id") is None:  # new, or made before collections had one
+                    self._put(conn, "collection_id", uuid.uuid4().hex)
             if version and _COMPACTING & set(range(version + 1, SCHEMA_VERSION + 1)):
                 self._compact()  # an upgrade freed the old pages: give them back, with the new page size
+
+    @property
+    def collection_id(self) -> str | None:
+        """This collection's identity (made with it; a copy shares it): what its derived files are stamped with.
+        None for a collection made before there were ids, until a writer opens it."""
+        return self.get("collection_id")
 
     @property
     def outdated(self) -> bool:
@@ -550,6 +588,15 @@ class Store:
                                           skipped_t.c.reason).order_by(skipped_t.c.path))
             return [Skip(*r) for r in rows]
 
+    def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        """Remove images (and their vectors) or texts by id, as one batch; returns the table's new generation."""
+        if table == "images":
+            return self.apply(Changes(deleted=list(ids)))[1]
+        with self._guard(), self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(sa.delete(texts_t).where(texts_t.c.id.in_(list(ids[start : start + 500]))))
+            return self._bump(conn, "texts")
+
     def ids_written_before(self, table: str, before: float) -> set[int]:
         """Ids of images (or texts) whose vectors were written before ``before`` (epoch seconds)."""
         sql = f"SELECT id FROM {table} WHERE {_STAMP_COLUMN[table]} < ?"
@@ -723,10 +770,15 @@ class _translated_errors:
                 f"{cause} writing {self.path} (SQLite: {text}); free some space and run the command again: "
                 "what was saved before is intact"
             ) from None
-        if "not a database" in text or "malformed" in text:
+        if "malformed" in text:
+            raise CollectionDamagedError(
+                f"{self.path} is damaged (SQLite: {text}); `imgsearch check` says what can be repaired, and "
+                "`imgsearch check --repair` rebuilds what can be rebuilt (or move the file away and index again)"
+            ) from None
+        if "not a database" in text:
             raise CollectionError(
-                f"{self.path} is not an imgsearch collection (not a SQLite database, or a damaged one: {text}); "
-                "pass --index with a collection folder, or move this file away"
+                f"{self.path} is not an imgsearch collection (not a SQLite database: {text}); pass --index with a "
+                "collection folder, or move this file away"
             ) from None
         if "readonly" in text or "unable to open" in text:
             raise CollectionError(f"cannot open {self.path}: {text}; check the folder's permissions") from None

@@ -1,16 +1,18 @@
 """Keeps a FAISS index file in step with the SQLite store that holds the truth.
 
-The file is saved atomically with a stamp beside it: the store generation it reflects and the
-time of the newest row write it holds. A stamp behind the store (a crash, a kill between two
-checkpoints) means the saved index is caught up with the rows written since; one that cannot be
-(no file, an old stamp, a count that does not add up) is rebuilt from the vectors in the store.
-Either way, a reader that had to do that work saves it for the next one when no writer is running.
+The file is saved atomically with a stamp beside it (JSON): the store generation it reflects, the time of the
+newest row write it holds, the collection it belongs to, and the file's size and CRC-32. A file is believed only
+when all of these agree: another collection's file, or one with a damaged block, is rebuilt from the store. A stamp
+behind the store (a crash, a kill between two checkpoints) means the saved index is caught up with the rows written
+since; one that cannot be (no file, an old stamp, a count that does not add up) is rebuilt. Either way, a reader that
+had to do that work saves it for the next one when no writer is running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 from .config import IndexConfig
 from .errors import CollectionError, DiskFullError
 from .halfvectors import HalfVectors
-from .index import VectorIndex, structure_for, training_size
+from .index import VectorIndex, file_crc, structure_for, training_size
 from .locking import LOCK_NAME, writer_lock
 from .store import Changed, Store
 
@@ -29,6 +31,17 @@ from .store import Changed, Store
 class Stamp(NamedTuple):
     generation: int
     since: float | None  # the newest row write the saved index holds; None in files from before it was recorded
+    collection: str | None = None  # the store's collection_id
+    size: int | None = None  # the index file's size and CRC-32 when it was saved (None: a stamp from before 0.2,
+    crc: int | None = None  # which proves nothing about the file: it is rebuilt)
+
+    def text(self) -> str:
+        return json.dumps(self._asdict())
+
+    def same_state(self, other: "Stamp | None") -> bool:
+        """Whether both describe the same saved state of the same collection (the float16 rows' stamp against
+        the index's)."""
+        return other is not None and self[:3] == other[:3]
 
 
 class SyncedIndex:
@@ -53,6 +66,11 @@ class SyncedIndex:
         self._overlay: set[int] = set()
 
     @property
+    def generation(self) -> int:
+        """The store generation the in-memory index reflects (-1 before it is loaded)."""
+        return self._generation
+
+    @property
     def index(self) -> VectorIndex:
         if self._index is None:
             self._open()
@@ -62,7 +80,7 @@ class SyncedIndex:
         current, since = self._current()
         stamp, loaded = self._stamp(), None
         if stamp is not None and stamp.generation <= current:
-            loaded = self._load_file()
+            loaded = self._load_file(stamp)
         if loaded is not None:
             self._adopt(loaded, stamp)
         if loaded is not None and stamp.generation == current:
@@ -74,8 +92,9 @@ class SyncedIndex:
             self.save_if_free()
 
     def _adopt(self, loaded: VectorIndex, stamp: Stamp) -> None:
-        """Taking a saved index: its float16 rows are trusted when their stamp is the index's (written first)."""
-        self._half_ok = loaded.kind == "compact" and _parse_stamp(self.half.read_stamp()) == stamp
+        """Taking a saved index: its float16 rows are trusted when their stamp is the index's (written first); each
+        row is still checked against its checksum when it is read (halfvectors.py)."""
+        self._half_ok = loaded.kind == "compact" and stamp.same_state(_parse_stamp(self.half.read_stamp()))
         self._overlay = set()
 
     def _recovered(self, loaded: VectorIndex, stamp: Stamp) -> bool:
@@ -97,22 +116,27 @@ class SyncedIndex:
         every vector). Writers hold the lock, so no save replaces the file under them; for a live reader, a file
         replaced by a newer save in between is fine too: its catch-up from the older stamp re-reads a few rows."""
         stamp = self._stamp()
-        loaded = self._load_file() if stamp is not None and stamp.generation == generation else None
+        loaded = self._load_file(stamp) if stamp is not None and stamp.generation == generation else None
         return None if loaded is None else (loaded, stamp)
 
-    def _load_file(self) -> VectorIndex | None:
-        if not self.file.exists():
+    def _load_file(self, stamp: Stamp) -> VectorIndex | None:
+        """The saved index, only if its stamp vouches for it: this collection's, and the file's size and CRC-32 as
+        saved (a damaged block gave scores like 4.8e37 in 0.1, and wrong images with them)."""
+        if stamp.crc is None or stamp.collection != self.store.collection_id:
             return None
         try:
+            if os.path.getsize(self.file) != stamp.size or file_crc(self.file) != (stamp.size, stamp.crc):
+                return None
             loaded = VectorIndex.load(self.file, self.config, self._exact)
-        except RuntimeError:  # unreadable, or being replaced at this moment
+        except (OSError, RuntimeError):  # gone, unreadable, or being replaced at this moment
             return None
         return loaded if loaded.dim == self.dim else None
 
     def saved_is_current(self) -> bool:
-        """Whether the file on disk matches the store (cheap: the stamp, not the index, is read)."""
+        """Whether the file on disk matches the store, by its stamp (cheap: the file itself is checked when loaded)."""
         stamp = self._stamp()
-        return stamp is not None and stamp.generation == self.store.generation(self.table) and self.file.exists()
+        return (stamp is not None and stamp.crc is not None and stamp.generation == self.store.generation(self.table)
+                and stamp.collection == self.store.collection_id and self.file.exists())
 
     def _stamp(self) -> Stamp | None:
         try:
@@ -228,10 +252,10 @@ class SyncedIndex:
             self.rebuild()
         self._write()
 
-    def _write_half(self, stamp: str) -> None:
+    def _write_half(self, stamp: Stamp) -> None:
         self._complete_half()
         self.half.sync()
-        _write_atomically(self.half.stamp, stamp)
+        _write_atomically(self.half.stamp, stamp.text())
 
     def _complete_half(self) -> None:
         """Make the float16 rows hold every vector of the in-memory index, current (the lock is held, so the store
@@ -243,6 +267,13 @@ class SyncedIndex:
                 for ids, vectors in chunks:
                     self.half.write(ids, vectors)
         self._half_ok, self._overlay = True, set()
+
+    def force_save(self) -> None:
+        """Write the in-memory index, its float16 rows and stamps now, whatever the saved state (a repair); the
+        caller holds the writer lock."""
+        self._half_ok, self._overlay = False, set()
+        self._saved_generation = -2
+        self._write()
 
     def save_if_free(self) -> bool:
         """Save an index this reader rebuilt or caught up, so the next process loads it instead of doing the same
@@ -262,7 +293,7 @@ class SyncedIndex:
                     self._write()
                 else:  # the saved index is current, only its float16 rows are not trusted
                     with _disk_errors(self.half.path):
-                        self._write_half(self.stamp.read_text())
+                        self._write_half(self._stamp())
                 return True
         except (CollectionError, DiskFullError, OSError):
             return False
@@ -271,17 +302,27 @@ class SyncedIndex:
         """Under the writer lock: the float16 rows (made complete, synced and stamped first), then the index and
         its stamp. A crash in between leaves stamps that differ: the rows are then not trusted, never wrong."""
         generation, newest = self.store.newest_write(self.table)
-        stamp = f"{self._generation} {newest!r}" if generation == self._generation else str(self._generation)
+        state = Stamp(self._generation, newest if generation == self._generation else None, self.store.collection_id)
         with _disk_errors(self.file):
             if self._index.kind == "compact":
-                self._write_half(stamp)
-            self._index.save(self.file)
-            _write_atomically(self.stamp, stamp)
+                self._write_half(state)
+            size, crc = self._index.save(self.file)
+            _write_atomically(self.stamp, state._replace(size=size, crc=crc).text())
         self._saved_generation = self._generation
         self._last_save = time.monotonic()
 
 
 def _parse_stamp(text: str | None) -> Stamp | None:
+    """A stamp as written since 0.2 (JSON), or as before ("GENERATION [NEWEST]": parsed, but it vouches for no file)."""
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return Stamp(int(data["generation"]), data.get("since"), data.get("collection"), data.get("size"),
+                         data.get("crc"))
+    except (ValueError, KeyError, TypeError):
+        pass
     try:
         fields = text.split()
         return Stamp(int(fields[0]), float(fields[1]) if len(fields) > 1 else None)

@@ -103,3 +103,42 @@ def test_a_killed_exports_private_folder_is_removed_by_the_next_export(tmp_path,
     alive.mkdir()
     Embedder(TINY).load()  # exports
     assert not leftover.exists() and alive.exists()
+
+
+def test_a_full_cache_disk_during_the_export_is_said(tmp_path, photo_dir, monkeypatch):
+    """0.1 fell back to torch without a word when the export did not fit."""
+    mount = tmp_path / "cache"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        monkeypatch.setenv("IMGSEARCH_CACHE", str(mount))
+        with imgsearch.open(tmp_path / "coll", model=TINY) as engine:
+            report = engine.index_folder(photo_dir)
+        assert report.added == 10 and report.backend.startswith("torch")
+        assert any("no space left in" in note and "IMGSEARCH_CACHE" in note for note in report.notes), report.notes
+        assert not list(mount.glob("onnx/*.tmp"))  # the private folder went with the failure
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_imgsearch_cache_lists_removes_and_prunes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from imgsearch.cli import app
+    from imgsearch.clip.embedder import Embedder
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    Embedder(TINY).load()
+    old = tmp_path / "cache" / "onnx" / "old-model-0123"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": 1, "model": "old"}))
+    listed = CliRunner().invoke(app, ["cache", "--json"])
+    rows = json.loads(listed.stdout)
+    assert {r["model"] for r in rows} == {TINY_MODEL, "old"} and all(r["bytes"] > 0 for r in rows)
+    assert CliRunner().invoke(app, ["cache", "prune"]).exit_code == 0
+    assert not old.exists() and backends.find_export(TINY) is not None  # only the old format went
+    assert CliRunner().invoke(app, ["cache", "remove", TINY_MODEL]).exit_code == 0
+    assert backends.find_export(TINY) is None
+    missing = CliRunner().invoke(app, ["cache", "remove", "nothing-like-it"])
+    assert missing.exit_code == 1 and "no cached export" in missing.output

@@ -60,3 +60,29 @@ def test_adding_a_skip_for_a_path_then_indexing_it_clears_the_skip(tmp_path):
     store.apply(Changes(new=[_img("/a.jpg")]))
     assert store.skipped() == []
     assert sqlite3.connect(tmp_path / "db.sqlite").execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def _schema(path) -> list[tuple]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name != 'sqlite_sequence'"))
+    finally:
+        conn.close()
+
+
+def test_a_fresh_schema_equals_an_upgraded_one(tmp_path):
+    """Migrations are frozen DDL: replaying today's table definitions broke new collections once a step added a
+    column the way v3 did."""
+    import shutil
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    fresh = tmp_path / "fresh.db"
+    Store(fresh).close()
+    for old in (data / "v1_collection.db", data / "v2_collection" / "imgsearch.db"):
+        upgraded = tmp_path / f"{old.parent.name}-{old.name}"
+        shutil.copy(old, upgraded)
+        Store(upgraded).close()
+        assert _schema(upgraded) == _schema(fresh), old

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import signal
@@ -194,8 +195,12 @@ class Embedder:
                 self.notes.append(f"{exc}: made again now")
         try:
             return export(self._parts(), self.config, *self._probes)
-        except Exception as exc:  # an architecture the exporter cannot handle: torch still works
-            self.notes.append(f"the ONNX export failed ({first_sentence(exc)}): torch runs")
+        except Exception as exc:  # a full disk, an architecture the exporter cannot handle: torch still works
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+            self.notes.append(
+                f"no space left in {backends.cache_dir()} for the model's export (a few hundred MB): torch runs, "
+                "slower, until there is; free some space there, or set $IMGSEARCH_CACHE to a folder on another disk"
+                if full else f"the ONNX export failed ({first_sentence(exc)}): torch runs")
             return None
 
     @property

@@ -1,0 +1,120 @@
+"""What verifying derived files costs: the CRC-32 of a FAISS file at load (1M vectors IVF-Flat, and a file the
+size of a 10M-vector compact index), the float16 rows' checksums per query, and an export's probes when a session
+is made, against a cold text query.
+
+    .venv/bin/python scripts/bench_checks.py [--vectors 1000000] [--skip-export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def faiss_file(folder: Path, n: int, dim: int = 512) -> None:
+    from imgsearch.config import IndexConfig
+    from imgsearch.index import VectorIndex, file_crc
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex.build(dim, np.arange(n), vectors, IndexConfig())
+    del vectors
+    path = folder / "images.faiss"
+    index.save(path)
+    size = path.stat().st_size
+    crc = best(lambda: file_crc(path))
+    load = best(lambda: VectorIndex.load(path))
+    print(f"{n:,} vectors, {index.kind}: file {size / 1e9:.2f} GB; CRC-32 {crc:.2f} s ({size / crc / 1e9:.1f} GB/s), "
+          f"faiss read_index {load:.2f} s: the check adds {crc / load:.0%} to a load")
+
+
+def compact_sized_file(folder: Path, n: int = 10_000_000, code_bytes: int = 64) -> None:
+    from imgsearch.index import file_crc
+
+    path, size = folder / "compact-sized", n * (code_bytes + 8)
+    with open(path, "wb") as fh:
+        for _ in range(size // (1 << 24)):
+            fh.write(os.urandom(1 << 24))
+    crc = best(lambda: file_crc(path))
+    print(f"a file of a {n:,}-vector compact index's size ({size / 1e9:.2f} GB): CRC-32 {crc:.2f} s")
+    path.unlink()
+
+
+def half_rows(folder: Path, dim: int = 512, rows: int = 200_000) -> None:
+    from imgsearch.halfvectors import HalfVectors
+
+    half = HalfVectors(folder / "images.f16", dim)
+    rng = np.random.default_rng(0)
+    half.write(np.arange(rows), rng.standard_normal((rows, dim), dtype=np.float32))
+    ids = np.sort(rng.choice(rows, 200, replace=False))
+    half.read(ids)
+    per_query = best(lambda: half.read(ids), 20)
+    print(f"float16 rows: reading and checking a query's 200 candidates {per_query * 1e3:.2f} ms")
+
+
+def export_probes(folder: Path) -> None:
+    from imgsearch.clip.embedder import Embedder
+    from imgsearch.config import ModelConfig
+    from imgsearch.inference import backends
+    from imgsearch.inference.onnx import OnnxTowers
+
+    os.environ["IMGSEARCH_CACHE"] = str(folder / "cache")
+    model = ModelConfig("ViT-B-32", None, device="cpu")
+    Embedder(model).load()
+    export = backends.find_export(model)
+    for tower, path in (("text", export.text_path), ("image", export.image_path)):
+        plain = best(lambda: OnnxTowers(export, threads=1, lean=True, verify=False)._checked(path, tower))
+        checked = best(lambda: OnnxTowers(export, threads=1, lean=True)._checked(path, tower))
+        print(f"ViT-B-32 {tower} session (a query's, 1 thread): {plain:.3f} s, with its probe check {checked:.3f} s "
+              f"(+{checked - plain:.3f} s)")
+    from imgsearch import open as open_collection
+
+    photos = folder / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 20, 20)).save(photos / "a.png")
+    with open_collection(folder / "coll", model=model) as engine:
+        engine.index_folder(photos)
+    env = dict(os.environ, IMGSEARCH_SERVER="off")
+    cold = best(lambda: subprocess.run([sys.executable, "-m", "imgsearch", "query", "a red car", "--index",
+                                        str(folder / "coll")], env=env, check=True, capture_output=True))
+    print(f"a cold text query, whole process (best of 3): {cold:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--skip-export", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        faiss_file(folder, args.vectors)
+        compact_sized_file(folder)
+        half_rows(folder)
+        if not args.skip_export:
+            export_probes(folder)
+
+
+if __name__ == "__main__":
+    main()
