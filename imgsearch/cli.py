@@ -126,7 +126,7 @@ def _user_errors():
         _fail(exc.for_cli())
     except KeyboardInterrupt:
         typer.echo("\nimgsearch: interrupted; work done so far is saved, run the command again to resume", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 def _print_json(data) -> None:

@@ -180,9 +180,9 @@ def _stat_entry(path: str, seen: set[tuple[int, int]], inside: str) -> FileEntry
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
+            st = os.stat(path)  # a dangling link is unreadable, and said so
             if (os.path.realpath(path) + os.sep).startswith(inside):
                 return None
-            st = os.stat(path)
     except OSError as exc:
         return ScanProblem(path, f"unreadable: {exc.strerror or exc}")
     if (st.st_dev, st.st_ino) in seen:

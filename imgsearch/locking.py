@@ -31,7 +31,7 @@ def writer_lock(path: Path, wait: float = 0.0, on_wait: Callable[[], None] | Non
     once when waiting starts, then raise CollectionError. Held by this process: raise at once (waiting would
     never end)."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (only whether it exists; the lock below imports it again)
     except ImportError:  # Windows: no advisory locks; single-writer is then the user's job
         yield
         return

@@ -262,6 +262,12 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _unfinished_wal(path: Path) -> bool:
+    """Whether the database has a write-ahead log with commits not yet in the file."""
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
 def _immutable(path: Path) -> str:
     """``&immutable=1`` for a database on a read-only file system, where no one can write it and SQLite could not
     make the shared-memory file WAL mode reads through ("unable to open database file" in 0.1). A write-ahead log
@@ -272,10 +278,9 @@ def _immutable(path: Path) -> str:
         return ""
     if not read_only_disk:
         return ""
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    if _unfinished_wal(path):
         raise CollectionError(
-            f"{path} is on a read-only disk with unfinished writes in {wal.name}, which SQLite cannot read there; "
+            f"{path} is on a read-only disk with unfinished writes in {path.name}-wal, which SQLite cannot read there; "
             "open the collection once where its folder can be written (or copy the folder to a writable disk)")
     return "&immutable=1"
 
@@ -297,12 +302,22 @@ class Store:
         self.read_only = read_only
         if not read_only and self.path.exists():
             Store(self.path, read_only=True).close()  # refuse a foreign database before writing to it
-        url = f"sqlite:///{self.path}"
-        if read_only:
-            url = f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{_immutable(self.path)}&uri=true"
+        try:
+            self._open(_immutable(self.path) if read_only else "")
+        except DiskFullError:
+            # A reader on a full disk: SQLite could not make the shared-memory file a WAL database is read through
+            # (0.1 failed every query there). With no write-ahead log left, the file is all there is, and no writer
+            # can change it without space: it is read as immutable.
+            if not read_only or _unfinished_wal(self.path):
+                raise
+            self._open("&immutable=1")
+
+    def _open(self, flags: str) -> None:
+        url = f"sqlite:///{self.path}" if not self.read_only else (
+            f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{flags}&uri=true")
         # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
         self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
-        sa.event.listen(self.engine, "connect", _on_connect_read_only if read_only else _on_connect)
+        sa.event.listen(self.engine, "connect", _on_connect_read_only if self.read_only else _on_connect)
         sa.event.listen(self.engine, "begin", _on_begin)
         try:
             self._check_schema()

@@ -83,8 +83,8 @@ def export_probes(folder: Path) -> None:
     Embedder(model).load()
     export = backends.find_export(model)
     for tower, path in (("text", export.text_path), ("image", export.image_path)):
-        plain = best(lambda: OnnxTowers(export, threads=1, lean=True, verify=False)._checked(path, tower))
-        checked = best(lambda: OnnxTowers(export, threads=1, lean=True)._checked(path, tower))
+        plain = best(lambda p=path, t=tower: OnnxTowers(export, threads=1, lean=True, verify=False)._checked(p, t))
+        checked = best(lambda p=path, t=tower: OnnxTowers(export, threads=1, lean=True)._checked(p, t))
         print(f"ViT-B-32 {tower} session (a query's, 1 thread): {plain:.3f} s, with its probe check {checked:.3f} s "
               f"(+{checked - plain:.3f} s)")
     from imgsearch import open as open_collection

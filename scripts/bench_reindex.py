@@ -110,8 +110,8 @@ def ivf_study(vectors: np.ndarray, queries: np.ndarray, per_list: list[int]) -> 
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     rows = []
     for t in per_list:
-        index, seconds = timed(lambda: VectorIndex.build(vectors.shape[1], np.arange(len(vectors)), vectors,
-                                                         IndexConfig(train_per_list=t)))
+        index, seconds = timed(lambda t=t: VectorIndex.build(vectors.shape[1], np.arange(len(vectors)), vectors,
+                                                             IndexConfig(train_per_list=t)))
         found = index.search(queries, 10).ids
         recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
         rows.append({"train_per_list": t, "nlist": index.nlist, "build_s": round(seconds, 1),

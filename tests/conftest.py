@@ -41,10 +41,25 @@ def export_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("imgsearch_cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(model_configs_dir, export_cache):
+    """Set before any fixture of any scope runs (a module's collection built with the tiny model included), and
+    put back at the end: the tiny architectures by name, exports in the session's cache, never the user's."""
+    names = ("IMGSEARCH_MODEL_CONFIGS", "IMGSEARCH_CACHE")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(IMGSEARCH_MODEL_CONFIGS=str(model_configs_dir), IMGSEARCH_CACHE=str(export_cache))
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _tiny_model_env(model_configs_dir, export_cache, monkeypatch, tmp_path_factory):
-    """Every test (and every CLI subprocess it starts) can use the tiny architecture by name; the default
-    collection lives in a temporary XDG data folder, never the user's."""
+    """Every test (and every CLI subprocess it starts) can use the tiny architecture by name, whatever an earlier
+    test changed; the default collection lives in a temporary XDG data folder, never the user's."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg_data")))
     monkeypatch.setenv("IMGSEARCH_MODEL_CONFIGS", str(model_configs_dir))
     monkeypatch.setenv("IMGSEARCH_CACHE", str(export_cache))
@@ -59,8 +74,7 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder(tiny_model, model_configs_dir):
-    os.environ["IMGSEARCH_MODEL_CONFIGS"] = str(model_configs_dir)
+def tiny_embedder(tiny_model):
     from imgsearch.clip.embedder import Embedder
 
     return Embedder(tiny_model)
@@ -173,3 +187,14 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def stamp_of(path: Path) -> dict:
+    """A derived file's stamp (``*.generation``, JSON since 0.2): generation, since, collection[, size, crc]."""
+    return json.loads(Path(path).read_text())
+
+
+def same_state(a: Path, b: Path) -> bool:
+    """Whether two stamps name the same saved state of the same collection (the float16 rows' and the index's)."""
+    first, second = stamp_of(a), stamp_of(b)
+    return all(first[k] == second[k] for k in ("generation", "since", "collection"))

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import COCO_MINI, TINY_MODEL, write_image
+from conftest import COCO_MINI, TINY_MODEL, stamp_of, write_image
 from PIL import Image
 
 import imgsearch
@@ -137,11 +137,11 @@ def test_stale_or_missing_faiss_file_is_rebuilt_from_the_store(tmp_path, tiny_mo
         assert [h.path for h in engine.search("a cat", k=10)] == want
     # the reader rebuilt it and, no writer running, saved it for the next one
     assert (tmp_path / "c" / "images.faiss").exists()
-    generation = int((tmp_path / "c" / "images.faiss.generation").read_text().split()[0])
+    generation = stamp_of(tmp_path / "c" / "images.faiss.generation")["generation"]
     (tmp_path / "c" / "images.faiss.generation").write_text("0")  # an old stamp without a write time
     with imgsearch.open(tmp_path / "c") as engine:
         assert [h.path for h in engine.search("a cat", k=10)] == want
-    assert int((tmp_path / "c" / "images.faiss.generation").read_text().split()[0]) == generation
+    assert stamp_of(tmp_path / "c" / "images.faiss.generation")["generation"] == generation
     (tmp_path / "c" / "images.faiss.generation").write_text(str(generation))
     (tmp_path / "c" / "images.faiss").write_bytes(b"not a faiss index")
     with imgsearch.open(tmp_path / "c") as engine:

@@ -88,7 +88,8 @@ def test_damaged_float16_rows_are_read_from_the_store(tmp_path, tiny_model):
 
         got = [(h.path, round(h.score, 5)) for h in engine.search_image(Image.open(photos / "p07.png"), k=10)]
         assert engine._synced("images").half.mismatched > 0  # found, and read from SQLite instead
-    assert got == expected
+    assert [p for p, _ in got] == [p for p, _ in expected]  # float32 from SQLite: scores within float16's rounding
+    assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
 
 
 def test_a_stamp_from_before_02_vouches_for_nothing(coll):

@@ -50,6 +50,27 @@ def test_a_collection_on_a_read_only_disk_answers_queries(disk, tmp_path):
     assert len(index.stderr.strip().splitlines()) == 1 and "Read-only file system" in index.stderr
 
 
+def test_unfinished_writes_on_a_read_only_disk_are_refused_with_a_reason(disk, tmp_path):
+    """SQLite's immutable mode would ignore a write-ahead log: a writer's last commits, unseen. The folder was copied
+    while a writer held commits in its log; on a read-only disk that is one line saying what to do, not a query
+    over a past state."""
+    import shutil
+    import sqlite3
+
+    _build(tmp_path / "coll", tmp_path / "photos")
+    writer = sqlite3.connect(tmp_path / "coll" / "imgsearch.db")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("INSERT INTO meta(key, value) VALUES ('unfinished', 'yes')")
+    writer.commit()
+    assert (tmp_path / "coll" / "imgsearch.db-wal").stat().st_size > 0
+    shutil.copytree(tmp_path / "coll", disk / "coll")
+    writer.close()
+    assert subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0
+    query = _cli("query", "a red square", "--index", disk / "coll", "--json")
+    assert query.returncode == 1 and "Traceback" not in query.stderr, query.stderr
+    assert "unfinished writes in imgsearch.db-wal" in query.stderr and "writable" in query.stderr
+
+
 def test_queries_work_on_a_full_disk(disk, tmp_path):
     _build(disk / "coll", tmp_path / "photos")
     filler = disk / "filler"

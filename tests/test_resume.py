@@ -50,7 +50,7 @@ def db_state(coll: Path) -> tuple[list[int], list[str], int]:
 def saved_stamp(coll: Path) -> int | None:
     """The generation the saved FAISS file reflects (the stamp's first field; the second is a write time)."""
     stamp = coll / "images.faiss.generation"
-    return int(stamp.read_text().split()[0]) if stamp.exists() else None
+    return json.loads(stamp.read_text())["generation"] if stamp.exists() else None
 
 
 def saved_ids(coll: Path) -> list[int]:

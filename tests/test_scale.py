@@ -13,6 +13,8 @@ from imgsearch.index import VectorIndex, structure_for, training_size
 from imgsearch.locking import LOCK_NAME, writer_lock
 from imgsearch.vectors import SyncedIndex
 
+from conftest import same_state
+
 COMPACT = IndexConfig(ivf_threshold=500, compact_threshold=1000, nprobe=10_000)  # every list probed
 
 
@@ -169,7 +171,7 @@ def test_a_saved_compact_collection_keeps_float16_rows_stamped_with_its_index(tm
         store = engine._store_for()
         stored = store.vectors("images", [i for i, _ in store.all_paths()])
     coll = tmp_path / "c"
-    assert (coll / "images.f16.generation").read_text() == (coll / "images.faiss.generation").read_text()
+    assert same_state(coll / "images.f16.generation", coll / "images.faiss.generation")
     rows = _rows_of(coll)
     for i, vector in stored.items():
         np.testing.assert_array_equal(rows[i], vector.astype(np.float16).astype(np.float32))
@@ -177,7 +179,7 @@ def test_a_saved_compact_collection_keeps_float16_rows_stamped_with_its_index(tm
 
 def test_float16_rows_a_crash_left_stale_are_never_used(tmp_path, tiny_model, monkeypatch):
     """A run re-embeds a file and dies before saving, its float16 writes lost: the stale row must not score it."""
-    from conftest import write_image
+    from conftest import same_state, write_image
     from imgsearch.halfvectors import HalfVectors
     from test_resume import make_photos
 
@@ -222,7 +224,7 @@ def test_float16_rows_without_a_matching_stamp_are_not_trusted(tmp_path, tiny_mo
         hit = engine.search_vector(probe, k=1)[0]
         assert hit.id == 5 and hit.score == pytest.approx(1.0, abs=1e-3)
         stored = engine._store_for().vectors("images", [i for i, _ in engine._store_for().all_paths()])
-    assert (coll / "images.f16.generation").read_text() == (coll / "images.faiss.generation").read_text()
+    assert same_state(coll / "images.f16.generation", coll / "images.faiss.generation")
     rows = _rows_of(coll)
     for i, vector in stored.items():
         np.testing.assert_array_equal(rows[i], vector.astype(np.float16).astype(np.float32))

@@ -254,7 +254,7 @@ def test_a_wide_filtered_scan_on_every_core_finds_what_one_thread_finds(monkeypa
     monkeypatch.setattr(index_module, "_faiss_threads", spy)
     found = {}
     for loaded in (True, False):
-        monkeypatch.setattr(index_module, "torch_loaded", lambda: loaded)
+        monkeypatch.setattr(index_module, "torch_loaded", lambda loaded=loaded: loaded)
         found[loaded] = index.search(queries, 10, allowed)
     assert switched[-1] == (os.cpu_count(), 1) or (os.cpu_count() or 1) == 1  # the wide scan ran on every core
     assert index._ivf().parallel_mode == 0

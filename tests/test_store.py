@@ -4,6 +4,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from imgsearch.errors import CollectionError
 from imgsearch.store import SCHEMA_VERSION, Changes, Moved, NewImage, Skip, Store
@@ -43,7 +44,7 @@ def test_apply_is_one_transaction_that_bumps_the_generation(tmp_path):
 def test_failed_batch_leaves_nothing_behind(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     store.apply(Changes(new=[_img("/a.jpg")]))
-    with pytest.raises(Exception):
+    with pytest.raises(sa.exc.IntegrityError):
         store.apply(Changes(new=[_img("/b.jpg"), _img("/a.jpg")]))  # duplicate path: whole batch fails
     assert set(store.image_states()) == {"/a.jpg"} and store.generation("images") == 1
 
@@ -62,12 +63,23 @@ def test_adding_a_skip_for_a_path_then_indexing_it_clears_the_skip(tmp_path):
     assert sqlite3.connect(tmp_path / "db.sqlite").execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
-def _schema(path) -> list[tuple]:
+def _schema(path) -> dict:
+    """Every table's columns (name, type, not null, default, key) and indexes (unique, columns), as SQLite sees
+    them: what a migration must leave, whatever text created it."""
     import sqlite3
 
     conn = sqlite3.connect(path)
     try:
-        return sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name != 'sqlite_sequence'"))
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        schema = {}
+        for table in tables:
+            columns = [tuple(r[1:]) for r in conn.execute(f"PRAGMA table_info({table})")]
+            indexes = sorted((bool(r[2]), tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{r[1]}')")))
+                             for r in conn.execute(f"PRAGMA index_list({table})"))
+            autoincrement = "AUTOINCREMENT" in (conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or "")
+            schema[table] = (columns, indexes, autoincrement)
+        return schema
     finally:
         conn.close()
 
