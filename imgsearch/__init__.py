@@ -1,21 +1,41 @@
 """imgsearch: semantic image search with CLIP, FAISS and SQLite.
 
-    import imgsearch
-    engine = imgsearch.open()                 # the default collection (see imgsearch.config.data_dir)
-    engine.index_folder("~/Pictures")
-    for hit in engine.search("a red car", k=5):
-        print(hit.score, hit.path)
-    engine.search("beach + sunset - people", filters=imgsearch.Filters(after="2023", formats="jpg"))
+import imgsearch
+engine = imgsearch.open()                 # the default collection (see imgsearch.config.data_dir)
+engine.index_folder("~/Pictures")
+for hit in engine.search("a red car", k=5):
+    print(hit.score, hit.path)
+engine.search("beach + sunset - people", filters=imgsearch.Filters(after="2023", formats="jpg"))
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time the names below load on first use
+    from .api import Collection, open
+    from .config import IndexConfig, IndexingConfig, ModelConfig
+    from .errors import ImgsearchError
+    from .results import CollectionInfo, DuplicateGroup, DuplicateImage, ImageHit, IndexReport, SkippedFile, TextHit
+    from .search import Filters, Query, Term
 
 # Names load on first use (PEP 562): `import imgsearch` stays cheap, and so does the CLI's query through a server.
 _HOMES = {
-    "Collection": "api", "open": "api", "IndexConfig": "config", "IndexingConfig": "config", "ModelConfig": "config",
-    "ImgsearchError": "errors", "CollectionInfo": "results", "DuplicateGroup": "results", "DuplicateImage": "results",
-    "ImageHit": "results", "IndexReport": "results", "SkippedFile": "results", "TextHit": "results",
-    "Filters": "search", "Query": "search", "Term": "search",
+    "Collection": "api",
+    "open": "api",
+    "IndexConfig": "config",
+    "IndexingConfig": "config",
+    "ModelConfig": "config",
+    "ImgsearchError": "errors",
+    "CollectionInfo": "results",
+    "DuplicateGroup": "results",
+    "DuplicateImage": "results",
+    "ImageHit": "results",
+    "IndexReport": "results",
+    "SkippedFile": "results",
+    "TextHit": "results",
+    "Filters": "search",
+    "Query": "search",
+    "Term": "search",
 }
 
 
@@ -31,8 +51,25 @@ def __getattr__(name: str):
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES, "__version__"})
+
+
 __all__ = [
-    "Collection", "open", "IndexConfig", "IndexingConfig", "ModelConfig", "ImgsearchError",
-    "CollectionInfo", "ImageHit", "IndexReport", "SkippedFile", "TextHit", "Query", "Term", "Filters",
-    "DuplicateGroup", "DuplicateImage",
+    "Collection",
+    "open",
+    "IndexConfig",
+    "IndexingConfig",
+    "ModelConfig",
+    "ImgsearchError",
+    "CollectionInfo",
+    "ImageHit",
+    "IndexReport",
+    "SkippedFile",
+    "TextHit",
+    "Query",
+    "Term",
+    "Filters",
+    "DuplicateGroup",
+    "DuplicateImage",
 ]

@@ -51,9 +51,13 @@ def database(path) -> Finding:
         rows = [str(exc)]
     if rows == ["ok"]:
         return Finding("database", True, "SQLite's consistency check passed")
-    return Finding("database", False, f"SQLite finds it damaged ({'; '.join(rows[:3])}): nothing else holds its rows "
-                                      "and vectors, so it cannot be rebuilt. Move imgsearch.db away (keep it: a "
-                                      "SQLite tool may recover part of it) and index the folders again")
+    return Finding(
+        "database",
+        False,
+        f"SQLite finds it damaged ({'; '.join(rows[:3])}): nothing else holds its rows "
+        "and vectors, so it cannot be rebuilt. Move imgsearch.db away (keep it: a "
+        "SQLite tool may recover part of it) and index the folders again",
+    )
 
 
 def bad_vectors(store, table: str, dim: int) -> list[int]:
@@ -73,15 +77,20 @@ def index_file(synced) -> Finding:
         return Finding(name, False, "missing (searches rebuild it from the store)")
     loaded = synced._load_file(stamp)
     if loaded is None:
-        why = ("its stamp is from before imgsearch 0.2 and vouches for nothing" if stamp.crc is None else
-               "it belongs to another collection" if stamp.collection != synced.store.collection_id else
-               "its contents do not match its stamp (damaged)")
+        why = (
+            "its stamp is from before imgsearch 0.2 and vouches for nothing"
+            if stamp.crc is None
+            else "it belongs to another collection"
+            if stamp.collection != synced.store.collection_id
+            else "its contents do not match its stamp (damaged)"
+        )
         return Finding(name, False, f"not used: {why}; searches rebuild it from the store")
     generation = synced.store.generation(synced.table)
     if stamp.generation == generation:
         held = np.sort(loaded.ids())
-        _, ids, _ = synced.store.snapshot_vectors(synced.table, synced.dim) if loaded.ntotal < 2_000_000 else (
-            None, held, None)
+        _, ids, _ = (
+            synced.store.snapshot_vectors(synced.table, synced.dim) if loaded.ntotal < 2_000_000 else (None, held, None)
+        )
         if not np.array_equal(held, np.sort(ids)):
             return Finding(name, False, f"holds {len(held)} ids where the store has {len(ids)}")
     return Finding(name, True, f"{loaded.ntotal} vectors, stamp and checksum match")
@@ -100,6 +109,76 @@ def half_rows(synced, chunk: int = 65536) -> Finding | None:
     bad = synced.half.mismatched - before
     name = synced.half.path.name
     if bad or found < len(ids):
-        return Finding(name, False, f"{bad} rows do not match their checksums and {len(ids) - found - bad} are "
-                                    "missing (those are read from the store instead: slower, not wrong)")
+        return Finding(
+            name,
+            False,
+            f"{bad} rows do not match their checksums and {len(ids) - found - bad} are "
+            "missing (those are read from the store instead: slower, not wrong)",
+        )
     return Finding(name, True, f"{found} rows match their checksums")
+
+
+def collection(db_path, dim_of, store_of, synced_of, writing, model, repair: bool) -> CheckReport:
+    """Every check on one collection (``Collection.check`` gives it its parts): the database first, since nothing
+    below can be trusted without it, then each table's vectors, FAISS file and float16 rows, then the export."""
+    report = CheckReport(str(db_path.parent))
+    report.findings.append(database(db_path))
+    if not report.findings[-1].ok:
+        return report
+    dim = dim_of()
+    for table in ("images", "texts") if dim else ():
+        report.findings += _table(table, dim, store_of(), synced_of(table), writing, repair)
+    report.findings += _export(model)
+    return report
+
+
+def _table(table: str, dim: int, store, synced, writing, repair: bool) -> list[Finding]:
+    found: list[Finding] = []
+    if not store.has_rows(table):
+        return found
+    bad = bad_vectors(store, table, dim)
+    finding = Finding(
+        f"{table} vectors",
+        not bad,
+        f"{len(bad)} hold NaN or infinity" if bad else f"all {store.count(table)} are finite",
+    )
+    if bad and repair:
+        with writing() as writer:
+            writer.delete_rows(table, bad)
+        finding.repaired = True
+        finding.detail += (
+            ": removed; `imgsearch index` embeds their files again"
+            if table == "images"
+            else ": removed; add those texts again with `imgsearch texts add`"
+        )
+    found.append(finding)
+    for finding in filter(None, (index_file(synced), half_rows(synced))):
+        if not finding.ok and repair:
+            with writing():
+                synced.rebuild()
+                synced.force_save()
+            finding.repaired, finding.detail = True, finding.detail + ": rebuilt from the store"
+        found.append(finding)
+    return found
+
+
+def _export(model) -> list[Finding]:
+    """The model's cached export through its probes (a damaged one is removed as it is found)."""
+    from .errors import ExportDamagedError
+    from .inference import backends
+
+    export = backends.find_export(model) if backends.onnxruntime_installed() else None
+    if export is None:
+        return [Finding("export", True, "none cached (the next run that needs one makes it)")]
+    from .inference.onnx import OnnxTowers
+
+    try:
+        OnnxTowers(export, threads=1).check()
+        if export.openvino_passed and backends.openvino_installed():
+            from .inference.openvino import OpenVinoImageTower
+
+            side = export.image_size
+            OpenVinoImageTower(export).encode_image(np.zeros((1, 3, side, side), np.float32))
+    except ExportDamagedError as exc:
+        return [Finding("export", False, str(exc), repaired=True)]
+    return [Finding("export", True, f"{export.folder.name}: its towers give the probes' vectors")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .images import file_hash as content_hash  # the same BLAKE2b-128 as image files
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -12,8 +13,12 @@ def is_path(pretrained: str | None) -> bool:
     """Whether a --pretrained value names a file rather than an open_clip tag."""
     if not pretrained:
         return False
-    return os.sep in pretrained or "/" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES) or (
-        os.path.isfile(pretrained))
+    return (
+        os.sep in pretrained
+        or "/" in pretrained
+        or pretrained.endswith(CHECKPOINT_SUFFIXES)
+        or (os.path.isfile(pretrained))
+    )
 
 
 def fingerprint(path: str) -> dict:

@@ -9,13 +9,21 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import cast
 
 import typer
 
 from .config import (
-    BACKENDS, COLLECTION_ENV, DEFAULT_EXCLUDES, DUPLICATE_THRESHOLD, PRECISIONS, SERVER_ENV, TOKEN_ENV, IndexConfig,
-    IndexingConfig, ModelConfig,
+    BACKENDS,
+    COLLECTION_ENV,
+    DEFAULT_EXCLUDES,
+    DUPLICATE_THRESHOLD,
+    PRECISIONS,
+    SERVER_ENV,
+    TOKEN_ENV,
+    IndexConfig,
+    IndexingConfig,
+    ModelConfig,
 )
 from .errors import ImgsearchError
 from .search import Filters, Query, Term
@@ -23,13 +31,20 @@ from .search import Filters, Query, Term
 # rich_markup_mode=None: rich markup would swallow "[default: ...]" in help texts.
 app = typer.Typer(
     help="Semantic image search: index folders of images with CLIP, then search them by text or image.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-texts_app = typer.Typer(help="Manage the text collection used for image -> text search.", no_args_is_help=True,
-                        rich_markup_mode=None)
+texts_app = typer.Typer(
+    help="Manage the text collection used for image -> text search.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(texts_app, name="texts")
-cache_app = typer.Typer(help="The cache of exported models ($IMGSEARCH_CACHE): list, remove, prune.",
-                        rich_markup_mode=None, invoke_without_command=True)
+cache_app = typer.Typer(
+    help="The cache of exported models ($IMGSEARCH_CACHE): list, remove, prune.",
+    rich_markup_mode=None,
+    invoke_without_command=True,
+)
 app.add_typer(cache_app, name="cache")
 
 
@@ -42,40 +57,59 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
-                                       help="Print the version and exit.")) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+    ),
+) -> None:
     pass  # the app's help text is the Typer(help=...) above
 
 
 IndexOpt = typer.Option(
-    None, "--index", envvar=COLLECTION_ENV, show_envvar=True, metavar="PATH",
+    None,
+    "--index",
+    envvar=COLLECTION_ENV,
+    show_envvar=True,
+    metavar="PATH",
     help="Collection folder [default: ~/.local/share/imgsearch/default, or $XDG_DATA_HOME/imgsearch/default].",
 )
-ModelOpt = typer.Option(None, "--model", metavar="NAME",
-                        help="open_clip model name for a new collection [default: ViT-B-32].")
+ModelOpt = typer.Option(
+    None, "--model", metavar="NAME", help="open_clip model name for a new collection [default: ViT-B-32]."
+)
 PretrainedOpt = typer.Option(
-    None, "--pretrained", metavar="TAG|FILE",
+    None,
+    "--pretrained",
+    metavar="TAG|FILE",
     help="Pretrained tag [default: laion2b_s34b_b79k], a local checkpoint file for offline use (a moved file is "
-         "recognised by its content), or 'none' for random weights.",
+    "recognised by its content), or 'none' for random weights.",
 )
 PretrainedAsOpt = typer.Option(
-    None, "--pretrained-as", metavar="TAG|none",
+    None,
+    "--pretrained-as",
+    metavar="TAG|none",
     help="The open_clip tag a --pretrained checkpoint file holds, so that it runs with that tag's preprocessing and "
-         "activation (recognised by itself when the file sits in the Hugging Face cache); 'none': the "
-         "architecture's defaults.")
-DeviceOpt = typer.Option(None, "--device", metavar="DEVICE",
-                         help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu].")
+    "activation (recognised by itself when the file sits in the Hugging Face cache); 'none': the "
+    "architecture's defaults.",
+)
+DeviceOpt = typer.Option(
+    None, "--device", metavar="DEVICE", help="Torch device: cpu, cuda, cuda:1 [default: cuda if available, else cpu]."
+)
 BackendOpt = typer.Option(
-    None, "--backend", metavar="auto|torch|onnx|onnx-int8|openvino",
+    None,
+    "--backend",
+    metavar="auto|torch|onnx|onnx-int8|openvino",
     help="What runs the model on CPU: torch, onnx (ONNX Runtime fp32; exported once per model and cached), "
-         "onnx-int8 (its image tower quantized to int8; never picked by auto) or openvino (the exported image "
-         "tower, bf16 where the CPU has it) [default: auto: openvino when installed and it passed its check, else "
-         "torch with bf16 weights on CPUs with native bf16, else onnx. Indexing from the export and queries never "
-         "import torch once the export is cached].")
+    "onnx-int8 (its image tower quantized to int8; never picked by auto) or openvino (the exported image "
+    "tower, bf16 where the CPU has it) [default: auto: openvino when installed and it passed its check, else "
+    "torch with bf16 weights on CPUs with native bf16, else onnx. Indexing from the export and queries never "
+    "import torch once the export is cached].",
+)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
-WaitOpt = typer.Option(True, "--wait/--no-wait",
-                       help="While another imgsearch process writes to the collection, wait for it (with a "
-                            "message) or fail at once.")
+WaitOpt = typer.Option(
+    True,
+    "--wait/--no-wait",
+    help="While another imgsearch process writes to the collection, wait for it (with a message) or fail at once.",
+)
 
 
 def _model(name: str | None, pretrained: str | None, pretrained_as: str | None = None) -> ModelConfig | None:
@@ -98,13 +132,22 @@ def _open(index: Path | None, model=None, pretrained=None, device=None, backend=
     folder = index or "the collection"
 
     def waiting() -> None:
-        typer.echo(f"imgsearch: another imgsearch process is writing to {folder}; waiting for it to finish "
-                   "(Ctrl-C to stop, --no-wait to fail at once)", err=True)
+        typer.echo(
+            f"imgsearch: another imgsearch process is writing to {folder}; waiting for it to finish "
+            "(Ctrl-C to stop, --no-wait to fail at once)",
+            err=True,
+        )
 
     from . import api  # imported when a command needs it: a query through a server never does
 
-    return api.open(index, model=_model(model, pretrained, pretrained_as), device=device, backend=backend,
-                    wait=math.inf if wait else 0.0, on_wait=waiting)
+    return api.open(
+        index,
+        model=_model(model, pretrained, pretrained_as),
+        device=device,
+        backend=backend,
+        wait=math.inf if wait else 0.0,
+        on_wait=waiting,
+    )
 
 
 def _warn(messages) -> None:
@@ -149,6 +192,7 @@ def _progress_bar(description: str, unit: str, enabled: bool = True):
             bar = shown["bar"] = tqdm(desc=stage or description, unit=unit, file=sys.stderr, dynamic_ncols=True)
         elif stage and shown["stage"] != stage:
             bar.set_description(stage, refresh=False)
+            bar.reset(total)  # the rate and the time left count from this stage's start, not the model's loading
         shown["stage"] = stage or shown["stage"]
         bar.total = total
         bar.n = done
@@ -168,39 +212,57 @@ def _default_workers() -> int:
 @app.command()
 def index(
     folder: Path = typer.Argument(..., help="Folder to index (searched recursively)."),
-    index: Optional[Path] = IndexOpt,
-    model: Optional[str] = ModelOpt,
-    pretrained: Optional[str] = PretrainedOpt,
-    pretrained_as: Optional[str] = PretrainedAsOpt,
-    device: Optional[str] = DeviceOpt,
-    backend: Optional[str] = BackendOpt,
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", min=1, help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
-                                          "on a GPU, the largest that fits, probed]."),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, metavar="N",
+    index: Path | None = IndexOpt,
+    model: str | None = ModelOpt,
+    pretrained: str | None = PretrainedOpt,
+    pretrained_as: str | None = PretrainedAsOpt,
+    device: str | None = DeviceOpt,
+    backend: str | None = BackendOpt,
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
+        "on a GPU, the largest that fits, probed].",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        metavar="N",
         help=f"Decoding workers: threads when the model runs from its cached export (no torch) [default: one per core], "
-             f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one]."),
-    exclude: list[str] = typer.Option([], "--exclude", metavar="GLOB",
-                                      help="Leave out names or relative paths matching GLOB (repeatable)."),
+        f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one].",
+    ),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", metavar="GLOB", help="Leave out names or relative paths matching GLOB (repeatable)."
+    ),
     no_default_excludes: bool = typer.Option(
-        False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."),
-    rehash: bool = typer.Option(False, "--rehash", help="Read every file's content, also when its size and time are "
-                                                          "unchanged (content changed with `touch -r` is found)."),
+        False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."
+    ),
+    rehash: bool = typer.Option(
+        False,
+        "--rehash",
+        help="Read every file's content, also when its size and time are "
+        "unchanged (content changed with `touch -r` is found).",
+    ),
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     wait: bool = WaitOpt,
-    ray: Optional[str] = typer.Option(
-        None, "--ray", metavar="ADDRESS|auto|local",
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS|auto|local",
         help="Embed on a Ray cluster: 'local' starts one here, 'auto' joins a running one, or its address "
-             "(needs `pip install 'imgsearch[ray]'`). A killed run resumes from the shards it wrote."),
+        "(needs `pip install 'imgsearch[ray]'`). A killed run resumes from the shards it wrote.",
+    ),
 ) -> None:
     """Embed every image under FOLDER. Re-running is incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, moved ones (even to another folder) followed
     and copies of indexed files reuse their vectors, without re-embedding. Hidden files and folders
     are skipped; symlinked folders are followed (each file once)."""
-    settings = IndexingConfig(batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size,
-                              workers=workers, ray=ray)
+    settings = IndexingConfig(
+        batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size, workers=workers, ray=ray
+    )
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with _user_errors(), _open(index, model, pretrained, device, backend, wait, pretrained_as) as engine:
         with _progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
@@ -211,8 +273,13 @@ def index(
 
 
 def _print_index_report(report) -> None:
-    rate = (f" ({report.embedded / report.seconds:.1f} images/s, {report.backend})"
-            if report.embedded and report.seconds else "")
+    # The rate is the embedding's own; loading the model (once per run, and its export once per model) is said apart.
+    rate = (
+        f" ({report.embedded / report.embed_seconds:.1f} images/s embedding, {report.backend}; model ready in "
+        f"{report.model_seconds:.1f}s)"
+        if report.embedded and report.embed_seconds
+        else ""
+    )
     reused = f" ({report.reused} copies reused stored vectors)" if report.reused else ""
     typer.echo(
         f"{report.folder}: {report.added} added{reused}, {report.updated} updated, {report.moved} moved, "
@@ -224,54 +291,89 @@ def _print_index_report(report) -> None:
     if len(report.skipped) > 20:
         typer.echo(f"  ... and {len(report.skipped) - 20} more: see `imgsearch skipped`", err=True)
     if report.backfilled:
-        typer.echo(f"  read the format and date of {report.backfilled} images indexed by an older imgsearch "
-                   "(for --after/--before/--format filters; nothing was re-embedded)", err=True)
+        typer.echo(
+            f"  read the format and date of {report.backfilled} images indexed by an older imgsearch "
+            "(for --after/--before/--format filters; nothing was re-embedded)",
+            err=True,
+        )
     if report.still_skipped:
-        typer.echo(f"  {report.still_skipped} files skipped in earlier runs are still unreadable "
-                   "(`imgsearch skipped` lists them)", err=True)
+        typer.echo(
+            f"  {report.still_skipped} files skipped in earlier runs are still unreadable "
+            "(`imgsearch skipped` lists them)",
+            err=True,
+        )
     if report.reembedded:
-        typer.echo(f"  re-embedded {report.reembedded} unchanged images whose stored vectors were wrong: "
-                   f"{report.reembedded_why}", err=True)
+        typer.echo(
+            f"  re-embedded {report.reembedded} unchanged images whose stored vectors were wrong: "
+            f"{report.reembedded_why}",
+            err=True,
+        )
     for note in report.notes:
         typer.echo(f"  note: {note}", err=True)
 
 
 @app.command()
 def query(
-    text: Optional[str] = typer.Argument(
-        None, help="What to look for: \"a red car\", or terms joined by ' + ' and ' - ' with optional weights and "
-                   "image terms: \"beach + sunset - people\", \"2*red car + 0.5*night\", \"sunset + img:photos/a.jpg\". "
-                   "Quotes keep text literal. A bare image file name is refused (write img:NAME)."),
-    image: list[str] = typer.Option([], "--image", "-i", metavar="PATH|URL",
-                                    help="Search with this image file or http(s) URL (repeatable; added to TEXT)."),
-    minus: list[str] = typer.Option([], "--minus", metavar="TEXT|PATH",
-                                    help="Subtract this text or image from the query (repeatable)."),
+    text: str | None = typer.Argument(
+        None,
+        help="What to look for: \"a red car\", or terms joined by ' + ' and ' - ' with optional weights and "
+        'image terms: "beach + sunset - people", "2*red car + 0.5*night", "sunset + img:photos/a.jpg". '
+        "Quotes keep text literal. A bare image file name is refused (write img:NAME).",
+    ),
+    image: list[str] = typer.Option(
+        [],
+        "--image",
+        "-i",
+        metavar="PATH|URL",
+        help="Search with this image file or http(s) URL (repeatable; added to TEXT).",
+    ),
+    minus: list[str] = typer.Option(
+        [], "--minus", metavar="TEXT|PATH", help="Subtract this text or image from the query (repeatable)."
+    ),
     texts: bool = typer.Option(False, "--texts", help="Return texts from the text collection (image -> text)."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="How many results."),
-    folders: list[Path] = typer.Option([], "--in", metavar="FOLDER",
-                                       help="Only images under FOLDER (repeatable)."),
-    after: Optional[str] = typer.Option(None, "--after", metavar="DATE", help=(
-        "Only images taken on or after DATE (YYYY, YYYY-MM, YYYY-MM-DD[ HH:MM], local time): EXIF "
-        "DateTimeOriginal, else the file's modification time.")),
-    before: Optional[str] = typer.Option(None, "--before", metavar="DATE", help="Only images taken before DATE."),
-    min_width: Optional[int] = typer.Option(None, "--min-width", metavar="PX", help="Only images at least PX wide."),
-    min_height: Optional[int] = typer.Option(None, "--min-height", metavar="PX", help="Only images at least PX tall."),
-    formats: Optional[str] = typer.Option(None, "--format", metavar="LIST",
-                                          help="Only these formats, e.g. jpg,png (jpeg png webp gif bmp tiff heif avif)."),
-    orientation: Optional[str] = typer.Option(None, "--orientation", metavar="landscape|portrait|square"),
-    index: Optional[Path] = IndexOpt,
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="FILE",
-                                             help="New location of the collection's checkpoint file, if it moved."),
-    pretrained_as: Optional[str] = typer.Option(
-        None, "--pretrained-as", metavar="TAG|none",
+    folders: list[Path] = typer.Option([], "--in", metavar="FOLDER", help="Only images under FOLDER (repeatable)."),
+    after: str | None = typer.Option(
+        None,
+        "--after",
+        metavar="DATE",
+        help=(
+            "Only images taken on or after DATE (YYYY, YYYY-MM, YYYY-MM-DD[ HH:MM], local time): EXIF "
+            "DateTimeOriginal, else the file's modification time."
+        ),
+    ),
+    before: str | None = typer.Option(None, "--before", metavar="DATE", help="Only images taken before DATE."),
+    min_width: int | None = typer.Option(None, "--min-width", metavar="PX", help="Only images at least PX wide."),
+    min_height: int | None = typer.Option(None, "--min-height", metavar="PX", help="Only images at least PX tall."),
+    formats: str | None = typer.Option(
+        None,
+        "--format",
+        metavar="LIST",
+        help="Only these formats, e.g. jpg,png (jpeg png webp gif bmp tiff heif avif).",
+    ),
+    orientation: str | None = typer.Option(None, "--orientation", metavar="landscape|portrait|square"),
+    index: Path | None = IndexOpt,
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", metavar="FILE", help="New location of the collection's checkpoint file, if it moved."
+    ),
+    pretrained_as: str | None = typer.Option(
+        None,
+        "--pretrained-as",
+        metavar="TAG|none",
         help="The tag the collection's checkpoint file holds, for a collection an earlier imgsearch built that did "
-             "not record it (`imgsearch index ... --pretrained-as TAG` records it)."),
-    device: Optional[str] = DeviceOpt,
-    backend: Optional[str] = BackendOpt,
-    server: Optional[str] = typer.Option(
-        None, "--server", envvar=SERVER_ENV, show_envvar=True, metavar="URL|off",
+        "not record it (`imgsearch index ... --pretrained-as TAG` records it).",
+    ),
+    device: str | None = DeviceOpt,
+    backend: str | None = BackendOpt,
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        envvar=SERVER_ENV,
+        show_envvar=True,
+        metavar="URL|off",
         help="Ask this running `imgsearch serve` (answers in a fraction of a second) [default: the collection's "
-             "running server if there is one, else in-process]; 'off' always searches in-process."),
+        "running server if there is one, else in-process]; 'off' always searches in-process.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Search the collection: by TEXT, by --image, or by both combined. With --texts, find texts
@@ -282,7 +384,9 @@ def query(
         _fail("--texts finds texts for one image: give exactly one --image PATH and no TEXT or --minus", 2)
     if not texts:
         try:  # a malformed query or filter is a usage error, found before anything loads
-            filters = Filters(tuple(folders), after, before, min_width, min_height, formats or (), orientation)
+            filters = Filters(
+                tuple(map(str, folders)), after, before, min_width, min_height, formats or (), orientation
+            )
             wanted = _query(text, image, minus, filters)
         except ImgsearchError as exc:
             _fail(exc.for_cli(), 2)
@@ -290,8 +394,10 @@ def query(
     if server != "off" and not (pretrained or pretrained_as or device or backend):  # those ask for an in-process model
         hits = _ask_server(server, index, None if texts else wanted, image[0] if texts else None, top)
     if hits is None:
-        with _user_errors(), _open(index, pretrained=pretrained, device=device, backend=backend,
-                                   pretrained_as=pretrained_as) as engine:
+        with (
+            _user_errors(),
+            _open(index, pretrained=pretrained, device=device, backend=backend, pretrained_as=pretrained_as) as engine,
+        ):
             found = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
             _warn(engine.warnings())
         hits = [h.to_dict() for h in found]
@@ -308,24 +414,29 @@ def _ask_server(url: str | None, index: Path | None, wanted: Query | None, descr
     from .server import discovery
     from .server.client import Client, Unreachable
 
-    named, token = url is not None, os.environ.get(TOKEN_ENV)
-    if not named:
-        folder = collection_path(index)
+    token = os.environ.get(TOKEN_ENV)
+    folder, nonce = collection_path(index), None
+    if url is None:
         found = discovery.find(folder)
         if found is None:
             return None
-        url, token = found["url"], token or found.get("token")
-    plan = _server_plan(wanted) if describe is None else None
-    if describe is None and plan is None:
+        url, token, nonce = found["url"], token or found.get("token"), found.get("nonce")
+        if not isinstance(nonce, str):
+            return None  # an announcement without its proof: never believed
+    named = nonce is None
+    plan = _server_plan(wanted) if describe is None and wanted is not None else None
+    if describe is None and (plan is None or wanted is None):
         return None  # e.g. two image terms: only one image can be uploaded
     client = Client(url, token)
-    if not named and not (isinstance(found.get("nonce"), str) and client.proves(found["nonce"], folder)):
+    if nonce is not None and not client.proves(nonce, folder):
         return None  # not the server that announced itself there (a reused pid, a copied collection): in-process
     try:
         with _user_errors():
             if describe is not None:
                 return client.describe(describe, top)
-            return client.search(*plan, k=top, filters=_filter_params(wanted.filters))
+            assert plan is not None and wanted is not None  # checked above
+            text, upload = plan
+            return client.search(text, upload, k=top, filters=wanted.filters.to_params())
     except Unreachable as exc:
         if named:
             _fail(f"{exc}; start one with `imgsearch serve`, or search in-process with --server off")
@@ -347,16 +458,6 @@ def _server_plan(wanted: Query) -> tuple[str | None, str | None] | None:
     return (str(Query(rest)) if rest else None), (images[0].value if images else None)
 
 
-def _filter_params(filters: Filters) -> dict:
-    """The filters as the server's query parameters (folders absolute, dates as @seconds: read here)."""
-    def seconds(value: float | None) -> str | None:
-        return None if value is None else f"@{value!r}"
-
-    return {"in": list(filters.folders), "after": seconds(filters.after), "before": seconds(filters.before),
-            "min_width": filters.min_width, "min_height": filters.min_height,
-            "format": ",".join(filters.formats) or None, "orientation": filters.orientation}
-
-
 def _query(text: str | None, images: list[str], minus: list[str], filters) -> Query:
     if text is None and not images:
         _fail("give a TEXT query, --image PATH, or both", 2)
@@ -370,18 +471,25 @@ def _query(text: str | None, images: list[str], minus: list[str], filters) -> Qu
 
 @app.command()
 def serve(
-    index: Optional[Path] = IndexOpt,
+    index: Path | None = IndexOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free one)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True, metavar="SECRET",
-                                        help="Require this token on every request (needed off loopback). On the "
-                                             "command line every local user sees it (ps): prefer $IMGSEARCH_TOKEN "
-                                             "or --token-file."),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", metavar="FILE",
-                                              help="Read the token from the first line of FILE."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        metavar="SECRET",
+        help="Require this token on every request (needed off loopback). On the "
+        "command line every local user sees it (ps): prefer $IMGSEARCH_TOKEN "
+        "or --token-file.",
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", metavar="FILE", help="Read the token from the first line of FILE."
+    ),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image upload accepted."),
-    device: Optional[str] = DeviceOpt,
-    backend: Optional[str] = BackendOpt,
+    device: str | None = DeviceOpt,
+    backend: str | None = BackendOpt,
 ) -> None:
     """Serve the collection: a web gallery at http://HOST:PORT/ and an HTTP JSON API under /api (schema at
     /api/openapi.json). The model loads once; `imgsearch query` then asks this server and answers at once.
@@ -393,9 +501,18 @@ def serve(
         try:
             token = token_file.expanduser().read_text().splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:
-            _fail(f"--token-file: cannot read a token from {token_file}: {getattr(exc, 'strerror', None) or 'empty'}", 2)
-    config = ServeConfig(index=index, host=host, port=port, token=token or None,
-                         max_upload_bytes=int(max_upload_mb * 2**20), backend=backend, device=device)
+            _fail(
+                f"--token-file: cannot read a token from {token_file}: {getattr(exc, 'strerror', None) or 'empty'}", 2
+            )
+    config = ServeConfig(
+        index=index,
+        host=host,
+        port=port,
+        token=token or None,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        backend=backend,
+        device=device,
+    )
     with _user_errors():
         from .server.app import serve as run
 
@@ -404,11 +521,16 @@ def serve(
 
 @app.command()
 def dupes(
-    threshold: float = typer.Option(DUPLICATE_THRESHOLD, "--threshold", "-t", min=0.0, max=1.0,
-                                    help="Cosine similarity from which two images are near-duplicates (higher: "
-                                         "stricter)."),
+    threshold: float = typer.Option(
+        DUPLICATE_THRESHOLD,
+        "--threshold",
+        "-t",
+        min=0.0,
+        max=1.0,
+        help="Cosine similarity from which two images are near-duplicates (higher: stricter).",
+    ),
     exact: bool = typer.Option(False, "--exact", help="Only identical files (same bytes)."),
-    index: Optional[Path] = IndexOpt,
+    index: Path | None = IndexOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """List groups of duplicate images: identical files, and near-duplicates (resized, re-encoded or lightly
@@ -446,23 +568,33 @@ def models(as_json: bool = JsonOpt) -> None:
     typer.echo(f"{'model':27} {'pretrained':19} {'dim':>4} {'cost':>5} {'COCO R@5':>8} {'F30K R@5':>8}  cached  notes")
     for m in found:
         cost = f"{m.relative_cost:g}x" if m.relative_cost else "?"
-        typer.echo(f"{m.name:27} {m.pretrained:19} {m.dim or '?':>4} {cost:>5} {pct(m.coco_text_to_image_r5):>8} "
-                   f"{pct(m.flickr_text_to_image_r5):>8}  {'yes' if m.cached else 'no':6}  {m.why}"
-                   f"{'' if m.languages == 'English' else f' ({m.languages})'}")
-    typer.echo("cost: image-tower compute per image relative to ViT-B-32 (indexing time scales with it); R@5: "
-               "published text->image numbers (open_clip / CLIP_benchmark), '-' where none are recorded", err=True)
+        typer.echo(
+            f"{m.name:27} {m.pretrained:19} {m.dim or '?':>4} {cost:>5} {pct(m.coco_text_to_image_r5):>8} "
+            f"{pct(m.flickr_text_to_image_r5):>8}  {'yes' if m.cached else 'no':6}  {m.why}"
+            f"{'' if m.languages == 'English' else f' ({m.languages})'}"
+        )
+    typer.echo(
+        "cost: image-tower compute per image relative to ViT-B-32 (indexing time scales with it); R@5: "
+        "published text->image numbers (open_clip / CLIP_benchmark), '-' where none are recorded",
+        err=True,
+    )
 
 
 @app.command()
-def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+def info(index: Path | None = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What a collection holds: model, counts, index type, size on disk."""
     with _user_errors(), _open(index) as engine:
         about = engine.info()
     if as_json:
         return _print_json(about.to_dict())
-    kind = "exact (flat)" if about.image_index == "flat" else (
-        f"{'IVF' if about.image_index == 'ivf' else 'compact IVF-PQ, re-ranked'}, {about.image_index_lists} lists, "
-        f"nprobe {about.nprobe}")
+    kind = (
+        "exact (flat)"
+        if about.image_index == "flat"
+        else (
+            f"{'IVF' if about.image_index == 'ivf' else 'compact IVF-PQ, re-ranked'}, {about.image_index_lists} lists, "
+            f"nprobe {about.nprobe}"
+        )
+    )
     typer.echo(
         f"collection  {about.path}\nmodel       {about.model} ({about.pretrained or 'random weights'}), "
         f"{about.dim} dimensions\nimages      {about.images}\ntexts       {about.texts}\n"
@@ -478,13 +610,15 @@ def _recipe_line(recipe: dict) -> str:
     act = "QuickGELU" if recipe.get("quick_gelu") else "GELU"
     mean = "/".join(f"{float(v):g}" for v in recipe.get("mean", ()))
     std = "/".join(f"{float(v):g}" for v in recipe.get("std", ()))
-    return (f"{recipe.get('tag') or 'architecture defaults'}: mean {mean}, std {std}, {recipe.get('interpolation')}, "
-            f"{recipe.get('resize_mode')}, {act} ({recipe.get('source')})")
+    return (
+        f"{recipe.get('tag') or 'architecture defaults'}: mean {mean}, std {std}, {recipe.get('interpolation')}, "
+        f"{recipe.get('resize_mode')}, {act} ({recipe.get('source')})"
+    )
 
 
 @app.command()
 def check(
-    index: Optional[Path] = IndexOpt,
+    index: Path | None = IndexOpt,
     repair: bool = typer.Option(False, "--repair", help="Rebuild what can be rebuilt from the store."),
     as_json: bool = JsonOpt,
     wait: bool = WaitOpt,
@@ -501,14 +635,17 @@ def check(
             mark = "ok" if f.ok else "repaired" if f.repaired else "PROBLEM"
             typer.echo(f"{mark:9} {f.part:15} {f.detail}")
         if not report.ok:
-            typer.echo("imgsearch: the collection has problems" + ("" if repair else
-                       "; `imgsearch check --repair` rebuilds what can be rebuilt"), err=True)
+            typer.echo(
+                "imgsearch: the collection has problems"
+                + ("" if repair else "; `imgsearch check --repair` rebuilds what can be rebuilt"),
+                err=True,
+            )
     if not report.ok:
         raise typer.Exit(1)
 
 
 @app.command()
-def skipped(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+def skipped(index: Path | None = IndexOpt, as_json: bool = JsonOpt) -> None:
     """Files that could not be indexed, with the reason for each."""
     with _user_errors(), _open(index) as engine:
         items = engine.skipped()
@@ -520,7 +657,7 @@ def skipped(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
 
 @app.command()
 def prune(
-    index: Optional[Path] = IndexOpt,
+    index: Path | None = IndexOpt,
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
     as_json: bool = JsonOpt,
     wait: bool = WaitOpt,
@@ -540,12 +677,12 @@ def prune(
 @texts_app.command("add")
 def texts_add(
     file: Path = typer.Argument(..., help="UTF-8 text file, one text per line."),
-    index: Optional[Path] = IndexOpt,
-    model: Optional[str] = ModelOpt,
-    pretrained: Optional[str] = PretrainedOpt,
-    pretrained_as: Optional[str] = PretrainedAsOpt,
-    device: Optional[str] = DeviceOpt,
-    backend: Optional[str] = BackendOpt,
+    index: Path | None = IndexOpt,
+    model: str | None = ModelOpt,
+    pretrained: str | None = PretrainedOpt,
+    pretrained_as: str | None = PretrainedAsOpt,
+    device: str | None = DeviceOpt,
+    backend: str | None = BackendOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Embed the lines of FILE into the collection's text set (for `query --image X --texts`)."""
@@ -557,7 +694,7 @@ def texts_add(
 
 
 @texts_app.command("clear")
-def texts_clear(index: Optional[Path] = IndexOpt, wait: bool = WaitOpt) -> None:
+def texts_clear(index: Path | None = IndexOpt, wait: bool = WaitOpt) -> None:
     """Remove every text from the collection."""
     with _user_errors(), _open(index, wait=wait) as engine:
         removed = engine.clear_texts()
@@ -596,8 +733,11 @@ def cache_remove(model: str = typer.Argument(..., help="Model name, e.g. ViT-B-3
 
 
 @cache_app.command("prune")
-def cache_prune(unused_days: Optional[float] = typer.Option(
-        None, "--unused-days", metavar="N", help="Also remove exports no process has opened for N days.")) -> None:
+def cache_prune(
+    unused_days: float | None = typer.Option(
+        None, "--unused-days", metavar="N", help="Also remove exports no process has opened for N days."
+    ),
+) -> None:
     """Remove exports of older imgsearch formats and leftovers of killed exports (and, with --unused-days, those
     not used lately)."""
     from .inference.backends import remove_dead_work, remove_exports
@@ -606,8 +746,10 @@ def cache_prune(unused_days: Optional[float] = typer.Option(
     from .inference.backends import cache_dir
 
     leftovers = remove_dead_work(cache_dir() / "onnx") if (cache_dir() / "onnx").is_dir() else []
-    typer.echo(f"removed {len(removed)} exports, {sum(e.bytes for e in removed) / 1e6:.1f} MB"
-               f"{f', and {len(leftovers)} leftovers of killed exports' if leftovers else ''}")
+    typer.echo(
+        f"removed {len(removed)} exports, {sum(e.bytes for e in removed) / 1e6:.1f} MB"
+        f"{f', and {len(leftovers)} leftovers of killed exports' if leftovers else ''}"
+    )
 
 
 @app.command("eval")
@@ -616,29 +758,43 @@ def eval_(
     images: Path = typer.Option(..., "--images", help="Folder holding the dataset's images."),
     annotations: Path = typer.Option(..., "--annotations", help="Karpathy/COCO/BLIP JSON or CLIP_benchmark CSV."),
     model: str = typer.Option(ModelConfig.name, "--model", help="open_clip model name."),
-    pretrained: str = typer.Option(ModelConfig.pretrained, "--pretrained", help="Pretrained tag, checkpoint file, or 'none'."),
-    pretrained_as: Optional[str] = typer.Option(
-        None, "--pretrained-as", "--published-as", metavar="TAG|none",
+    pretrained: str = typer.Option(
+        ModelConfig.pretrained, "--pretrained", help="Pretrained tag, checkpoint file, or 'none'."
+    ),
+    pretrained_as: str | None = typer.Option(
+        None,
+        "--pretrained-as",
+        "--published-as",
+        metavar="TAG|none",
         help="The open_clip tag a --pretrained checkpoint file holds: it runs with that tag's recipe and its "
-             "published numbers are shown."),
-    device: Optional[str] = DeviceOpt,
+        "published numbers are shown.",
+    ),
+    device: str | None = DeviceOpt,
     backend: str = typer.Option(
-        "torch", "--backend", metavar="|".join(BACKENDS),
+        "torch",
+        "--backend",
+        metavar="|".join(BACKENDS),
         help="What runs the model. The protocol's torch fp32 by default, so that CLIP_benchmark's numbers are "
-             "reproduced to the hit; a faster backend (auto, openvino, onnx...) only when asked for, and the report "
-             "says which ran."),
-    precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16|auto",
-                                  help="Torch precision (fp32: the protocol's; auto: bf16 where the CPU has it)."),
+        "reproduced to the hit; a faster backend (auto, openvino, onnx...) only when asked for, and the report "
+        "says which ran.",
+    ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        metavar="fp32|bf16|fp16|auto",
+        help="Torch precision (fp32: the protocol's; auto: bf16 where the CPU has it).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
-    ivf_threshold: int = typer.Option(IndexConfig.ivf_threshold, "--ivf-threshold", min=0,
-                                      help="Index size from which the index is IVF (0: always)."),
+    ivf_threshold: int = typer.Option(
+        IndexConfig.ivf_threshold, "--ivf-threshold", min=0, help="Index size from which the index is IVF (0: always)."
+    ),
     nprobe: int = typer.Option(IndexConfig.nprobe, "--nprobe", min=1, help="IVF lists searched per query."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the full report as JSON here."),
+    json_out: Path | None = typer.Option(None, "--json-out", help="Also write the full report as JSON here."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Recall@1/5/10 and MRR, text->image and image->text, exact and through imgsearch's index
     (CLIP_benchmark protocol; see docs/evaluation.md)."""
-    from .datasets import load_dataset
+    from .evaluation.datasets import load_dataset
 
     _check_backend(backend)
     if precision not in PRECISIONS:
@@ -649,13 +805,15 @@ def eval_(
     with _user_errors():
         data = load_dataset(dataset.lower(), annotations, images)  # inputs checked before torch is imported
         from .clip.embedder import Embedder
-        from .evaluate import evaluate, format_table
+        from .evaluation.retrieval import evaluate, format_table
 
-        chosen = replace(_model(model, pretrained, pretrained_as), backend=backend, precision=precision)
+        named = cast(ModelConfig, _model(model, pretrained, pretrained_as))  # --model always has a value here
+        chosen = replace(named, backend=backend, precision=precision)
         embedder = Embedder(replace(chosen, device=device or chosen.device)).load()
         with _progress_bar("embedding", "item", enabled=not as_json) as bar:
-            report = evaluate(data, embedder, config, batch_size,
-                              lambda stage, done, total: bar(done, total, f"embedding {stage}"))
+            report = evaluate(
+                data, embedder, config, batch_size, lambda stage, done, total: bar(done, total, f"embedding {stage}")
+            )
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))

@@ -79,7 +79,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -87,7 +87,7 @@ class ModelConfig:
     def label(self) -> str:
         return f"{self.name} ({self.pretrained or 'random weights'})"
 
-    def same_model(self, other: "ModelConfig") -> bool:
+    def same_model(self, other: ModelConfig) -> bool:
         """Whether both produce the same embeddings (device, precision and backend aside)."""
         return (self.name, self.pretrained, self.pretrained_as) == (other.name, other.pretrained, other.pretrained_as)
 
@@ -128,8 +128,16 @@ class IndexConfig:
 
 # Folders no one wants in a photo search: NAS thumbnails, package trees, trash. Hidden ones (.git,
 # .Trash-1000, .thumbnails) are skipped anyway. Globs, matched against names and relative paths.
-DEFAULT_EXCLUDES = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "node_modules", "lost+found",
-                    "System Volume Information", "Trash")
+DEFAULT_EXCLUDES = (
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    "$RECYCLE.BIN",
+    "node_modules",
+    "lost+found",
+    "System Volume Information",
+    "Trash",
+)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ plan says why (``reason``), and ``imgsearch info`` and the index run show it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .config import ModelConfig
 from .inference import backends
@@ -64,29 +65,38 @@ def for_files(model: ModelConfig, export: OnnxExport | None, cuda: bool) -> Plan
     if precision in ("bf16", "fp16"):
         return Plan("torch", precision)
     problem = export_problem(export)
-    if precision == "auto" and problem is None and export.openvino_passed and backends.openvino_installed():
+    usable = export if problem is None else None  # the export, when its paths may run
+    if precision == "auto" and usable is not None and usable.openvino_passed and backends.openvino_installed():
         return Plan("openvino")
     why = _why_not_openvino(export, problem) if precision == "auto" else None
-    bf16_failed = problem is None and export.bf16_failed
+    bf16_failed = usable is not None and usable.bf16_failed
     if precision == "auto" and backends.native_bf16() and not bf16_failed:
         return Plan("torch", "bf16", why)
-    if problem is None:
-        return Plan("onnx", "fp32", "; ".join(filter(None, [why, bf16_failed and export.failure("torch-bf16")])) or None)
+    if usable is not None:
+        bf16_why = usable.failure("torch-bf16") if bf16_failed else None
+        return Plan("onnx", "fp32", "; ".join(filter(None, [why, bf16_why])) or None)
     return Plan("torch", "fp32", why or f"torch fp32 runs: {problem}")
 
 
 def _explicit(backend: str, export: OnnxExport | None) -> Plan:
     """A backend named by the user: run it (even from an export that failed its check), or say why it cannot."""
     if export is None or not backends.onnxruntime_installed():
-        return Plan("torch", "fp32", f"--backend {backend} needs the model's ONNX export: {export_problem(export)}; "
-                                     "torch fp32 runs instead")
+        return Plan(
+            "torch",
+            "fp32",
+            f"--backend {backend} needs the model's ONNX export: {export_problem(export)}; torch fp32 runs instead",
+        )
     if backend == "openvino" and not backends.openvino_installed():
-        return Plan("onnx", "fp32", "--backend openvino: OpenVINO is not installed (pip install openvino); ONNX "
-                                    "Runtime fp32 runs instead")
+        return Plan(
+            "onnx",
+            "fp32",
+            "--backend openvino: OpenVINO is not installed (pip install openvino); ONNX Runtime fp32 runs instead",
+        )
     if backend == "onnx-int8" and not export.image_int8_path.is_file():
         made = export.check.get("int8", {}).get("error", "see the export's check")
-        return Plan("onnx", "fp32", f"--backend onnx-int8: no int8 tower could be made ({made}); ONNX Runtime fp32 "
-                                    "runs instead")
+        return Plan(
+            "onnx", "fp32", f"--backend onnx-int8: no int8 tower could be made ({made}); ONNX Runtime fp32 runs instead"
+        )
     return Plan(backend)
 
 
@@ -95,7 +105,7 @@ def _why_not_openvino(export: OnnxExport | None, problem: str | None) -> str | N
         return f"the model's ONNX export is not used: {problem}"
     if not backends.openvino_installed():
         return None  # not offered on this platform: nothing to explain
-    if problem is not None:
+    if problem is not None or export is None:
         return f"OpenVINO is not used: {problem}"
     if "openvino" not in export.check:
         return "OpenVINO is not used: the export has no OpenVINO check"
@@ -113,34 +123,34 @@ def for_query(model: ModelConfig, export: OnnxExport | None) -> Plan:
     if model.backend == "torch" or model.device not in ("auto", "cpu") or model.precision not in ("auto", "fp32"):
         return Plan("torch", model.precision)  # asked for outright
     problem = export_problem(export)
-    if problem is None and not export.torch_free_text:
+    if problem is None and export is not None and not export.torch_free_text:
         problem = f"its tokenizer ({export.meta.get('tokenizer')}) needs open_clip"
-    if problem is None and not export.torch_free_images:
+    if problem is None and export is not None and not export.torch_free_images:
         problem = f"its image transform ({export.meta.get('preprocess', {}).get('resize_mode')}) needs torchvision"
     if problem is None:
         return Plan("onnx")
     return Plan("torch", model.precision, f"queries load torch: {problem}")
 
 
-def query_encoder(model: ModelConfig) -> tuple[object | None, Plan]:
+def query_encoder(model: ModelConfig) -> tuple[Any, Plan]:
     """(the torch-free query encoder, or None when torch must encode; the plan, with its reason)."""
     export = backends.find_export(model) if backends.onnxruntime_installed() else None
     plan = for_query(model, export)
-    if plan.runner == "torch":
+    if plan.runner == "torch" or export is None:
         return None, plan
     from .inference.query import OnnxQueryEncoder
 
     return OnnxQueryEncoder(export), plan
 
 
-def file_encoder(model: ModelConfig, decode: str) -> tuple[object | None, Plan | None]:
+def file_encoder(model: ModelConfig, decode: str) -> tuple[Any, Plan | None]:
     """(the torch-free file encoder, its plan) when the model's cached export runs the files on this CPU, else
     (None, None): torch embeds them (and makes the export on a model's first run)."""
     if decode == "tensor" or on_cuda(model) or model.backend == "torch" or not backends.onnxruntime_installed():
         return None, None
     export = backends.find_export(model)
     plan = for_files(model, export, cuda=False)
-    if not plan.uses_export or not export.torch_free_images:
+    if export is None or not plan.uses_export or not export.torch_free_images:
         return None, None
     from .inference.files import ExportImageFiles
 

@@ -14,15 +14,16 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import IMAGE_EXTENSIONS
+from .records import FileEntry, ImageDetails, ScanProblem, format_name
 
 _HASH_CHUNK = 1 << 20
 # EXIF orientations that swap width and height.
@@ -38,26 +39,12 @@ class ImageSkipped(Exception):
     """A file that cannot be indexed; str(exc) is the reason shown to the user."""
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    path: str  # absolute, resolved
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class ScanProblem:
-    path: str
-    reason: str
-    is_folder: bool = False  # a folder that could not be listed: what is under it is unknown, not gone
-
-
 @cache
 def register_optional_formats() -> tuple[str, ...]:
     """Enable HEIC/AVIF where a maintained Pillow plugin is installed; returns what was enabled."""
     enabled = []
     try:
-        import pillow_heif  # type: ignore[import-not-found]
+        import pillow_heif
 
         pillow_heif.register_heif_opener()
         enabled.append("heic")
@@ -84,8 +71,9 @@ def looks_like_image_path(text: str) -> bool:
         return True
     if not is_image_name(text):
         return False
-    return "/" in text or os.sep in text or not any(c.isspace() for c in text) or os.path.lexists(
-        os.path.expanduser(text))
+    return (
+        "/" in text or os.sep in text or not any(c.isspace() for c in text) or os.path.lexists(os.path.expanduser(text))
+    )
 
 
 def load_query_image(source: str | os.PathLike, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
@@ -128,8 +116,11 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
             if is_image_name(name) and not name.startswith(".") and not _excluded(name, rel, excludes):
                 path = os.path.join(dirpath, name)
                 if not _utf8(path):
-                    yield ScanProblem(_printable(path), "its name is not valid UTF-8 (shown with \\x escapes), so "
-                                      "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`")
+                    yield ScanProblem(
+                        _printable(path),
+                        "its name is not valid UTF-8 (shown with \\x escapes), so "
+                        "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`",
+                    )
                     continue
                 entry = _stat_entry(path, seen_files, inside)
                 if entry is not None:
@@ -204,15 +195,6 @@ def bytes_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True)
-class ImageDetails:
-    width: int  # original size, upright
-    height: int
-    content_hash: str
-    format: str | None = None  # Pillow's format, as stored: "jpeg", "png"...
-    taken_at: float | None = None  # EXIF DateTimeOriginal (epoch seconds), None without one
-
-
 def read_details(path: str) -> tuple[str | None, float | None]:
     """(format, taken_at) from a file's header, without decoding its pixels; (None, None) if unreadable."""
     register_optional_formats()
@@ -226,8 +208,6 @@ def read_details(path: str) -> tuple[str | None, float | None]:
 
 
 def _format(img: Image.Image) -> str | None:
-    from .search.filters import format_name
-
     return format_name(img.format)
 
 
@@ -244,16 +224,6 @@ def _taken_at(img: Image.Image) -> float | None:
         return when.timestamp()
     except (ValueError, TypeError, OSError, SyntaxError):  # "0000:00:00 00:00:00", garbage, a broken IFD
         return None
-
-
-@dataclass
-class EmbeddedBatch:
-    """One batch of files embedded: positions into the caller's path list, vectors, and failures."""
-
-    positions: list[int]
-    details: list[ImageDetails]  # original size and content hash per embedded file
-    vectors: np.ndarray  # (len(positions), dim) float32, normalised
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
 @dataclass(frozen=True)
@@ -298,8 +268,7 @@ def prepared(path: str, load, transform, min_side: int, max_pixels: int):
         return None, None, skip_reason(exc)
 
 
-def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000,
-                 reference: bool = False) -> LoadedImage:
+def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000, reference: bool = False) -> LoadedImage:
     """``load_image`` (or, with ``reference``, ``load_reference_image``) for bytes already in memory."""
     register_optional_formats()
     try:
@@ -343,7 +312,8 @@ def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
             if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
                 raise ImageSkipped(
                     f"its proportions ({width}x{height}) are beyond {MAX_ASPECT}:1; scaled to a model's input it "
-                    f"would be {MAX_ASPECT}x too large to embed (crop it into pieces to index them)")
+                    f"would be {MAX_ASPECT}x too large to embed (crop it into pieces to index them)"
+                )
             yield img
 
 

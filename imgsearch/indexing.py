@@ -1,31 +1,232 @@
-"""One indexing run, step by step: plan against the store, book the changes, embed what is left.
+"""One indexing run, step by step: plan against the store, book the changes, embed what is left, and keep the
+collection's FAISS index in step with each committed batch.
 
-``Collection.index_folder`` drives these under the writer lock. Nothing here holds state between runs.
+``Collection.index_folder`` holds the writer lock and calls ``run``. Nothing here holds state between runs.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import images as imgs
+from . import stale
+from .config import IndexingConfig
+from .errors import CollectionError, ExportDamagedError
+from .manifest import ModelRecord
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
+from .records import Changes, EmbeddedBatch, FileEntry, NewImage, Skip
 from .results import IndexReport, SkippedFile
-from .store import Changes, NewImage, Skip, Store
+from .storage.store import Store
+from .storage.synced import SyncedIndex
 
 
-def plan_run(store: Store, root: Path, excludes: Sequence[str], stale_before: float | None = None,
-             rehash: bool = False) -> Plan:
+@dataclass(frozen=True)
+class Target:
+    """The collection a run writes to, as ``Collection`` gives it."""
+
+    folder: Path
+    models: ModelRecord
+    dim: Callable[[], int | None]  # None until the first vectors are stored
+    synced: Callable[[str], SyncedIndex]  # a table's index, opened on first use
+    opened: Callable[[str], SyncedIndex | None]  # a table's index only if already open
+    embedder: Callable[[], Any]  # torch's model (loads it)
+    file_encoder: Callable[[IndexingConfig], Any]  # what embeds image files (``encoders.file_encoder``)
+
+
+def run(
+    target: Target, store: Store, root: Path, settings: IndexingConfig, progress, excludes: Sequence[str], rehash: bool
+) -> IndexReport:
+    """Embed new and changed images under ``root``, drop vanished ones, follow moved ones (``Collection.index_folder``
+    has the rules); ``store`` is open for writing, under the writer lock."""
+    started = time.monotonic()
+    target.models.note_changes(store)  # also refuses a model other than the collection's, up front
+    stale_before = target.models.stale_before(store)
+    plan = plan_run(store, root, excludes, stale_before, rehash)
+    report = report_for(root, plan)
+    report.reembedded_why = "; ".join((store.get(stale.STALE_KEY) or {}).get("why", [])) or None
+    report.backfilled = backfill_details(store, root, progress)  # rows from before schema v3
+    synced = target.synced("images") if target.dim() else None
+    booked = bookkeeping(store, plan)
+    if synced is not None and (booked.touches_images or plan.to_embed or not synced.saved_is_current()):
+        # Load the saved index while it is current, then apply deltas; a missing or stale file (a crashed run) is
+        # rebuilt and saved here. A run that changes nothing never reads the file.
+        synced.index  # noqa: B018
+    try:
+        mirror(synced, *apply(store, booked))
+        _embed_plan(target, store, synced, plan, settings, report, progress)
+        if stale_before is not None:
+            _reembed_texts(target, store, stale_before)
+            target.models.clear_stale(store)
+    finally:
+        synced = target.opened("images")  # a first run creates it with its first batch
+        if synced is not None:
+            synced.save()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def prune(target: Target, store: Store, dry_run: bool) -> list[str]:
+    """Rows (and skip records) whose files are gone, anywhere in the collection, dropped unless ``dry_run``."""
+    gone = [(i, p) for i, p in store.all_paths() if not os.path.exists(p)]
+    stale_skips = [s.path for s in store.skipped() if not os.path.lexists(s.path)]
+    if not dry_run and (gone or stale_skips):
+        synced = target.synced("images") if target.dim() else None
+        if synced is not None:
+            synced.index  # noqa: B018 - load it first, so only the delta is applied
+        mirror(synced, *apply(store, Changes(deleted=[i for i, _ in gone], unskipped=stale_skips)))
+        if synced is not None:
+            synced.save()
+    return [p for _, p in gone]
+
+
+def add_texts(target: Target, store: Store, texts: list[str], source: str | None, progress, batch_size: int) -> None:
+    """Embed and store texts for image -> text search, in batches, each one transaction mirrored in the index."""
+    synced = None
+    try:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            vectors = target.embedder().embed_texts(chunk)
+            if not np.isfinite(vectors).all():
+                bad = chunk[int(np.argmin(np.isfinite(vectors).all(axis=1)))]
+                raise CollectionError(
+                    f"the model computed NaN or infinite values for the text {bad!r}; the model or "
+                    "its cached export is damaged: run `imgsearch check`"
+                )
+            manifest = (
+                target.models.manifest(vectors.shape[1], target.embedder().recipe_record)
+                if target.models.stored() is None
+                else {}
+            )
+            ids, generation = store.add_texts(chunk, vectors, source, manifest)
+            synced = synced or target.synced("texts")
+            synced.update(generation, ids, vectors)
+            if progress:
+                progress(start + len(chunk), len(texts))
+    finally:
+        if synced is not None:
+            synced.save()
+
+
+def apply(store: Store, changes: Changes) -> tuple[Changes, list[int], int]:
+    new_ids, generation = store.apply(changes)
+    return changes, new_ids, generation
+
+
+def mirror(synced: SyncedIndex | None, changes: Changes, new_ids: list[int], generation: int) -> None:
+    """Bring the in-memory index in step with a batch the store has committed."""
+    if synced is None or not changes.touches_images:  # the generation did not move: nothing to mirror
+        return
+    replaced = list(changes.replaced)
+    vectors = [c.vector for c in changes.new] + [c.vector for c in changes.replaced.values()]
+    synced.update(
+        generation,
+        new_ids + replaced,
+        np.array(vectors, np.float32).reshape(-1, synced.dim),
+        remove_ids=replaced + changes.deleted,
+    )
+
+
+def _embed_plan(
+    target: Target,
+    store: Store,
+    synced: SyncedIndex | None,
+    plan: Plan,
+    settings: IndexingConfig,
+    report: IndexReport,
+    progress,
+) -> None:
+    entries = plan.to_embed
+    if not entries:
+        return
+    if progress:
+        progress(0, len(entries), "loading model")
+    loading = time.monotonic()
+    batches, recipe = _embedded(target, entries, settings, report)
+    ready = time.monotonic()
+    report.model_seconds = ready - loading
+    stamp = target.models.stored() is None  # stamped with the first batch: a failed start leaves no trace
+    done, noted = 0, False
+    for batch in batches:
+        changes = batch_changes(batch, entries, plan)
+        if stamp and changes.new:
+            changes.manifest, stamp = target.models.manifest(batch.vectors.shape[1], recipe), False
+        if not noted and (changes.new or changes.replaced):
+            changes.manifest, noted = {**changes.manifest, "backend": report.backend}, True
+        applied = apply(store, changes)
+        synced = synced or target.synced("images")
+        mirror(synced, *applied)
+        if synced is not None:
+            synced.save(at_most_every=settings.checkpoint_seconds)
+        tally(report, changes, plan)
+        done += len(batch.positions) + len(batch.failures)
+        report.embed_seconds = time.monotonic() - ready
+        if progress:
+            progress(done, len(entries), "embedding")
+    if settings.ray:  # every shard row is committed: the shards have done their job
+        _ray().clear(target.folder / _ray().SHARDS)
+
+
+def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingConfig, report: IndexReport):
+    """(the batches of embedded files, the recipe they are made with): from this process's model, or from a Ray
+    cluster's shards."""
+    model = target.models.model
+    if settings.ray:
+        from .clip.models import model_image_size, recipe_for
+
+        report.backend = "ray"
+        return _ray().embedded(
+            entries, model, settings, target.folder / _ray().SHARDS, model_image_size(model)
+        ), recipe_for(model).to_dict()
+    try:
+        encoder = target.file_encoder(settings).load()  # a model or download error surfaces before progress
+    except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
+        report.notes.append(str(exc))
+        encoder = target.embedder().load()
+    report.backend, report.notes = encoder.backend, report.notes + list(encoder.notes)
+    return encoder.embed_files([e.path for e in entries], settings), encoder.recipe_record
+
+
+def _reembed_texts(target: Target, store: Store, before: float) -> None:
+    """Texts whose vectors are stale, embedded again in place (same ids)."""
+    rows = store.texts_written_before(before)
+    if not rows:
+        return
+    synced = target.synced("texts")
+    for start in range(0, len(rows), 1024):
+        ids, texts = zip(*rows[start : start + 1024])
+        vectors = target.embedder().embed_texts(list(texts))
+        synced.update(store.replace_text_vectors(ids, vectors), ids, vectors, remove_ids=ids)
+    synced.save()
+
+
+def _ray():
+    from .distributed import ray_embed  # Ray only when asked for
+
+    return ray_embed
+
+
+def plan_run(
+    store: Store, root: Path, excludes: Sequence[str], stale_before: float | None = None, rehash: bool = False
+) -> Plan:
     """What to skip, move, copy, re-embed and delete, with content hashes read only where they decide (and for
     every known file with ``rehash``). ``stale_before``: rows whose vectors were written before this time are
     re-embedded (``stale.py``)."""
     prefix = os.path.join(str(root), "")
     stale = store.ids_written_before("images", stale_before) if stale_before is not None else set()
-    plan = make_plan(imgs.scan(root, excludes), store.image_states(prefix), store.skipped_states(prefix), stale,
-                     _hash_or_none if rehash else None)
+    plan = make_plan(
+        imgs.scan(root, excludes),
+        store.image_states(prefix),
+        store.skipped_states(prefix),
+        stale,
+        _hash_or_none if rehash else None,
+    )
     sizes = store.known_sizes() if plan.new else set()
     hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}
     if hashes:
@@ -40,30 +241,59 @@ def bookkeeping(store: Store, plan: Plan) -> Changes:
     """Everything decided without the model: moves, touches, deletions, scan problems, copies."""
     sources = [state.id for _, state in plan.copies]
     vectors, rows = (store.vectors("images", sources), store.images_by_id(sources)) if sources else ({}, {})
-    copies = [NewImage(e.path, e.size, e.mtime_ns, s.content_hash, rows[s.id].width, rows[s.id].height, vectors[s.id],
-                       rows[s.id].format, rows[s.id].taken_at)
-              for e, s in plan.copies if s.id in vectors]
-    return Changes(new=copies, moved=plan.moved + plan.touched, deleted=[s.id for s in plan.vanished.values()],
-                   skipped=plan.problems, unskipped=plan.gone_skips)
+    copies = [
+        NewImage(
+            e.path,
+            e.size,
+            e.mtime_ns,
+            s.content_hash,
+            rows[s.id].width,
+            rows[s.id].height,
+            vectors[s.id],
+            rows[s.id].format,
+            rows[s.id].taken_at,
+        )
+        for e, s in plan.copies
+        if s.id in vectors
+    ]
+    return Changes(
+        new=copies,
+        moved=plan.moved + plan.touched,
+        deleted=[s.id for s in plan.vanished.values()],
+        skipped=plan.problems,
+        unskipped=plan.gone_skips,
+    )
 
 
 def report_for(root: Path, plan: Plan) -> IndexReport:
     return IndexReport(
         folder=str(root),
-        scanned=plan.unchanged + len(plan.touched) + len(plan.new) + len(plan.changed) + len(plan.moved)
-        + len(plan.copies) + plan.still_skipped + len(plan.problems),
-        unchanged=plan.unchanged + len(plan.touched), moved=len(plan.moved), removed=len(plan.vanished),
+        scanned=plan.unchanged
+        + len(plan.touched)
+        + len(plan.new)
+        + len(plan.changed)
+        + len(plan.moved)
+        + len(plan.copies)
+        + plan.still_skipped
+        + len(plan.problems),
+        unchanged=plan.unchanged + len(plan.touched),
+        moved=len(plan.moved),
+        removed=len(plan.vanished),
         reembedded=len(plan.stale_paths),
-        added=len(plan.copies), reused=len(plan.copies), still_skipped=plan.still_skipped,
+        added=len(plan.copies),
+        reused=len(plan.copies),
+        still_skipped=plan.still_skipped,
         skipped=[SkippedFile(p.path, p.reason) for p in plan.problems],
     )
 
 
-NOT_FINITE = ("the model computed NaN or infinite values for it, so it could never be found; the model or its "
-              "cached export is damaged: run `imgsearch check`")
+NOT_FINITE = (
+    "the model computed NaN or infinite values for it, so it could never be found; the model or its "
+    "cached export is damaged: run `imgsearch check`"
+)
 
 
-def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Changes:
+def batch_changes(batch: EmbeddedBatch, entries: Sequence[FileEntry], plan: Plan) -> Changes:
     """The store batch for one embedded batch of files. A vector that is not finite is never stored: its file is
     skipped with the reason (and retried once it changes, like any skipped file)."""
     changes = Changes()
@@ -73,8 +303,17 @@ def batch_changes(batch, entries: Sequence[imgs.FileEntry], plan: Plan) -> Chang
         if not ok:
             continue
         entry = entries[pos]
-        row = NewImage(entry.path, entry.size, entry.mtime_ns, details.content_hash,
-                       details.width, details.height, vector, details.format or "", details.taken_at)
+        row = NewImage(
+            entry.path,
+            entry.size,
+            entry.mtime_ns,
+            details.content_hash,
+            details.width,
+            details.height,
+            vector,
+            details.format or "",
+            details.taken_at,
+        )
         if entry.path in plan.changed:
             changes.replaced[plan.changed[entry.path][0].id] = row
         else:

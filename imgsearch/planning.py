@@ -8,11 +8,11 @@ file whose content matches a vanished one is a move (kept, not re-embedded).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Iterable
 
-from .images import FileEntry, ScanProblem
-from .store import ImageState, Moved, Skip
+from .records import FileEntry, ImageState, Moved, ScanProblem, Skip
 
 
 @dataclass
@@ -92,7 +92,10 @@ def _classify_known(plan: Plan, state: ImageState, entry: FileEntry, stale: Abst
 
 
 def match_content(
-    plan: Plan, hashes: dict[str, str], stored: dict[str, list[ImageState]], exists: Callable[[str], bool],
+    plan: Plan,
+    hashes: dict[str, str],
+    stored: dict[str, list[ImageState]],
+    exists: Callable[[str], bool],
 ) -> None:
     """Recognise new files by content: a move keeps its row, a copy reuses a stored vector.
 
@@ -106,8 +109,14 @@ def match_content(
     remaining = []
     for entry in plan.new:
         rows = stored.get(hashes.get(entry.path, ""), [])
-        gone = next((r for r in rows if r.id not in claimed and (r.id in vanished or (
-            r.path not in plan.known_paths and not exists(r.path)))), None)
+        gone = next(
+            (
+                r
+                for r in rows
+                if r.id not in claimed and (r.id in vanished or (r.path not in plan.known_paths and not exists(r.path)))
+            ),
+            None,
+        )
         if gone is not None:
             claimed.add(gone.id)
             plan.moved.append(Moved(gone.id, entry.path, entry.size, entry.mtime_ns))

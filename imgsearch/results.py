@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 class _AsDict:
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,9 @@ class IndexReport(_AsDict):
     reused: int = 0  # of `added`: copies of content already indexed, whose stored vector was reused
     skipped: list[SkippedFile] = field(default_factory=list)  # newly skipped this run, with reasons
     still_skipped: int = 0  # skipped in an earlier run and unchanged since
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run
+    model_seconds: float = 0.0  # of it: loading the model (and, on a model's first run, exporting it once)
+    embed_seconds: float = 0.0  # of it: embedding, from the model being ready to the last batch committed
     backfilled: int = 0  # rows from an older collection whose format and date were read (not re-embedded)
     backend: str = ""  # what ran the model this run, e.g. "torch bf16", "onnx fp32"; "" when nothing was embedded
     reembedded: int = 0  # unchanged files whose vectors an earlier imgsearch made wrongly, embedded again

@@ -42,8 +42,10 @@ def reasons(model_label: str, recorded: dict | None, made_with: dict, current: d
     a model left in training mode computes wrongly (only 0.1 left it so)."""
     found = []
     if recorded is None and sensitive:
-        found.append(f"imgsearch 0.1 left {model_label} in training mode after exporting it ({', '.join(sensitive)} "
-                     "then computed wrong vectors)")
+        found.append(
+            f"imgsearch 0.1 left {model_label} in training mode after exporting it ({', '.join(sensitive)} "
+            "then computed wrong vectors)"
+        )
     if not runs_like(made_with, current):
         found.append(f"they were made with {summary(made_with)}; {model_label} runs with {summary(current)}")
     return found
@@ -52,8 +54,10 @@ def reasons(model_label: str, recorded: dict | None, made_with: dict, current: d
 def summary(recipe: dict) -> str:
     act = "QuickGELU" if recipe.get("quick_gelu") else "GELU"
     mean = "/".join(f"{float(v):g}" for v in recipe.get("mean", ()))
-    return (f"{recipe.get('tag') or 'the architecture defaults'}'s recipe (mean {mean}, {recipe.get('interpolation')}, "
-            f"{recipe.get('resize_mode')}, {act})")
+    return (
+        f"{recipe.get('tag') or 'the architecture defaults'}'s recipe (mean {mean}, {recipe.get('interpolation')}, "
+        f"{recipe.get('resize_mode')}, {act})"
+    )
 
 
 def mark(why: list[str]) -> dict:
@@ -63,11 +67,15 @@ def mark(why: list[str]) -> dict:
 
 def warning(stale: dict, images: int, texts: int) -> str:
     what = " and ".join(f"{n} {kind}" for n, kind in ((images, "images"), (texts, "texts")) if n)
-    return (f"{what} of this collection hold vectors that are wrong: {'; '.join(stale.get('why', []))}. "
-            "Searches mix them with correct ones until they are re-embedded: run `imgsearch index` on the "
-            "collection's folders")
+    return (
+        f"{what} of this collection hold vectors that are wrong: {'; '.join(stale.get('why', []))}. "
+        "Searches mix them with correct ones until they are re-embedded: run `imgsearch index` on the "
+        "collection's folders"
+    )
 
 
-LEGACY_WARNING = ("this collection's vectors were made by imgsearch 0.1, which ran some models wrongly (BatchNorm "
-                  "models such as RN50 and MobileCLIP, checkpoint files, OpenAI's QuickGELU weights): run "
-                  "`imgsearch index` on its folders once; it checks them and re-embeds them if they are wrong")
+LEGACY_WARNING = (
+    "this collection's vectors were made by imgsearch 0.1, which ran some models wrongly (BatchNorm "
+    "models such as RN50 and MobileCLIP, checkpoint files, OpenAI's QuickGELU weights): run "
+    "`imgsearch index` on its folders once; it checks them and re-embeds them if they are wrong"
+)

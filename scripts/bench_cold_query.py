@@ -52,15 +52,31 @@ def main(argv=None) -> None:
         index = args.index or Path(tmp) / "collection"
         if args.index is None:
             start = time.perf_counter()
-            subprocess.run(cli("index", str(args.images), "--index", str(index), "--model", args.model,
-                               "--pretrained", args.pretrained, "-q"), check=True, stdout=subprocess.DEVNULL)
-            print(f"indexed {args.images} with {args.model} in {time.perf_counter() - start:.1f} s "
-                  "(ONNX export included on a model's first run)")
+            subprocess.run(
+                cli(
+                    "index",
+                    str(args.images),
+                    "--index",
+                    str(index),
+                    "--model",
+                    args.model,
+                    "--pretrained",
+                    args.pretrained,
+                    "-q",
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            print(
+                f"indexed {args.images} with {args.model} in {time.perf_counter() - start:.1f} s "
+                "(ONNX export included on a model's first run)"
+            )
         photo = next(p for p in sorted(args.images.rglob("*.jpg")))
         cases = {
             "imgsearch query TEXT (auto: ONNX, no torch)": cli("query", "a dog on a beach", "--index", str(index)),
-            "imgsearch query TEXT --backend torch": cli("query", "a dog on a beach", "--index", str(index),
-                                                        "--backend", "torch"),
+            "imgsearch query TEXT --backend torch": cli(
+                "query", "a dog on a beach", "--index", str(index), "--backend", "torch"
+            ),
             'python -c "import torch, open_clip"': [sys.executable, "-c", "import torch, open_clip"],
             "imgsearch query --image PHOTO (auto)": cli("query", "--image", str(photo), "--index", str(index)),
             'python -c "import imgsearch.cli"': [sys.executable, "-c", "import imgsearch.cli"],

@@ -32,13 +32,20 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from PIL import Image
 
-    from imgsearch.config import IndexingConfig, ModelConfig
     from imgsearch.clip.embedder import Embedder
+    from imgsearch.config import IndexingConfig, ModelConfig
     from imgsearch.images import load_image, load_reference_image
 
     paths = [str(p) for p in sorted(SHARED.rglob("*.jpg"))]
-    embedder = Embedder(ModelConfig(args.model, None if args.pretrained == "none" else args.pretrained,
-                                    device=args.device, backend="torch", precision="fp32")).load()
+    embedder = Embedder(
+        ModelConfig(
+            args.model,
+            None if args.pretrained == "none" else args.pretrained,
+            device=args.device,
+            backend="torch",
+            precision="fp32",
+        )
+    ).load()
     preprocess, side = embedder.preprocess, embedder.image_size
     for name, load in (("fast (draft)", lambda p: load_image(p, side)), ("reference", load_reference_image)):
         started = time.perf_counter()
@@ -54,14 +61,20 @@ def main(argv=None) -> None:
     cos = np.einsum("ij,ij->i", vectors["fast"], vectors["reference"])
     rotated = np.array([Image.open(p).getexif().get(0x0112, 1) != 1 for p in paths])
     same = cos[~rotated]
-    print(f"{embedder.config.label}, {len(paths)} photos ({rotated.sum()} with an EXIF rotation, left out): cosine "
-          f"fast vs reference min {same.min():.4f}, 1st percentile {np.percentile(same, 1):.4f}, mean {same.mean():.5f}")
+    print(
+        f"{embedder.config.label}, {len(paths)} photos ({rotated.sum()} with an EXIF rotation, left out): cosine "
+        f"fast vs reference min {same.min():.4f}, 1st percentile {np.percentile(same, 1):.4f}, mean {same.mean():.5f}"
+    )
     for pillow in ("fast", "reference"):
         tensor = np.einsum("ij,ij->i", vectors["tensor"], vectors[pillow])[~rotated if pillow == "reference" else ...]
-        print(f"tensor path on {embedder.device} vs {pillow} Pillow path, {len(tensor)} photos: cosine min {tensor.min():.4f}, "
-              f"1st percentile {np.percentile(tensor, 1):.4f}, mean {tensor.mean():.5f} (goal: min >= 0.995, mean >= 0.999)")
-    print("embed_files end to end, workers=0 (model included): " + ", ".join(
-        f"{mode} {len(paths) / s:.1f} images/s" for mode, s in seconds.items()))
+        print(
+            f"tensor path on {embedder.device} vs {pillow} Pillow path, {len(tensor)} photos: cosine min {tensor.min():.4f}, "
+            f"1st percentile {np.percentile(tensor, 1):.4f}, mean {tensor.mean():.5f} (goal: min >= 0.995, mean >= 0.999)"
+        )
+    print(
+        "embed_files end to end, workers=0 (model included): "
+        + ", ".join(f"{mode} {len(paths) / s:.1f} images/s" for mode, s in seconds.items())
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def parse_args(argv=None):
 
 
 def scale(args) -> None:
-    vectors, _ = make_data(argparse.Namespace(n=args.n, dim=args.dim, clusters=100, spread=2.0, intrinsic=64,
-                                              queries=1, seed=args.seed))
+    vectors, _ = make_data(
+        argparse.Namespace(n=args.n, dim=args.dim, clusters=100, spread=2.0, intrinsic=64, queries=1, seed=args.seed)
+    )
     rng = np.random.default_rng(args.seed + 1)
     hashes = [f"{i:032x}" for i in range(args.n)]
     n_exact, n_near = args.n // 100, args.n // 50
@@ -67,20 +68,23 @@ def scale(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         build(Path(tmp), vectors, metadata(args.n, rng), hashes=hashes)
-        print(f"built a {args.n:,}-image store in {time.perf_counter() - started:.1f} s; planted {n_exact} exact and "
-              f"{n_near} near copies (cosine to original {near_cos.min():.3f}-{near_cos.max():.3f})")
+        print(
+            f"built a {args.n:,}-image store in {time.perf_counter() - started:.1f} s; planted {n_exact} exact and "
+            f"{n_near} near copies (cosine to original {near_cos.min():.3f}-{near_cos.max():.3f})"
+        )
         with imgsearch.open(tmp) as engine:
             for threshold in (None, args.threshold):
                 started = time.perf_counter()
                 groups = engine.duplicates(threshold)
                 seconds = time.perf_counter() - started
                 group_of = {i.id: g for g, group in enumerate(groups) for i in group.images}
-                found = [group_of.get(s + 1, -1) == group_of.get(d + 1, -2)
-                         for s, d in zip(planted, copies)]
+                found = [group_of.get(s + 1, -1) == group_of.get(d + 1, -2) for s, d in zip(planted, copies)]
                 exact_found, near_found = np.mean(found[:n_exact]), np.mean(found[n_exact:])
                 label = "identical files only" if threshold is None else f"threshold {threshold}"
-                print(f"{label}: {seconds:.1f} s, {len(groups)} groups; planted exact copies found {exact_found:.3f}"
-                      + ("" if threshold is None else f", near copies found {near_found:.3f}"))
+                print(
+                    f"{label}: {seconds:.1f} s, {len(groups)} groups; planted exact copies found {exact_found:.3f}"
+                    + ("" if threshold is None else f", near copies found {near_found:.3f}")
+                )
 
 
 def transforms(args) -> None:
@@ -98,8 +102,9 @@ def transforms(args) -> None:
         derived = {
             "resized to 50%": lambda p: original.resize((w // 2, h // 2), Image.LANCZOS).save(p, quality=95),
             "JPEG quality 60": lambda p: original.save(p, quality=60),
-            "cropped 3% per side": lambda p: original.crop((w * 3 // 100, h * 3 // 100, w - w * 3 // 100,
-                                                             h - h * 3 // 100)).save(p, quality=95),
+            "cropped 3% per side": lambda p: original.crop(
+                (w * 3 // 100, h * 3 // 100, w - w * 3 // 100, h - h * 3 // 100)
+            ).save(p, quality=95),
             "flipped left-right": lambda p: original.transpose(Image.FLIP_LEFT_RIGHT).save(p, quality=95),
         }
         for n, make in enumerate(derived.values()):
@@ -107,14 +112,22 @@ def transforms(args) -> None:
         model = imgsearch.ModelConfig(args.model, pretrained)
         with imgsearch.open(Path(tmp) / "c", model=model) as engine:
             engine.index_folder(root)
-            vector = {Path(h.path).name: engine.query_vector(h.path) for h in engine.search(sources[0], k=len(sources) + 4)}
+            vector = {
+                Path(h.path).name: engine.query_vector(h.path) for h in engine.search(sources[0], k=len(sources) + 4)
+            }
         first = vector[sources[0].name]
         rows = [(label, float(vector[f"copy{n}.jpg"] @ first)) for n, label in enumerate(derived)]
         distinct = np.array([vector[s.name] for s in sources])
         sims = distinct @ distinct.T
-        rows.append((f"two distinct photos (highest of {len(sources)})", float(sims[~np.eye(len(sources), dtype=bool)].max())))
-        print(f"model {model.label}\n\n| copy | cosine to original | " + " | ".join(f"≥ {t}" for t in THRESHOLDS)
-              + " |\n|---|---|" + "---|" * len(THRESHOLDS))
+        rows.append(
+            (f"two distinct photos (highest of {len(sources)})", float(sims[~np.eye(len(sources), dtype=bool)].max()))
+        )
+        print(
+            f"model {model.label}\n\n| copy | cosine to original | "
+            + " | ".join(f"≥ {t}" for t in THRESHOLDS)
+            + " |\n|---|---|"
+            + "---|" * len(THRESHOLDS)
+        )
         for label, cos in rows:
             print(f"| {label} | {cos:.4f} | " + " | ".join("caught" if cos >= t else "-" for t in THRESHOLDS) + " |")
 

@@ -50,9 +50,10 @@ from pathlib import Path
 import torch
 
 import imgsearch
-from imgsearch.config import IndexingConfig, ModelConfig
 from imgsearch.clip.models import resolve_device
-from imgsearch.images import FileEntry, load_image, scan
+from imgsearch.config import IndexingConfig, ModelConfig
+from imgsearch.images import load_image, scan
+from imgsearch.records import FileEntry
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "coco_mini"
@@ -73,25 +74,42 @@ class Figures:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
-                        help="folder of photos (default: %(default)s)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of photos (default: %(default)s)")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
-    parser.add_argument("--pretrained", default="laion2b_s34b_b79k",
-                        help="pretrained tag, checkpoint file, or 'none' (random weights); default: %(default)s")
+    parser.add_argument(
+        "--pretrained",
+        default="laion2b_s34b_b79k",
+        help="pretrained tag, checkpoint file, or 'none' (random weights); default: %(default)s",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default: %(default)s)")
     parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per forward pass (default: the library's: 64 on a CPU, probed on a GPU)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding workers (default: the library's, min(8, CPU count))")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the library's: 64 on a CPU, probed on a GPU)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding workers (default: the library's, min(8, CPU count))"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is printed")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
-                        help="compare these backends side by side (and their quality) instead")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=None,
+        help="compare these backends side by side (and their quality) instead",
+    )
     return parser.parse_args(argv)
 
 
-BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx-fp32": ("onnx", "fp32"),
-            "onnx-int8": ("onnx-int8", "auto"), "openvino": ("openvino", "auto")}
+BACKENDS = {
+    "torch-fp32": ("torch", "fp32"),
+    "torch-bf16": ("torch", "bf16"),
+    "onnx-fp32": ("onnx", "fp32"),
+    "onnx-int8": ("onnx-int8", "auto"),
+    "openvino": ("openvino", "auto"),
+}
 
 
 def fresh_collection(folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int) -> imgsearch.Collection:
@@ -119,8 +137,7 @@ def time_model_only(embedder, paths: list[str], batch_size: int) -> tuple[float,
     start = time.perf_counter()
     tensors = [preprocess(load_image(p, min_side=embedder.image_size).image) for p in paths]
     decode = time.perf_counter() - start
-    batches = [torch.stack(tensors[i : i + batch_size]).to(embedder.device)
-               for i in range(0, len(tensors), batch_size)]
+    batches = [torch.stack(tensors[i : i + batch_size]).to(embedder.device) for i in range(0, len(tensors), batch_size)]
     start = time.perf_counter()
     for batch in batches:
         embedder.encode_preprocessed(batch)  # returns numpy, so a GPU has finished when it returns
@@ -153,8 +170,11 @@ def measure(tmp: Path, args: argparse.Namespace, model: ModelConfig, paths: list
                 figures.decode.append(decode)
                 figures.model.append(forward)
             else:
-                settings = IndexingConfig(batch_size=args.batch_size, gpu_batch_size=args.batch_size,
-                                          workers=workers if step == "pipeline" else 0)
+                settings = IndexingConfig(
+                    batch_size=args.batch_size,
+                    gpu_batch_size=args.batch_size,
+                    workers=workers if step == "pipeline" else 0,
+                )
                 figures.images, seconds = time_index(engine, args.images, settings)
                 getattr(figures, step).append(seconds)
             if not figures.memory:
@@ -190,8 +210,10 @@ def print_figures(figures: Figures, device: str, workers: int) -> None:
     cuda = f"{memory['cuda'] / GIB:.2f} GiB" if memory["cuda"] is not None else f"n/a ({device})"
     print(f"peak memory after the first end-to-end run (workers={workers}), model and warm-up included:")
     print(f"  main process RSS      {memory['main'] / GIB:.2f} GiB")
-    print(f"  largest child RSS     {memory['children'] / GIB:.2f} GiB  "
-          "(a DataLoader worker, pages shared with the main process included)")
+    print(
+        f"  largest child RSS     {memory['children'] / GIB:.2f} GiB  "
+        "(a DataLoader worker, pages shared with the main process included)"
+    )
     print(f"  CUDA max allocated    {cuda}")
 
 
@@ -215,8 +237,12 @@ def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, pa
     warm_dir.mkdir()
     shutil.copy(paths[0], warm_dir)
     names = list(dict.fromkeys(["torch-fp32", *args.backends]))
-    engines = {n: fresh_collection(tmp / n, replace(model, backend=BACKENDS[n][0], precision=BACKENDS[n][1]),
-                                   warm_dir, args.batch_size) for n in names}
+    engines = {
+        n: fresh_collection(
+            tmp / n, replace(model, backend=BACKENDS[n][0], precision=BACKENDS[n][1]), warm_dir, args.batch_size
+        )
+        for n in names
+    }
     reference = engines["torch-fp32"].embedder
     tensors = [reference.preprocess(load_image(p, min_side=reference.image_size).image) for p in paths]
     batches = [torch.stack(tensors[i : i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
@@ -232,25 +258,34 @@ def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, pa
             model_s[n].append(time.perf_counter() - start)
             vectors[n] = (images, embedder.embed_texts(texts))
             with imgsearch.open(tmp / f"{n}-e2e-{run}", embedder=embedder) as engine:
-                _, seconds = time_index(engine, args.images, IndexingConfig(batch_size=args.batch_size,
-                                                                            gpu_batch_size=args.batch_size, workers=0))
+                _, seconds = time_index(
+                    engine,
+                    args.images,
+                    IndexingConfig(batch_size=args.batch_size, gpu_batch_size=args.batch_size, workers=0),
+                )
             e2e_s[n].append(seconds)
     n_images = len(paths)
     ref_model, ref_e2e = rate(n_images, model_s["torch-fp32"])[0], rate(n_images, e2e_s["torch-fp32"])[0]
     ref_img, ref_txt = vectors["torch-fp32"]
     ref_top = np.argsort(-(ref_txt @ ref_img.T), axis=1)[:, :10]
-    print(f"{'backend':12} {'ran as':12} {'model img/s':>11} {'x fp32':>7} {'e2e img/s':>10} {'x fp32':>7} "
-          f"{'img cos min/mean':>17} {'txt cos min/mean':>17} {'top-10 overlap':>15}")
+    print(
+        f"{'backend':12} {'ran as':12} {'model img/s':>11} {'x fp32':>7} {'e2e img/s':>10} {'x fp32':>7} "
+        f"{'img cos min/mean':>17} {'txt cos min/mean':>17} {'top-10 overlap':>15}"
+    )
     for n in names:
         img, txt = vectors[n]
         icos, tcos = np.sum(img * ref_img, axis=1), np.sum(txt * ref_txt, axis=1)
         top = np.argsort(-(txt @ img.T), axis=1)[:, :10]
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)])
         m, e = rate(n_images, model_s[n])[0], rate(n_images, e2e_s[n])[0]
-        print(f"{n:12} {engines[n].embedder.backend:12} {m:11.2f} {m / ref_model:7.2f} {e:10.2f} {e / ref_e2e:7.2f} "
-              f"{icos.min():8.5f}/{icos.mean():.5f} {tcos.min():8.5f}/{tcos.mean():.5f} {overlap:15.3f}")
-    print(f"\n{len(texts)} captions ranked against {n_images} images for the top-10 overlap; end to end with "
-          "workers=0; the ONNX export (once per model, cached) happened before the clock started")
+        print(
+            f"{n:12} {engines[n].embedder.backend:12} {m:11.2f} {m / ref_model:7.2f} {e:10.2f} {e / ref_e2e:7.2f} "
+            f"{icos.min():8.5f}/{icos.mean():.5f} {tcos.min():8.5f}/{tcos.mean():.5f} {overlap:15.3f}"
+        )
+    print(
+        f"\n{len(texts)} captions ranked against {n_images} images for the top-10 overlap; end to end with "
+        "workers=0; the ONNX export (once per model, cached) happened before the clock started"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,8 +303,10 @@ def main(argv: list[str] | None = None) -> None:
 
         args.batch_size = Embedder(model).load().gpu_batch if device.startswith("cuda") else IndexingConfig.batch_size
     print(f"indexing benchmark: {len(paths)} images in {args.images}")
-    print(f"model {model.label} on {device}, precision {args.precision}, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}, decode workers {workers}")
+    print(
+        f"model {model.label} on {device}, precision {args.precision}, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}, decode workers {workers}"
+    )
     print(f"median of {args.repeat} run(s) each, all in this process; imports, model load and warm-up excluded\n")
     with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
         if args.backends:

@@ -52,8 +52,8 @@ def export_for_rclip(datadir: Path) -> None:
     """ViT-B-32-256 with imgsearch's seeded random weights, as the ONNX files and vocabulary rclip loads."""
     import torch
 
-    from imgsearch.config import ModelConfig
     from imgsearch.clip.models import load_model
+    from imgsearch.config import ModelConfig
     from imgsearch.inference.tokenizer import vocab_path
 
     model = load_model(ModelConfig(ARCH, None, device="cpu"), "cpu").model
@@ -74,9 +74,16 @@ def export_for_rclip(datadir: Path) -> None:
     with torch.enable_grad(), warnings.catch_warnings():  # as imgsearch's exporter: no fused attention fast path
         warnings.simplefilter("ignore")
         for name, sample in samples.items():
-            torch.onnx.export(Tower(name == "textual"), (sample,), str(folder / f"{name}.onnx"),
-                              input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "n"}, "output": {0: "n"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                Tower(name == "textual"),
+                (sample,),
+                str(folder / f"{name}.onnx"),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
 
 
 def timed(cmd: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
@@ -108,8 +115,19 @@ def main(argv=None) -> None:
         print(f"exported {ARCH} (seeded random weights) for rclip in {time.perf_counter() - start:.1f} s")
         env = {**os.environ, "RCLIP_DATADIR": str(datadir)}
         backend = ["--backend", args.backend] if args.backend else []
-        index_cmd = lambda coll: [*imgsearch, "index", str(photos), "--index", str(coll), "--model", ARCH,  # noqa: E731
-                                  "--pretrained", "none", "-q", *backend]
+        index_cmd = lambda coll: [
+            *imgsearch,
+            "index",
+            str(photos),
+            "--index",
+            str(coll),
+            "--model",
+            ARCH,  # noqa: E731
+            "--pretrained",
+            "none",
+            "-q",
+            *backend,
+        ]
         query_cmd = lambda coll: [*imgsearch, "query", QUERY, "--index", str(coll), "--server", "off"]  # noqa: E731
         rclip_index = [args.rclip, "-t", "10", QUERY]
         rclip_query = [args.rclip, "--no-indexing", "-t", "10", QUERY]
@@ -117,8 +135,9 @@ def main(argv=None) -> None:
         warm, out = timed(index_cmd(tmp / "warm"), env)  # imgsearch's one-time export of this model (cached)
         print(f"imgsearch warm-up index (one-time export included): {warm:.1f} s")
         timed(rclip_index, env, cwd=photos)
-        times: dict[str, list[float]] = {k: [] for k in ("rclip index+query", "rclip query", "imgsearch index",
-                                                         "imgsearch query")}
+        times: dict[str, list[float]] = {
+            k: [] for k in ("rclip index+query", "rclip query", "imgsearch index", "imgsearch query")
+        }
         outputs = {}
         for run in range(args.runs):
             (datadir / "db.sqlite3").unlink(missing_ok=True)
@@ -138,10 +157,14 @@ def main(argv=None) -> None:
     for name, t in times.items():
         print(f"{name:28} {statistics.median(t):9.2f} {min(t):6.2f} {max(t):6.2f}")
     rclip_index_only = med["rclip index+query"] - med["rclip query"]
-    print(f"\nindexing images/s: rclip {n / rclip_index_only:.1f} (index+query minus query), "
-          f"imgsearch {n / med['imgsearch index']:.1f}; imgsearch / rclip = {rclip_index_only / med['imgsearch index']:.2f}x")
-    print(f"index+query as processes: rclip {med['rclip index+query']:.2f} s, imgsearch "
-          f"{med['imgsearch index'] + med['imgsearch query']:.2f} s (two processes)")
+    print(
+        f"\nindexing images/s: rclip {n / rclip_index_only:.1f} (index+query minus query), "
+        f"imgsearch {n / med['imgsearch index']:.1f}; imgsearch / rclip = {rclip_index_only / med['imgsearch index']:.2f}x"
+    )
+    print(
+        f"index+query as processes: rclip {med['rclip index+query']:.2f} s, imgsearch "
+        f"{med['imgsearch index'] + med['imgsearch query']:.2f} s (two processes)"
+    )
     print(f"cold query: imgsearch / rclip time = {med['imgsearch query'] / med['rclip query']:.2f}")
     ours, theirs = top_paths(outputs["imgsearch"]), top_paths(outputs["rclip"])
     print(f"top-10 overlap for {QUERY!r}: {len(set(ours) & set(theirs))}/10")

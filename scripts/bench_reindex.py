@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,9 @@ from bench_search import make_data  # noqa: E402 - same seeded generator as the 
 
 import imgsearch  # noqa: E402
 from imgsearch.config import IndexConfig, IndexingConfig  # noqa: E402
-from imgsearch.index import VectorIndex  # noqa: E402
-from imgsearch.store import Changes, NewImage, Store  # noqa: E402
+from imgsearch.records import Changes, NewImage  # noqa: E402
+from imgsearch.storage.store import Store  # noqa: E402
+from imgsearch.storage.vector_index import VectorIndex  # noqa: E402
 
 BATCH = 10_000
 MANIFEST = {"model": {"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "dim": 512}
@@ -79,8 +79,10 @@ def make_files(root: Path, n: int) -> list[tuple[str, int, int, str]]:
 
 def write_rows(store: Store, files, vectors: np.ndarray) -> None:
     for start in range(0, len(files), BATCH):
-        batch = [NewImage(p, size, mtime, h, 640, 480, vectors[start + j])
-                 for j, (p, size, mtime, h) in enumerate(files[start : start + BATCH])]
+        batch = [
+            NewImage(p, size, mtime, h, 640, 480, vectors[start + j])
+            for j, (p, size, mtime, h) in enumerate(files[start : start + BATCH])
+        ]
         store.apply(Changes(new=batch, manifest=MANIFEST if start == 0 else {}))
 
 
@@ -88,7 +90,7 @@ def read_back_peak(db: Path, dim: int) -> float:
     """Peak RSS growth of a child process reading every vector back, over the vectors' own size."""
     # /proc's VmHWM belongs to this address space (ru_maxrss would carry the parent's peak across exec).
     code = (
-        "import re, sys; from imgsearch.store import Store; s = Store(sys.argv[1], read_only=True);"
+        "import re, sys; from imgsearch.storage.store import Store; s = Store(sys.argv[1], read_only=True);"
         "kb = lambda k: int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
         "base = kb('VmRSS'); g, ids, v = s.snapshot_vectors('images', int(sys.argv[2]));"
         "print((kb('VmHWM') - base) * 1024 / v.nbytes)"
@@ -110,12 +112,22 @@ def ivf_study(vectors: np.ndarray, queries: np.ndarray, per_list: list[int]) -> 
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     rows = []
     for t in per_list:
-        index, seconds = timed(lambda t=t: VectorIndex.build(vectors.shape[1], np.arange(len(vectors)), vectors,
-                                                             IndexConfig(train_per_list=t)))
+        index, seconds = timed(
+            lambda t=t: VectorIndex.build(
+                vectors.shape[1], np.arange(len(vectors)), vectors, IndexConfig(train_per_list=t)
+            )
+        )
         found = index.search(queries, 10).ids
         recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
-        rows.append({"train_per_list": t, "nlist": index.nlist, "build_s": round(seconds, 1),
-                     "recall@10": round(float(recall), 4), "nprobe": IndexConfig().nprobe})
+        rows.append(
+            {
+                "train_per_list": t,
+                "nlist": index.nlist,
+                "build_s": round(seconds, 1),
+                "recall@10": round(float(recall), 4),
+                "nprobe": IndexConfig().nprobe,
+            }
+        )
         print(json.dumps({"n": len(vectors), **rows[-1]}), flush=True)
         del index
     return rows
@@ -152,10 +164,16 @@ def lifecycle(work: Path, n: int, vectors: np.ndarray) -> dict:
     reader.close()
     db = coll / "imgsearch.db"
     return {
-        "n": n, "make_files_s": round(t_files, 1), "write_rows_s": round(t_write, 1),
-        "first_run_s": round(t_first, 1), "no_change_run_s": round(t_same, 2), "one_percent_change_s": round(t_change, 2),
-        "image_states_s": round(t_states, 2), "read_back_peak_over_size": round(read_back_peak(db, 512), 3),
-        "metadata_bytes_per_image": round(metadata_bytes(db) / n, 1), "db_bytes_per_image": round(db.stat().st_size / n),
+        "n": n,
+        "make_files_s": round(t_files, 1),
+        "write_rows_s": round(t_write, 1),
+        "first_run_s": round(t_first, 1),
+        "no_change_run_s": round(t_same, 2),
+        "one_percent_change_s": round(t_change, 2),
+        "image_states_s": round(t_states, 2),
+        "read_back_peak_over_size": round(read_back_peak(db, 512), 3),
+        "metadata_bytes_per_image": round(metadata_bytes(db) / n, 1),
+        "db_bytes_per_image": round(db.stat().st_size / n),
     }
 
 
@@ -163,7 +181,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     print(f"# bench_reindex {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; {' '.join(sys.argv)}", flush=True)
     for n in args.sizes:
-        data_args = argparse.Namespace(n=n, dim=512, clusters=100, spread=2.0, intrinsic=64, queries=args.queries, seed=0)
+        data_args = argparse.Namespace(
+            n=n, dim=512, clusters=100, spread=2.0, intrinsic=64, queries=args.queries, seed=0
+        )
         vectors, queries = make_data(data_args)
         ivf_study(vectors, queries, args.train_per_list)
         if args.only_ivf:

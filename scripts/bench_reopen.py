@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reindex import write_rows  # noqa: E402 - the same write path and manifest as the re-index benchmark
 from bench_search import make_data  # noqa: E402
 
-from imgsearch.store import Store  # noqa: E402
+from imgsearch.storage.store import Store  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,18 +42,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def fake_files(start: int, n: int) -> list[tuple[str, int, int, str]]:
     """Rows for files that need not exist: a by-id query never opens them."""
-    return [(f"/photos/d{i // 1000:04d}/img{i:07d}.jpg", 1000 + i, 10**18 + i, f"{i:032x}") for i in range(start, start + n)]
+    return [
+        (f"/photos/d{i // 1000:04d}/img{i:07d}.jpg", 1000 + i, 10**18 + i, f"{i:032x}") for i in range(start, start + n)
+    ]
 
 
 def query(coll: Path, image_id: int) -> dict:
     """One fresh CLI process: wall seconds and peak RSS (GNU time), and whether it found the image."""
-    cmd = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "imgsearch.cli", "query", f"id:{image_id}",
-           "--index", str(coll), "-k", "10", "--server", "off"]
+    cmd = [
+        "/usr/bin/time",
+        "-f",
+        "%e %M",
+        sys.executable,
+        "-m",
+        "imgsearch.cli",
+        "query",
+        f"id:{image_id}",
+        "--index",
+        str(coll),
+        "-k",
+        "10",
+        "--server",
+        "off",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"query failed ({out.returncode}): {out.stderr[-2000:]}")
     seconds, kib = out.stderr.strip().splitlines()[-1].split()
-    return {"s": float(seconds), "peak_rss_gb": round(int(kib) / 2**20, 2), "found_itself": f"img{image_id - 1:07d}" in out.stdout}
+    return {
+        "s": float(seconds),
+        "peak_rss_gb": round(int(kib) / 2**20, 2),
+        "found_itself": f"img{image_id - 1:07d}" in out.stdout,
+    }
 
 
 def stamp(coll: Path) -> str:
@@ -74,15 +94,36 @@ def main(argv=None) -> None:
         store = Store(coll / "imgsearch.db")
         started = time.perf_counter()
         write_rows(store, fake_files(0, args.n), vectors[: args.n])
-        print(json.dumps({"n": args.n, "write_rows_s": round(time.perf_counter() - started, 1),
-                          "db_gb": round((coll / "imgsearch.db").stat().st_size / 1e9, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "n": args.n,
+                    "write_rows_s": round(time.perf_counter() - started, 1),
+                    "db_gb": round((coll / "imgsearch.db").stat().st_size / 1e9, 2),
+                }
+            ),
+            flush=True,
+        )
         for label in ("killed first run: query 1", "killed first run: query 2"):
-            print(json.dumps({"step": label, **query(coll, 7), "stamp": stamp(coll),
-                              "generation": store.generation("images")}), flush=True)
+            print(
+                json.dumps(
+                    {"step": label, **query(coll, 7), "stamp": stamp(coll), "generation": store.generation("images")}
+                ),
+                flush=True,
+            )
         write_rows(store, fake_files(args.n, extra), vectors[args.n :])  # committed, never saved to the index
         for label in ("killed later run (+1%): query 3", "killed later run (+1%): query 4"):
-            print(json.dumps({"step": label, **query(coll, args.n + 5), "stamp": stamp(coll),
-                              "generation": store.generation("images")}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "step": label,
+                        **query(coll, args.n + 5),
+                        "stamp": stamp(coll),
+                        "generation": store.generation("images"),
+                    }
+                ),
+                flush=True,
+            )
         store.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,10 +41,9 @@ from bench_reopen import fake_files  # noqa: E402
 from bench_search import clustered_unit_vectors  # noqa: E402 - the same distribution as the search benchmark
 
 import imgsearch  # noqa: E402
-
 from imgsearch.config import IndexConfig  # noqa: E402
-from imgsearch.index import VectorIndex, ivf_lists, structure_for, training_sample, training_size  # noqa: E402
-from imgsearch.store import Store  # noqa: E402
+from imgsearch.storage.store import Store  # noqa: E402
+from imgsearch.storage.vector_index import VectorIndex, ivf_lists, structure_for, training_sample, training_size  # noqa: E402
 
 DIM, CHUNK = 512, 100_000
 
@@ -59,9 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rerank", type=int, nargs="+", default=[IndexConfig().rerank])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--sqlite", action="store_true", help="also compare re-ranking from SQLite (writes a store)")
-    p.add_argument("--collection", action="store_true",
-                   help="only a real compact collection: store written, index and float16 rows built by its first "
-                        "query, then queries re-ranked from the float16 file and from SQLite, interleaved")
+    p.add_argument(
+        "--collection",
+        action="store_true",
+        help="only a real compact collection: store written, index and float16 rows built by its first "
+        "query, then queries re-ranked from the float16 file and from SQLite, interleaved",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -100,8 +102,10 @@ def chunks(data: np.ndarray):
 
 def from_file(data: np.ndarray):
     """Full vectors by id from the float16 file (ids are row numbers)."""
+
     def exact(ids: np.ndarray) -> dict[int, np.ndarray]:
         return dict(zip(ids.tolist(), np.asarray(data[np.sort(ids)], np.float32)))
+
     return exact
 
 
@@ -125,10 +129,13 @@ def build(structure: str, data: np.ndarray, config: IndexConfig) -> VectorIndex:
 
 def loaded_ram(path: Path) -> int:
     """Resident-memory growth of a fresh process reading the saved index."""
-    code = ("import re, sys, faiss; kb = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())"
-            ".group(1)); base = kb(); index = faiss.read_index(sys.argv[1]); print((kb() - base) * 1024)")
-    return int(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                              check=True).stdout)
+    code = (
+        "import re, sys, faiss; kb = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())"
+        ".group(1)); base = kb(); index = faiss.read_index(sys.argv[1]); print((kb() - base) * 1024)"
+    )
+    return int(
+        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    )
 
 
 def latencies(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -138,8 +145,11 @@ def latencies(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> dic
         found.append(index.search(q, 10).ids[0])
         times.append(time.perf_counter() - start)
     recall = np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)])
-    return {"p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
-            "p95_ms": round(1000 * float(np.percentile(times, 95)), 2), "recall@10": round(float(recall), 4)}
+    return {
+        "p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
+        "p95_ms": round(1000 * float(np.percentile(times, 95)), 2),
+        "recall@10": round(float(recall), 4),
+    }
 
 
 def measure(structure: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, args, work: Path) -> None:
@@ -149,14 +159,22 @@ def measure(structure: str, data: np.ndarray, queries: np.ndarray, truth: np.nda
     path = work / "index.faiss"
     index.save(path)
     ram = loaded_ram(path)
-    base = {"n": len(data), "structure": structure if structure in ("ivf", "compact") else f"factory {structure}",
-            "kind": index.kind, "nlist": index.nlist, "build_s": round(build_s, 1),
-            "ram_bytes_per_vector": round(ram / len(data), 1), "disk_bytes_per_vector": round(path.stat().st_size / len(data), 1)}
+    base = {
+        "n": len(data),
+        "structure": structure if structure in ("ivf", "compact") else f"factory {structure}",
+        "kind": index.kind,
+        "nlist": index.nlist,
+        "build_s": round(build_s, 1),
+        "ram_bytes_per_vector": round(ram / len(data), 1),
+        "disk_bytes_per_vector": round(path.stat().st_size / len(data), 1),
+    }
     for nprobe in args.nprobe:
         for rerank in args.rerank if index.kind == "compact" else [0]:
             index.config = replace(index.config, rerank=rerank)
             index._ivf().nprobe = nprobe
-            print(json.dumps({**base, "nprobe": nprobe, "rerank": rerank, **latencies(index, queries, truth)}), flush=True)
+            print(
+                json.dumps({**base, "nprobe": nprobe, "rerank": rerank, **latencies(index, queries, truth)}), flush=True
+            )
     if args.sqlite and index.kind == "compact":
         compare_sources(index, data, queries, work)
     path.unlink()
@@ -182,14 +200,26 @@ def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, w
     exact_file = from_file(data)
     timings = {"sqlite": [], "float16_file": []}
     for ids in candidates:
-        for name, fetch in (("sqlite", lambda i: store.vectors("images", i)), ("float16_file", lambda i: exact_file(i - 1))):
+        for name, fetch in (
+            ("sqlite", lambda i: store.vectors("images", i)),
+            ("float16_file", lambda i: exact_file(i - 1)),
+        ):
             start = time.perf_counter()
             fetch(ids)
             timings[name].append(time.perf_counter() - start)
-    print(json.dumps({"n": len(data), "rerank_source": "fetch of each query's candidates", "write_store_s": round(write_s, 1),
-                      **{f"{name}_p50_ms": round(1000 * float(np.median(t)), 2) for name, t in timings.items()},
-                      **{f"{name}_p95_ms": round(1000 * float(np.percentile(t, 95)), 2) for name, t in timings.items()},
-                      "db_gb": round((work / "imgsearch.db").stat().st_size / 1e9, 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "n": len(data),
+                "rerank_source": "fetch of each query's candidates",
+                "write_store_s": round(write_s, 1),
+                **{f"{name}_p50_ms": round(1000 * float(np.median(t)), 2) for name, t in timings.items()},
+                **{f"{name}_p95_ms": round(1000 * float(np.percentile(t, 95)), 2) for name, t in timings.items()},
+                "db_gb": round((work / "imgsearch.db").stat().st_size / 1e9, 2),
+            }
+        ),
+        flush=True,
+    )
     store.close()
 
 
@@ -215,15 +245,23 @@ def measure_collection(data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
             times[source].append(time.perf_counter() - start)
             found[source].append([h.id - 1 for h in hits])  # store ids start at 1, rows at 0
     engine.close()
-    row = {"n": len(data), "collection": "compact", "write_store_s": round(write_s, 1),
-           "first_query_build_and_save_s": round(first_s, 1),
-           "db_gb": round((coll / "imgsearch.db").stat().st_size / 1e9, 2),
-           "float16_file_gb": round((coll / "images.f16").stat().st_size / 1e9, 2)}
+    row = {
+        "n": len(data),
+        "collection": "compact",
+        "write_store_s": round(write_s, 1),
+        "first_query_build_and_save_s": round(first_s, 1),
+        "db_gb": round((coll / "imgsearch.db").stat().st_size / 1e9, 2),
+        "float16_file_gb": round((coll / "images.f16").stat().st_size / 1e9, 2),
+    }
     for source in times:
         recall = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found[source], truth)])
-        row.update({f"{source}_p50_ms": round(1000 * float(np.percentile(times[source], 50)), 2),
-                    f"{source}_p95_ms": round(1000 * float(np.percentile(times[source], 95)), 2),
-                    f"{source}_recall@10": round(float(recall), 4)})
+        row.update(
+            {
+                f"{source}_p50_ms": round(1000 * float(np.percentile(times[source], 50)), 2),
+                f"{source}_p95_ms": round(1000 * float(np.percentile(times[source], 95)), 2),
+                f"{source}_recall@10": round(float(recall), 4),
+            }
+        )
     print(json.dumps(row), flush=True)
 
 
@@ -236,8 +274,16 @@ def main(argv=None) -> None:
             started = time.perf_counter()
             data, queries = generate(work / "vectors.npy", n, args.queries)
             truth = exact_top(data, queries)
-            print(json.dumps({"n": n, "data_and_truth_s": round(time.perf_counter() - started, 1),
-                              "default_structure": structure_for(n, IndexConfig())}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "n": n,
+                        "data_and_truth_s": round(time.perf_counter() - started, 1),
+                        "default_structure": structure_for(n, IndexConfig()),
+                    }
+                ),
+                flush=True,
+            )
             if args.collection:
                 measure_collection(data, queries, truth, work)
                 continue

@@ -6,7 +6,7 @@
 Data: seeded synthetic unit vectors around --clusters random centres, varying mostly within a
 --intrinsic-dimensional subspace (so nearest neighbours have structure for IVF to exploit, as in
 CLIP embeddings); queries are fresh draws from the same distribution. Both indexes are built
-through imgsearch.index.VectorIndex: one with IndexConfig() (IVF, 4*sqrt(N) lists), one forced
+through imgsearch.storage.vector_index.VectorIndex: one with IndexConfig() (IVF, 4*sqrt(N) lists), one forced
 flat (ivf_threshold above N); below 50k vectors the IVF one is forced (ivf_threshold = N). The
 IVF index is built once, saved, and reopened with each --nprobe value.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.config import IndexConfig
-from imgsearch.index import VectorIndex
+from imgsearch.storage.vector_index import VectorIndex
 
 K = 10
 
@@ -37,10 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=200_000, help="vectors in the index (default: %(default)s)")
     parser.add_argument("--dim", type=int, default=512, help="dimension (default: %(default)s, ViT-B-32's)")
     parser.add_argument("--clusters", type=int, default=100, help="Gaussian clusters (default: %(default)s)")
-    parser.add_argument("--spread", type=float, default=2.0,
-                        help="offset length relative to the unit centre; cosine to it ~1/sqrt(1+spread^2)")
-    parser.add_argument("--intrinsic", type=int, default=64,
-                        help="dimensions the points vary in around their centre (default: %(default)s)")
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=2.0,
+        help="offset length relative to the unit centre; cosine to it ~1/sqrt(1+spread^2)",
+    )
+    parser.add_argument(
+        "--intrinsic",
+        type=int,
+        default=64,
+        help="dimensions the points vary in around their centre (default: %(default)s)",
+    )
     parser.add_argument("--queries", type=int, default=1000, help="queries in the batched search")
     parser.add_argument("--single", type=int, default=100, help="queries searched one per call")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
@@ -49,8 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def clustered_unit_vectors(n: int, centres: np.ndarray, basis: np.ndarray, spread: float,
-                           rng: np.random.Generator) -> np.ndarray:
+def clustered_unit_vectors(
+    n: int, centres: np.ndarray, basis: np.ndarray, spread: float, rng: np.random.Generator
+) -> np.ndarray:
     """Points around random centres, varying mostly within a low-dimensional subspace (as embeddings do)."""
     labels = rng.integers(len(centres), size=n)
     offsets = rng.standard_normal((n, len(basis)), dtype=np.float32) @ basis
@@ -109,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     database, queries = make_data(args)
     default = IndexConfig()
-    print(f"{args.n:,} x {args.dim} unit vectors in {args.clusters} clusters (seed {args.seed}), "
-          f"{args.queries} queries, k={K}; median of {args.repeat}; IndexConfig defaults: "
-          f"ivf_threshold {default.ivf_threshold:,}, nprobe {default.nprobe}, "
-          f"lists {default.ivf_lists_factor}*sqrt(N)\n")
+    print(
+        f"{args.n:,} x {args.dim} unit vectors in {args.clusters} clusters (seed {args.seed}), "
+        f"{args.queries} queries, k={K}; median of {args.repeat}; IndexConfig defaults: "
+        f"ivf_threshold {default.ivf_threshold:,}, nprobe {default.nprobe}, "
+        f"lists {default.ivf_lists_factor}*sqrt(N)\n"
+    )
     flat, flat_build = build(database, replace(default, ivf_threshold=args.n + 1))
     ivf, ivf_build = build(database, replace(default, ivf_threshold=min(default.ivf_threshold, args.n)))
     print(f"{'index':16} {'nprobe':>7} {'build s':>8} {'single q/s':>11} {'batch q/s':>11} {'recall@10':>10}")
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             single, batched, found = measure(index, queries, args)
             mark = "*" if nprobe == default.nprobe else ""
             print_row(name, f"{mark}{nprobe}", f"{ivf_build:.1f}", single, batched, recall_at_k(found, exact))
-    print(f"\n* the default nprobe; build s is the same IVF build (training included) for every nprobe row")
+    print("\n* the default nprobe; build s is the same IVF build (training included) for every nprobe row")
 
 
 if __name__ == "__main__":

@@ -57,15 +57,19 @@ def captions(photos: Path) -> list[str]:
 
 
 def imgsearch_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgsearch", *args], check=True, capture_output=True, text=True,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch", *args], check=True, capture_output=True, text=True, **kwargs
+    )
 
 
 class Server:
     def __init__(self, collection: Path):
         (collection / "server.json").unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(collection),
-                                      "--port", "0"], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while not (collection / "server.json").exists():
             if self.proc.poll() is not None:
                 raise SystemExit(f"the server did not start: {self.proc.stderr.read()}")
@@ -109,9 +113,13 @@ def drive(server: Server, paths: list[str], concurrency: int) -> dict:
         t.join()
     wall = time.perf_counter() - started
     q = np.percentile(latencies, [50, 95])
-    return {"p50": q[0], "p95": q[1], "qps": len(paths) / wall,
-            "encode": statistics.median(t["encode_ms"] for t in timings),
-            "search": statistics.median(t["search_ms"] for t in timings)}
+    return {
+        "p50": q[0],
+        "p95": q[1],
+        "qps": len(paths) / wall,
+        "encode": statistics.median(t["encode_ms"] for t in timings),
+        "search": statistics.median(t["search_ms"] for t in timings),
+    }
 
 
 def encoder_ms(collection: Path, texts: list[str]) -> float:
@@ -143,8 +151,10 @@ def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -
         levels = [int(c) for c in args.concurrency.split(",")]
         own = encoder_ms(collection, texts[: args.requests])
         print(f"\n{name}: text encoder alone {own:.1f} ms/query (median, warm, this process)")
-        print(f"{'kind':8} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7} {'encode':>7} {'search':>7} "
-              f"{'http+json':>9}")
+        print(
+            f"{'kind':8} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7} {'encode':>7} {'search':>7} "
+            f"{'http+json':>9}"
+        )
         for kind in ("text", "by-id"):
             for level in levels:
                 if kind == "text":
@@ -154,13 +164,17 @@ def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -
                     paths = [f"/api/images/{rng.choice(ids)}/similar?limit=20" for _ in range(args.requests)]
                 r = drive(server, paths, level)
                 rest = r["p50"] - r["encode"] - r["search"] if level == 1 else float("nan")
-                print(f"{kind:8} {level:>7} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['qps']:>7.1f} {r['encode']:>7.1f} "
-                      f"{r['search']:>7.1f} {rest:>9.1f}")
+                print(
+                    f"{kind:8} {level:>7} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['qps']:>7.1f} {r['encode']:>7.1f} "
+                    f"{r['search']:>7.1f} {rest:>9.1f}"
+                )
         query = [sys.executable, "-m", "imgsearch", "query", "a dog on a beach", "--index", str(collection)]
         through = whole_process(query, args.cli_runs)
         baseline = whole_process([sys.executable, "-c", "pass"], args.cli_runs)
-        print(f"CLI `imgsearch query` through the server, whole process: {through:.3f} s median of {args.cli_runs} "
-              f"(python -c pass: {baseline:.3f} s)")
+        print(
+            f"CLI `imgsearch query` through the server, whole process: {through:.3f} s median of {args.cli_runs} "
+            f"(python -c pass: {baseline:.3f} s)"
+        )
     finally:
         server.stop()
 
@@ -168,8 +182,10 @@ def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -
 def main(argv=None) -> None:
     args = parse_args(argv)
     texts = captions(args.photos)
-    print(f"bench_serve: {os.cpu_count()} CPUs, model {args.model} (random weights), {args.requests} requests "
-          f"per level, concurrency {args.concurrency}")
+    print(
+        f"bench_serve: {os.cpu_count()} CPUs, model {args.model} (random weights), {args.requests} requests "
+        f"per level, concurrency {args.concurrency}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as work:
         work = Path(work)
         photos = work / "photos_coll"
@@ -181,8 +197,9 @@ def main(argv=None) -> None:
         big = work / "big_coll"
         big.mkdir()
         started = time.perf_counter()
-        vectors = make_data(argparse.Namespace(n=args.n, dim=512, clusters=100, spread=2.0, intrinsic=64, queries=1,
-                                               seed=0))[0]
+        vectors = make_data(
+            argparse.Namespace(n=args.n, dim=512, clusters=100, spread=2.0, intrinsic=64, queries=1, seed=0)
+        )[0]
         build(big, vectors, metadata(args.n, np.random.default_rng(0)))
         (work / "empty").mkdir()
         imgsearch_cli("index", str(work / "empty"), "--index", str(big))  # a writer saves the index once

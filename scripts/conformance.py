@@ -36,8 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
 
-OTHER_LANGUAGES = ["Un chien qui court sur la plage", "Ein Hund spielt im Schnee", "un gato durmiendo en el sofá",
-                   "海辺で遊ぶ二人の子供", "Собака бежит по пляжу", "Ο σκύλος τρέχει", "x" * 300, "", "  Two   spaces  "]
+OTHER_LANGUAGES = [
+    "Un chien qui court sur la plage",
+    "Ein Hund spielt im Schnee",
+    "un gato durmiendo en el sofá",
+    "海辺で遊ぶ二人の子供",
+    "Собака бежит по пляжу",
+    "Ο σκύλος τρέχει",
+    "x" * 300,
+    "",
+    "  Two   spaces  ",
+]
 GUARD_COSINE = 0.999
 GUARD_OVERLAP = 0.95
 BATCH_COSINE = 0.99999
@@ -90,13 +99,16 @@ def captions_and_photos(n: int, per_photo: int = 5) -> tuple[list[str], list[Pat
 def prepare_hf(family: Family) -> None:
     """The family's Hugging Face files as stand-ins (tests/standins.py), in the cache at $HF_HOME (which
     huggingface_hub reads once, at import: ``main`` sets it first)."""
-    import standins
     from imgsearch import architectures
+
+    import standins
 
     if family.hf is None:
         return
     hf_home = Path(os.environ["HF_HOME"])
-    texts = [c for e in json.loads((SHARED / "coco_mini" / "coco_mini_captions.json").read_text()) for c in e["caption"]]
+    texts = [
+        c for e in json.loads((SHARED / "coco_mini" / "coco_mini_captions.json").read_text()) for c in e["caption"]
+    ]
     text_cfg = architectures.architecture(family.model)["text_cfg"]
     if family.hf == "xlm-roberta":
         standins.xlm_roberta(hf_home, text_cfg["hf_model_name"], texts + OTHER_LANGUAGES)
@@ -133,12 +145,16 @@ def measure(family: Family, work: Path, cold: bool = False, photos: int = 239, p
     for name, encoder in runners.items():
         got_images, got_texts = _images(encoder, images), encoder.embed_texts(captions + OTHER_LANGUAGES)
         cosine = min(_min_cos(got_images, truth_images), _min_cos(got_texts, truth_texts))
-        row.agreement[name] = (cosine, _top10_overlap(got_texts[: len(captions)], got_images,
-                                                      truth_texts[: len(captions)], truth_images))
+        row.agreement[name] = (
+            cosine,
+            _top10_overlap(got_texts[: len(captions)], got_images, truth_texts[: len(captions)], truth_images),
+        )
         alone = np.concatenate([encoder.embed_images([im]) for im in images[:8]])
         row.batch[name] = _min_cos(alone, encoder.embed_images(images[:8]))
-    row.preprocess_max_diff = max(float(np.abs(preprocess(im, export.meta["preprocess"]) -
-                                               reference.preprocess(im).numpy()).max()) for im in images)
+    row.preprocess_max_diff = max(
+        float(np.abs(preprocess(im, export.meta["preprocess"]) - reference.preprocess(im).numpy()).max())
+        for im in images
+    )
     row.tokenizer = export.meta.get("tokenizer", "")
     if export.torch_free_text:
         texts = captions + OTHER_LANGUAGES
@@ -166,7 +182,10 @@ def _runners(model, export, reference) -> dict:
     from imgsearch.inference import backends
     from imgsearch.inference.query import OnnxQueryEncoder
 
-    found = {"onnx fp32 (query)": OnnxQueryEncoder(export, threads=None), "onnx fp32": Embedder(replace(model, backend="onnx"))}
+    found = {
+        "onnx fp32 (query)": OnnxQueryEncoder(export, threads=None),
+        "onnx fp32": Embedder(replace(model, backend="onnx")),
+    }
     if backends.openvino_installed() and export.openvino_passed:
         found["openvino"] = Embedder(replace(model, backend="openvino"))
     bf16 = Embedder(replace(model, backend="torch", precision="auto"))
@@ -187,15 +206,22 @@ def _top10_overlap(queries, gallery, truth_queries, truth_gallery, k: int = 10) 
 
 def problems(row: Row) -> list[str]:
     found = [f"{name}: cosine {c:.5f} < {GUARD_COSINE}" for name, (c, _) in row.agreement.items() if c < GUARD_COSINE]
-    found += [f"{name}: top-10 overlap {o:.3f} < {GUARD_OVERLAP}" for name, (_, o) in row.agreement.items()
-              if o < GUARD_OVERLAP]
-    found += [f"{name}: alone vs in a batch {c:.6f} < {BATCH_COSINE}" for name, c in row.batch.items()
-              if c < BATCH_COSINE]
+    found += [
+        f"{name}: top-10 overlap {o:.3f} < {GUARD_OVERLAP}"
+        for name, (_, o) in row.agreement.items()
+        if o < GUARD_OVERLAP
+    ]
+    found += [
+        f"{name}: alone vs in a batch {c:.6f} < {BATCH_COSINE}" for name, c in row.batch.items() if c < BATCH_COSINE
+    ]
     if not row.preprocess_max_diff <= 1e-5:
         found.append(f"preprocessing differs from open_clip's by {row.preprocess_max_diff:.2g}")
     if row.tokenizer_mismatches != 0:
-        found.append(f"tokenizer: {row.tokenizer_mismatches} texts tokenized differently" if row.tokenizer_mismatches > 0
-                     else f"no torch-free tokenizer ({row.tokenizer})")
+        found.append(
+            f"tokenizer: {row.tokenizer_mismatches} texts tokenized differently"
+            if row.tokenizer_mismatches > 0
+            else f"no torch-free tokenizer ({row.tokenizer})"
+        )
     if not row.index_then_query >= GUARD_COSINE:
         found.append(f"a later query disagrees with the first run's vectors (cosine {row.index_then_query:.5f})")
     return found
@@ -207,24 +233,38 @@ def cold_query(collection: Path, model) -> float:
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "imgsearch", "query", "a dog on a beach", "--index", str(collection)],
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "imgsearch", "query", "a dog on a beach", "--index", str(collection)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         best = min(best, time.perf_counter() - started)
     return best
 
 
 def table(rows: list[Row]) -> str:
     base = next((r.cold_query_s for r in rows if r.family.model == "ViT-B-32" and r.cold_query_s), None)
-    lines = ["| family | model (recipe) | auto runs | agreement: min cosine / top-10 overlap | alone vs batch | "
-             "preprocessing | tokenizer | index then query | cold query |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | model (recipe) | auto runs | agreement: min cosine / top-10 overlap | alone vs batch | "
+        "preprocessing | tokenizer | index then query | cold query |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         agree = "<br>".join(f"{n}: {c:.5f} / {o:.2f}" for n, (c, o) in r.agreement.items())
         batch = f"{min(r.batch.values()):.6f}" if r.batch else "-"
         token = f"{r.tokenizer}, {'equal' if r.tokenizer_mismatches == 0 else r.tokenizer_mismatches}"
-        cold = (f"{r.cold_query_s:.2f} s ({r.cold_query_s / base:.2f}x)" if r.cold_query_s and base
-                else f"{r.cold_query_s:.2f} s" if r.cold_query_s else "-")
-        lines.append(f"| {r.family.family} | {r.family.model} ({r.family.tag}) | {r.chosen} | {agree} | {batch} | "
-                     f"max diff {r.preprocess_max_diff:.1g} | {token} | {r.index_then_query:.5f} | {cold} |")
+        cold = (
+            f"{r.cold_query_s:.2f} s ({r.cold_query_s / base:.2f}x)"
+            if r.cold_query_s and base
+            else f"{r.cold_query_s:.2f} s"
+            if r.cold_query_s
+            else "-"
+        )
+        lines.append(
+            f"| {r.family.family} | {r.family.model} ({r.family.tag}) | {r.chosen} | {agree} | {batch} | "
+            f"max diff {r.preprocess_max_diff:.1g} | {token} | {r.index_then_query:.5f} | {cold} |"
+        )
     return "\n".join(lines)
 
 
@@ -249,16 +289,27 @@ def main() -> None:
             started = time.perf_counter()
             (Path(root) / str(n)).mkdir()
             rows.append(measure(family, Path(root) / str(n), args.cold, args.photos, args.per_photo))
-            print(f"{family.model}: {time.perf_counter() - started:.0f} s; problems: {rows[-1].problems or 'none'}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{family.model}: {time.perf_counter() - started:.0f} s; problems: {rows[-1].problems or 'none'}",
+                file=sys.stderr,
+                flush=True,
+            )
     print(json.dumps([as_json(r) for r in rows], indent=1) if args.json else table(rows))
     sys.exit(1 if any(r.problems for r in rows) else 0)
 
 
 def _in_own_process(family: Family, args) -> Row:
     started = time.perf_counter()
-    command = [sys.executable, __file__, family.model, "--photos", str(args.photos), "--per-photo", str(args.per_photo),
-               "--json"] + (["--cold"] if args.cold else [])
+    command = [
+        sys.executable,
+        __file__,
+        family.model,
+        "--photos",
+        str(args.photos),
+        "--per-photo",
+        str(args.per_photo),
+        "--json",
+    ] + (["--cold"] if args.cold else [])
     proc = subprocess.run(command, capture_output=True, text=True)
     if not proc.stdout.strip():
         row = Row(family, problems=[f"the check crashed: {proc.stderr.strip().splitlines()[-1:]}"])
@@ -267,8 +318,11 @@ def _in_own_process(family: Family, args) -> Row:
         data["family"] = family
         data["agreement"] = {k: tuple(v) for k, v in data["agreement"].items()}
         row = Row(**data)
-    print(f"{family.model}: {time.perf_counter() - started:.0f} s; problems: {row.problems or 'none'}", file=sys.stderr,
-          flush=True)
+    print(
+        f"{family.model}: {time.perf_counter() - started:.0f} s; problems: {row.problems or 'none'}",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 

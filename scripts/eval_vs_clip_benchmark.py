@@ -36,9 +36,28 @@ def annotations(folder: Path, n: int) -> Path:
 
 def imgsearch_hits(model: str, file: Path, env: dict) -> tuple[dict, dict]:
     """(hits per direction and k, the report) from `imgsearch eval` with its defaults."""
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "eval", "coco_mini", "--images", str(COCO_MINI),
-                           "--annotations", str(file), "--model", model, "--pretrained", "none", "--json"],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "eval",
+            "coco_mini",
+            "--images",
+            str(COCO_MINI),
+            "--annotations",
+            str(file),
+            "--model",
+            model,
+            "--pretrained",
+            "none",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     report = json.loads(proc.stdout)
     hits = {}
     for direction, n in (("text_to_image", report["n_captions"]), ("image_to_text", report["n_images"])):
@@ -72,11 +91,14 @@ def clip_benchmark_hits(model_name: str, file: Path) -> dict:
         return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
     loader = torch.utils.data.DataLoader(Photos(), batch_size=64, collate_fn=collate)
-    metrics = zeroshot_retrieval.evaluate(model, loader, open_clip.get_tokenizer(model_name), "cpu", amp=False,
-                                          recall_k_list=list(KS))
+    metrics = zeroshot_retrieval.evaluate(
+        model, loader, open_clip.get_tokenizer(model_name), "cpu", amp=False, recall_k_list=list(KS)
+    )
     n_captions, n_images = sum(len(e["caption"]) for e in entries), len(entries)
-    return {"text_to_image": {k: round(metrics[f"image_retrieval_recall@{k}"] * n_captions) for k in KS},
-            "image_to_text": {k: round(metrics[f"text_retrieval_recall@{k}"] * n_images) for k in KS}}
+    return {
+        "text_to_image": {k: round(metrics[f"image_retrieval_recall@{k}"] * n_captions) for k in KS},
+        "image_to_text": {k: round(metrics[f"text_retrieval_recall@{k}"] * n_images) for k in KS},
+    }
 
 
 def compare(model: str = "ViT-B-32", n: int = 239) -> tuple[dict, dict, dict]:
@@ -94,8 +116,10 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     args = parser.parse_args()
     ours, theirs, report = compare(args.model, args.images)
-    print(f"{args.model}, random weights, {report['n_images']} photos, {report['n_captions']} captions; imgsearch "
-          f"{report['backend']} on {report['device']}, clip_benchmark fp32 (amp off)")
+    print(
+        f"{args.model}, random weights, {report['n_images']} photos, {report['n_captions']} captions; imgsearch "
+        f"{report['backend']} on {report['device']}, clip_benchmark fp32 (amp off)"
+    )
     print(f"{'direction':14}{'k':>4}{'imgsearch':>12}{'clip_benchmark':>16}")
     for direction in ("text_to_image", "image_to_text"):
         for k in KS:

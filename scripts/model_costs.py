@@ -26,8 +26,9 @@ def image_gflops(name: str) -> float:
     logging.getLogger().setLevel(logging.ERROR)
     config = open_clip.get_model_config(name)
     with torch.device("meta"):  # the image tower alone: a text tower from the hub would need its config downloaded
-        tower = open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"],
-                                                    config.get("quick_gelu", False))
+        tower = open_clip.model._build_vision_tower(
+            config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False)
+        )
     side = architectures.input_side(config)
     counter = FlopCounterMode(display=False)
     with counter:

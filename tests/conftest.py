@@ -3,6 +3,7 @@ real image files, and paths to the shared COCO data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -23,8 +24,10 @@ TINY_CONFIG = {
 
 # The same, with a ResNet image tower: BatchNorm, which computes wrong vectors in training mode.
 TINY_RESNET = "imgsearch-tiny-resnet"
-TINY_RESNET_CONFIG = {**TINY_CONFIG, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8,
-                                                    "patch_size": None}}
+TINY_RESNET_CONFIG = {
+    **TINY_CONFIG,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+}
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +67,45 @@ def _tiny_model_env(model_configs_dir, export_cache, monkeypatch, tmp_path_facto
     monkeypatch.setenv("IMGSEARCH_MODEL_CONFIGS", str(model_configs_dir))
     monkeypatch.setenv("IMGSEARCH_CACHE", str(export_cache))
     monkeypatch.delenv("IMGSEARCH_INDEX", raising=False)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A real tmpfs of ``size`` mounted at ``folder`` (skips the test where mounting needs root), then unmounted."""
+    import subprocess
+
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)])
+
+
+def run_cli(*args, env: dict | None = None, timeout: float = 300):
+    """``python -m imgsearch ARGS`` as a user runs it: a real process, output captured, never raising on failure."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_model):
+    """An empty collection with the tiny model (tests that need one indexed define their own ``engine``)."""
+    import imgsearch
+
+    with imgsearch.open(tmp_path / "coll", model=tiny_model) as collection:
+        yield collection
 
 
 @pytest.fixture(scope="session")
@@ -139,15 +181,19 @@ class Served:
         discovery = collection / "server.json"
         discovery.unlink(missing_ok=True)
         self.log = collection.parent / f"serve-{collection.name}.log"
+
         def limit():
             import resource
 
             resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(collection),
-                                      "--port", "0", *args], stdout=subprocess.DEVNULL,
-                                     stderr=self.log.open("w"), env=dict(os.environ, **(env or {})),
-                                     preexec_fn=limit if files else None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+            env=dict(os.environ, **(env or {})),
+            preexec_fn=limit if files else None,
+        )
         deadline = time.monotonic() + 120
         while not discovery.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -156,8 +202,9 @@ class Served:
             time.sleep(0.1)
         self.url = json.loads(discovery.read_text())["url"]
 
-    def get(self, path: str, params=None, body: bytes | None = None, headers: dict | None = None,
-            method: str | None = None):
+    def get(
+        self, path: str, params=None, body: bytes | None = None, headers: dict | None = None, method: str | None = None
+    ):
         """(status, headers, body bytes), whatever the status."""
         import urllib.error
         import urllib.parse

@@ -6,20 +6,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import COCO_MINI, TINY_MODEL, stamp_of, write_image
 from PIL import Image
 
 import imgsearch
 from imgsearch.config import IndexConfig, ModelConfig
 from imgsearch.errors import (
-    BadInputError, CollectionNotFoundError, EmptyCollectionError, ModelLoadError, ModelMismatchError,
+    BadInputError,
+    CollectionNotFoundError,
+    EmptyCollectionError,
+    ModelLoadError,
+    ModelMismatchError,
 )
 
-
-@pytest.fixture
-def engine(tmp_path, tiny_model):
-    with imgsearch.open(tmp_path / "coll", model=tiny_model) as collection:
-        yield collection
+from conftest import COCO_MINI, TINY_MODEL, stamp_of, write_image
 
 
 def _bump_mtime(path, seconds=10):
@@ -121,7 +120,7 @@ def test_ivf_switch_keeps_search_correct_and_survives_reopen(tmp_path, tiny_mode
     with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=config) as engine:
         engine.index_folder(folder)
         info = engine.info()
-        assert info.image_index == "ivf" and info.image_index_lists == round(config.ivf_lists_factor * 60 ** 0.5)
+        assert info.image_index == "ivf" and info.image_index_lists == round(config.ivf_lists_factor * 60**0.5)
     with imgsearch.open(tmp_path / "c", index_config=config) as engine:
         assert engine.info().image_index == "ivf"
         for i in (0, 17, 59):
@@ -200,8 +199,9 @@ def test_local_checkpoint_loads_offline_with_its_own_weights(tmp_path, tiny_mode
         for p in model.parameters():
             p.mul_(0.5).add_(0.01)  # weights that differ from the seeded random init
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    from_file = Embedder(ModelConfig(name=TINY_MODEL, pretrained=str(tmp_path / "tiny.pt"), device="cpu",
-                                     backend="torch"))
+    from_file = Embedder(
+        ModelConfig(name=TINY_MODEL, pretrained=str(tmp_path / "tiny.pt"), device="cpu", backend="torch")
+    )
     np.testing.assert_allclose(from_file.embed_texts(["a dog"]), random_model.embed_texts(["a dog"]), atol=1e-6)
     fresh = Embedder(tiny_model).embed_texts(["a dog"])
     assert not np.allclose(fresh, from_file.embed_texts(["a dog"]), atol=1e-4)

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +21,25 @@ from imgsearch.inference.tokenizer import ClipTokenizer
 from conftest import COCO_MINI, SHARED_DATA, write_image
 
 KARPATHY_COCO = SHARED_DATA / "annotations" / "coco_test_karpathy.json"
-EDGE_TEXTS = ["", "   ", "Café &amp;amp; crème brûlée 😀", "日本語のテキスト", "I'm 3 o'clock's BEST!!!",
-              "<start_of_text> hi <end_of_text>", "a + b - c", "x" * 400, "word " * 100, "tab\tand\nnewline",
-              # plain ASCII that skips ftfy, and ASCII that must not: entities, control characters, odd breaks
-              "A Dog, on 2 beaches; (50%) [x] {y} ~z` ^_^ |pipe| \\back/", "Tom &amp;amp; Jerry &lt;3",
-              "ctrl\x00char\x07s", "del\x7fete", "crlf\r\nline\rbreaks", "form\x0cfeed\x0bvtab"]
+EDGE_TEXTS = [
+    "",
+    "   ",
+    "Café &amp;amp; crème brûlée 😀",
+    "日本語のテキスト",
+    "I'm 3 o'clock's BEST!!!",
+    "<start_of_text> hi <end_of_text>",
+    "a + b - c",
+    "x" * 400,
+    "word " * 100,
+    "tab\tand\nnewline",
+    # plain ASCII that skips ftfy, and ASCII that must not: entities, control characters, odd breaks
+    "A Dog, on 2 beaches; (50%) [x] {y} ~z` ^_^ |pipe| \\back/",
+    "Tom &amp;amp; Jerry &lt;3",
+    "ctrl\x00char\x07s",
+    "del\x7fete",
+    "crlf\r\nline\rbreaks",
+    "form\x0cfeed\x0bvtab",
+]
 
 
 def _embedder(config):
@@ -38,8 +51,9 @@ def _embedder(config):
 def test_tokenizer_matches_open_clip_on_every_coco_caption():
     import open_clip
 
-    captions = [a["caption"] for a in json.loads(KARPATHY_COCO.read_text())["annotations"]] if (
-        KARPATHY_COCO.exists()) else []
+    captions = (
+        [a["caption"] for a in json.loads(KARPATHY_COCO.read_text())["annotations"]] if (KARPATHY_COCO.exists()) else []
+    )
     texts = captions + EDGE_TEXTS
     ours, theirs = ClipTokenizer()(texts), open_clip.get_tokenizer("ViT-B-32")(texts).numpy()
     assert ours.shape == theirs.shape == (len(texts), 77)
@@ -55,8 +69,13 @@ def test_transform_matches_the_models_own_on_real_and_odd_shaped_photos(tiny_emb
     odd = [write_image(tmp_path / f"odd{i}.png", i, size) for i, size in enumerate([(7, 300), (300, 7), (33, 32)])]
     for size in (32, 224):
         theirs_fn = open_clip.image_transform(size, is_train=False)
-        cfg = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
-               "interpolation": "bicubic", "resize_mode": "shortest"}
+        cfg = {
+            "size": size,
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        }
         for path in [*photos, *odd]:
             with Image.open(path) as im:
                 ours, theirs = preprocess(im, cfg), theirs_fn(im).numpy()
@@ -72,8 +91,10 @@ def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_ca
     assert export is not None and export.passed and export.check["onnx"]["cosine"] > 0.9999
     texts = [c for item in coco_captions[:20] for c in item["caption"]]
     images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:16]]
-    for a, b in ((onnx.embed_texts(texts), fp32.embed_texts(texts)),
-                 (onnx.embed_images(images), fp32.embed_images(images))):
+    for a, b in (
+        (onnx.embed_texts(texts), fp32.embed_texts(texts)),
+        (onnx.embed_images(images), fp32.embed_images(images)),
+    ):
         assert np.sum(a * b, axis=1).min() > 0.9999
     stamp = export.text_path.stat().st_mtime_ns
     again = _embedder(replace(tiny_model, backend="onnx"))
@@ -97,8 +118,10 @@ def test_bf16_weights_stay_close_to_fp32(tiny_model, coco_captions):
     assert bf16.backend == "torch bf16"
     texts = [c for item in coco_captions[:10] for c in item["caption"]]
     images = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:8]]
-    for a, b in ((bf16.embed_texts(texts), fp32.embed_texts(texts)),
-                 (bf16.embed_images(images), fp32.embed_images(images))):
+    for a, b in (
+        (bf16.embed_texts(texts), fp32.embed_texts(texts)),
+        (bf16.embed_images(images), fp32.embed_images(images)),
+    ):
         assert a.dtype == np.float32 and np.sum(a * b, axis=1).min() > 0.99
 
 
@@ -146,8 +169,13 @@ def test_queries_in_a_fresh_process_never_import_torch_and_match_torch(tmp_path,
     with imgsearch.open(folder, model=replace(tiny_model, backend="torch", precision="fp32")) as engine:
         text_torch = engine.search_text("a photo of a dog", k=5)
         image_torch = engine.search_image(query_image, k=3)
-    out = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(folder), query_image], capture_output=True,
-                         text=True, check=True, env=os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", QUERY_SCRIPT, str(folder), query_image],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
     got = json.loads(out.stdout)
     assert not got["torch"] and not got["open_clip"], "a query imported torch"
     assert got["query_backend"] == "onnx" and got["backend"] == report.backend
@@ -201,8 +229,21 @@ def test_info_and_the_index_run_say_why_a_faster_path_was_not_taken(tmp_path, ph
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(probes, "MIN_COSINE", 1.5)  # the export fails its check
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
-    result = CliRunner().invoke(app, ["index", str(photo_dir), "--index", str(tmp_path / "c"), "--model",
-                                      "imgsearch-tiny", "--pretrained", "none", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            str(photo_dir),
+            "--index",
+            str(tmp_path / "c"),
+            "--model",
+            "imgsearch-tiny",
+            "--pretrained",
+            "none",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "note: " in result.output and "failed its check against torch fp32" in result.output
     info = CliRunner().invoke(app, ["info", "--index", str(tmp_path / "c")])

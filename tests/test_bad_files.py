@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COCO_MINI, write_image
 
 import imgsearch
 from imgsearch import images
 from imgsearch.config import IndexingConfig
 from imgsearch.errors import BadInputError
+
+from conftest import COCO_MINI, write_image
 
 IS_ROOT = os.geteuid() == 0
 SETTINGS = IndexingConfig(batch_size=4, workers=0)
@@ -31,8 +32,7 @@ def bomb_png_bytes(width: int = 20_000, height: int = 20_000) -> bytes:
     packer = zlib.compressobj(9)
     idat = b"".join(packer.compress(rows) for _ in range(height // 100)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def write_bomb_png(path: Path) -> Path:
@@ -146,8 +146,10 @@ def test_a_file_without_read_permission_is_unreadable(tmp_path):
 def mixed_folder(tmp_path):
     """Six good images next to one of every bad kind (and a chmod 000 one where that means anything)."""
     folder = tmp_path / "photos"
-    good = [write_image(folder / ("sub" if i % 2 else "") / f"good{i}.{'png' if i % 3 else 'jpg'}", seed=i)
-            for i in range(6)]
+    good = [
+        write_image(folder / ("sub" if i % 2 else "") / f"good{i}.{'png' if i % 3 else 'jpg'}", seed=i)
+        for i in range(6)
+    ]
     bad = {str(make_bad(folder / "bad", name)): reason for name, (_, reason) in BAD_FILES.items()}
     if not IS_ROOT:
         locked = write_image(folder / "bad" / "locked.jpg", seed=99)

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from imgsearch import catalog, reference
+from imgsearch import catalog
+from imgsearch.evaluation import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 def _models(env) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "models", "--json"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "models", "--json"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -27,14 +29,23 @@ def test_models_lists_costs_published_quality_and_what_is_cached(tmp_path):
     env = dict(os.environ, HF_HOME=str(hf))
     listed = _models(env)
     by_key = {(m["name"], m["pretrained"]): m for m in listed}
-    families = {"ViT-B-16-SigLIP2", "MobileCLIP2-S0", "EVA02-B-16", "convnext_base_w", "xlm-roberta-base-ViT-B-32",
-                "nllb-clip-base-siglip"}
+    families = {
+        "ViT-B-16-SigLIP2",
+        "MobileCLIP2-S0",
+        "EVA02-B-16",
+        "convnext_base_w",
+        "xlm-roberta-base-ViT-B-32",
+        "nllb-clip-base-siglip",
+    }
     assert families <= {name for name, _ in by_key}
     assert ("ViT-B-16", "dfn2b") in by_key and ("ViT-B-32", "metaclip_fullcc") in by_key  # DFN, MetaCLIP
     default = by_key[("ViT-B-32", "laion2b_s34b_b79k")]
     assert default["relative_cost"] == 1.0 and by_key[("ViT-B-16", "laion2b_s34b_b88k")]["relative_cost"] == 4.0
     assert by_key[("MobileCLIP2-S0", "dfndr2b")]["relative_cost"] == 0.5  # a non-ViT tower has a cost too
-    assert default["coco_text_to_image_r5"] == reference.lookup("ViT-B-32", "laion2b_s34b_b79k", "coco")["text_to_image"][1]
+    assert (
+        default["coco_text_to_image_r5"]
+        == reference.lookup("ViT-B-32", "laion2b_s34b_b79k", "coco")["text_to_image"][1]
+    )
     assert by_key[("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")]["flickr_text_to_image_r5"] == 0.8628
     assert by_key[("MobileCLIP2-S0", "dfndr2b")]["coco_text_to_image_r5"] is None  # not in open_clip's table
     assert not any(m["cached"] for m in listed)
@@ -49,9 +60,11 @@ def test_models_lists_costs_published_quality_and_what_is_cached(tmp_path):
 
 
 def test_models_answers_without_importing_torch():
-    code = ("import sys; from imgsearch.cli import app\n"
-            "try:\n    app(['models', '--json'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'open_clip' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys; from imgsearch.cli import app\n"
+        "try:\n    app(['models', '--json'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'open_clip' in sys.modules, file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().splitlines()[-1] == "False False", proc.stderr
 

@@ -21,8 +21,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "conformance.py"
 sys.path.insert(0, str(SCRIPT.parent))
 import conformance  # noqa: E402
 
-NEEDS = {"timm": ("ConvNeXt", "EVA", "MobileCLIP", "MobileCLIP2", "SigLIP", "SigLIP2"),
-         "transformers": ("SigLIP", "SigLIP2", "multilingual")}
+NEEDS = {
+    "timm": ("ConvNeXt", "EVA", "MobileCLIP", "MobileCLIP2", "SigLIP", "SigLIP2"),
+    "transformers": ("SigLIP", "SigLIP2", "multilingual"),
+}
 
 
 def _params():
@@ -30,8 +32,11 @@ def _params():
         marks = [pytest.mark.slow] if family.slow else []
         for package, families in NEEDS.items():
             if family.family in families:
-                marks.append(pytest.mark.skipif(importlib.util.find_spec(package) is None,
-                                                reason=f"{family.model} needs {package}"))
+                marks.append(
+                    pytest.mark.skipif(
+                        importlib.util.find_spec(package) is None, reason=f"{family.model} needs {package}"
+                    )
+                )
         yield pytest.param(family, marks=marks, id=family.model)
 
 
@@ -39,8 +44,13 @@ def _params():
 @pytest.mark.parametrize("family", list(_params()))
 def test_family_conforms(family, tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), IMGSEARCH_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, str(SCRIPT), family.model, "--photos", "48", "--per-photo", "1", "--json"],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), family.model, "--photos", "48", "--per-photo", "1", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.stdout.strip(), proc.stderr[-3000:]
     (row,) = json.loads(proc.stdout)
     assert row["problems"] == [] and proc.returncode == 0, json.dumps(row, indent=1)

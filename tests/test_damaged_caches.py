@@ -15,9 +15,9 @@ import pytest
 import imgsearch
 from imgsearch import indexing
 from imgsearch.config import ModelConfig
-from imgsearch.images import EmbeddedBatch, FileEntry, ImageDetails
 from imgsearch.inference import backends
 from imgsearch.planning import Plan
+from imgsearch.records import EmbeddedBatch, FileEntry, ImageDetails
 
 from conftest import TINY_MODEL, write_image
 
@@ -71,8 +71,13 @@ def test_a_damaged_text_tower_gives_way_to_torch_for_a_query_with_a_warning(buil
     size = data.stat().st_size
     data.write_bytes(data.read_bytes()[: size // 2])  # truncated
     env = dict(os.environ, IMGSEARCH_SERVER="off")
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(coll), "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(coll), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 10, proc.stderr
     assert "warning: the cached export of imgsearch-tiny" in proc.stderr and "was damaged" in proc.stderr
     assert "Traceback" not in proc.stderr

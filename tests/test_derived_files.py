@@ -17,14 +17,15 @@ import imgsearch
 from imgsearch.config import IndexConfig
 from imgsearch.errors import CollectionDamagedError
 
-from conftest import TINY_MODEL, write_image
+from conftest import write_image
 
 
 def _garble(path, size: int = 4096, offset: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     start = len(data) // 2 if offset is None else offset
-    data[start : start + size] = np.random.default_rng(0).integers(0, 256, min(size, len(data) - start),
-                                                                   dtype=np.uint8).tobytes()
+    data[start : start + size] = (
+        np.random.default_rng(0).integers(0, 256, min(size, len(data) - start), dtype=np.uint8).tobytes()
+    )
     path.write_bytes(bytes(data))
 
 
@@ -53,9 +54,43 @@ def test_garbage_in_the_faiss_file_is_found_and_rebuilt(coll):
     _garble(folder / "images.faiss")
     assert _search(folder, photos) == expected  # the damaged file is not believed: rebuilt from the store
     stamp = json.loads((folder / "images.faiss.generation").read_text())
-    from imgsearch.index import file_crc
+    from imgsearch.storage.vector_index import file_crc
 
     assert (stamp["size"], stamp["crc"]) == file_crc(folder / "images.faiss")  # the reader saved a sound one
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_faiss_file_is_loaded_only_as_its_stamp_describes_it(tmp_path, kind):
+    """The check runs while faiss parses the same open file: damage anywhere, the header included, is refused (and
+    never crashes the parser), and a file that is intact loads with the same results."""
+    import random
+
+    from imgsearch.storage.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = IndexConfig(ivf_threshold=100 if kind == "ivf" else 50_000, train_per_list=39)
+    index = VectorIndex.build(32, np.arange(3000), vectors, config)
+    assert index.kind == kind
+    path = tmp_path / "images.faiss"
+    size, crc = index.save(path)
+    loaded = VectorIndex.load_verified(path, size, crc, config)
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded.search(vectors[:5], 10).ids, index.search(vectors[:5], 10).ids)
+    assert VectorIndex.load_verified(path, size + 1, crc, config) is None
+    intact, pick = path.read_bytes(), random.Random(0)
+    for trial in range(40):
+        damaged = bytearray(intact)
+        where = pick.randrange(400) if trial % 2 else pick.randrange(len(damaged) - 8)  # header, or anywhere
+        damaged[where : where + 4] = pick.randbytes(4)
+        if damaged == intact:
+            continue
+        path.write_bytes(bytes(damaged))
+        try:
+            assert VectorIndex.load_verified(path, size, crc, config) is None, where
+        except RuntimeError:  # faiss found it first
+            pass
 
 
 def test_another_collections_faiss_file_is_not_taken_for_ours(coll, tmp_path, tiny_model):
@@ -121,26 +156,38 @@ def test_a_malformed_database_is_called_damaged_not_foreign(coll):
     for leftover in folder.glob("imgsearch.db-*"):
         leftover.unlink()
     _garble(path, size=16384, offset=16384 * 2)  # a page in the middle
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "info", "--index", str(folder)], capture_output=True,
-                          text=True, timeout=120)
-    check = subprocess.run([sys.executable, "-m", "imgsearch", "check", "--index", str(folder)], capture_output=True,
-                           text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "info", "--index", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "check", "--index", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 1 and ("PROBLEM" in check.stdout or "damaged" in check.stderr), check.stdout
     if proc.returncode:
         assert "is damaged" in proc.stderr and "not an imgsearch collection" not in proc.stderr, proc.stderr
 
 
 def _check(folder, *flags):
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "check", "--index", str(folder), "--json", *flags],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "check", "--index", str(folder), "--json", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc.returncode, json.loads(proc.stdout)
 
 
 def test_check_finds_each_problem_and_repairs_what_the_store_can_rebuild(coll, tiny_model):
     folder, photos = coll
     code, report = _check(folder)
-    assert code == 0 and report["ok"] and {f["part"] for f in report["findings"]} >= {
-        "database", "images vectors", "images.faiss", "export"}
+    assert (
+        code == 0
+        and report["ok"]
+        and {f["part"] for f in report["findings"]} >= {"database", "images vectors", "images.faiss", "export"}
+    )
     _garble(folder / "images.faiss")
     db = sqlite3.connect(folder / "imgsearch.db")
     (first,) = db.execute("SELECT id FROM image_vectors ORDER BY id LIMIT 1").fetchone()

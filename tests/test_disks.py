@@ -6,28 +6,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 import imgsearch
 
-from conftest import TINY_MODEL, write_image
+from conftest import TINY_MODEL, run_cli, tmpfs, write_image
 
 
 @pytest.fixture
 def disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    with tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "imgsearch", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, IMGSEARCH_SERVER="off", **(env or {})))
+    return run_cli(*args, env={"IMGSEARCH_SERVER": "off", **(env or {})})
 
 
 def _build(collection, photos, n=6):

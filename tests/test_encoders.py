@@ -20,33 +20,39 @@ def _export(tmp_path, check=PASSED, tokenizer="clip-bpe", resize="shortest"):
     folder = tmp_path / "export"
     folder.mkdir(exist_ok=True)
     (folder / "image.int8.onnx").write_bytes(b"")
-    return backends.OnnxExport(folder, {"check": dict(check), "tokenizer": tokenizer,
-                                        "preprocess": {"resize_mode": resize}, "imgsearch": "x"})
+    return backends.OnnxExport(
+        folder, {"check": dict(check), "tokenizer": tokenizer, "preprocess": {"resize_mode": resize}, "imgsearch": "x"}
+    )
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """A CPU whose capabilities the test sets: (openvino installed, native bf16)."""
+
     def set_(openvino=True, native=True, ort=True):
         monkeypatch.setattr(backends, "openvino_installed", lambda: openvino)
         monkeypatch.setattr(backends, "native_bf16", lambda: native)
         monkeypatch.setattr(backends, "onnxruntime_installed", lambda: ort)
+
     return set_
 
 
-@pytest.mark.parametrize("backend, precision, openvino, native, runner, why", [
-    ("auto", "auto", True, True, ("openvino", "fp32"), None),
-    ("auto", "auto", False, True, ("torch", "bf16"), None),  # OpenVINO absent (not x86): torch bf16, nothing to say
-    ("auto", "auto", False, False, ("onnx", "fp32"), None),  # ... else ONNX Runtime fp32; auto never runs int8
-    ("auto", "fp32", True, True, ("onnx", "fp32"), None),
-    ("auto", "bf16", True, True, ("torch", "bf16"), None),
-    ("onnx", "auto", True, True, ("onnx", "fp32"), None),
-    ("onnx-int8", "auto", True, True, ("onnx-int8", "fp32"), None),
-    ("openvino", "auto", True, False, ("openvino", "fp32"), None),
-    ("openvino", "auto", False, False, ("onnx", "fp32"), "OpenVINO is not installed"),  # asked for, not installed
-    ("torch", "auto", True, True, ("torch", "bf16"), None),
-    ("torch", "auto", True, False, ("torch", "fp32"), None),
-])
+@pytest.mark.parametrize(
+    "backend, precision, openvino, native, runner, why",
+    [
+        ("auto", "auto", True, True, ("openvino", "fp32"), None),
+        ("auto", "auto", False, True, ("torch", "bf16"), None),  # OpenVINO absent (not x86): torch bf16, nothing to say
+        ("auto", "auto", False, False, ("onnx", "fp32"), None),  # ... else ONNX Runtime fp32; auto never runs int8
+        ("auto", "fp32", True, True, ("onnx", "fp32"), None),
+        ("auto", "bf16", True, True, ("torch", "bf16"), None),
+        ("onnx", "auto", True, True, ("onnx", "fp32"), None),
+        ("onnx-int8", "auto", True, True, ("onnx-int8", "fp32"), None),
+        ("openvino", "auto", True, False, ("openvino", "fp32"), None),
+        ("openvino", "auto", False, False, ("onnx", "fp32"), "OpenVINO is not installed"),  # asked for, not installed
+        ("torch", "auto", True, True, ("torch", "bf16"), None),
+        ("torch", "auto", True, False, ("torch", "fp32"), None),
+    ],
+)
 def test_files_on_a_cpu(machine, tmp_path, backend, precision, openvino, native, runner, why):
     machine(openvino, native)
     plan = encoders.for_files(replace(MODEL, backend=backend, precision=precision), _export(tmp_path), cuda=False)
@@ -85,12 +91,15 @@ def test_cuda_runs_torch(machine, tmp_path):
     assert encoders.for_files(MODEL, _export(tmp_path), cuda=True).runner == "torch"
 
 
-@pytest.mark.parametrize("change, runner", [
-    ({}, "onnx"),
-    ({"backend": "torch"}, "torch"),
-    ({"device": "cuda"}, "torch"),
-    ({"precision": "bf16"}, "torch"),
-])
+@pytest.mark.parametrize(
+    "change, runner",
+    [
+        ({}, "onnx"),
+        ({"backend": "torch"}, "torch"),
+        ({"device": "cuda"}, "torch"),
+        ({"precision": "bf16"}, "torch"),
+    ],
+)
 def test_queries(machine, tmp_path, change, runner):
     machine()
     plan = encoders.for_query(replace(MODEL, **change), _export(tmp_path))

@@ -9,18 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-import imgsearch.index as index_module
+import imgsearch.storage.vector_index as index_module
 from imgsearch.config import IndexConfig
-from imgsearch.datasets import load_dataset
 from imgsearch.errors import DatasetError, InvalidEmbeddingsError
-from imgsearch.evaluate import evaluate_embeddings
+from imgsearch.evaluation.datasets import load_dataset
+from imgsearch.evaluation.retrieval import evaluate_embeddings
 
 from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
 
 
 def both_paths(images, texts, owner, config=IndexConfig()):
-    t2i, i2t = evaluate_embeddings(np.asarray(images, np.float32), np.asarray(texts, np.float32),
-                                   np.asarray(owner), config)
+    t2i, i2t = evaluate_embeddings(
+        np.asarray(images, np.float32), np.asarray(texts, np.float32), np.asarray(owner), config
+    )
     for direction in (t2i, i2t):
         assert direction.index == pytest.approx(direction.exact, abs=1e-9), "exact and index paths disagree"
     return t2i.exact, i2t.exact
@@ -115,6 +116,7 @@ def test_gpu_k_cap_is_respected(monkeypatch):
 
 # -- dataset files --------------------------------------------------------------------------------------------
 
+
 def test_a_karpathy_file_with_six_captions_keeps_the_first_five(tmp_path):
     entry = {"filename": "a.jpg", "filepath": "", "split": "test", "sentences": [{"raw": f"c{i}"} for i in range(7)]}
     path = tmp_path / "dataset_coco.json"
@@ -131,13 +133,20 @@ def test_a_karpathy_file_without_a_test_split_is_refused(tmp_path):
         load_dataset("coco", path, tmp_path, check_images=False)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "not a text file"),  # a JPEG given as annotations
-    ("{not json", "not valid JSON: .* line 1"),
-    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
-                 "annotations": [{"id": 5, "image_id": 2, "caption": "x"}]}), "#0 \\(id 5\\) names image_id 2"),
-    (json.dumps([{"image": "a.jpg", "captions": ["x"]}]), "an entry has no 'caption' field"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "not a text file"),  # a JPEG given as annotations
+        ("{not json", "not valid JSON: .* line 1"),
+        (
+            json.dumps(
+                {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 2, "caption": "x"}]}
+            ),
+            "#0 \\(id 5\\) names image_id 2",
+        ),
+        (json.dumps([{"image": "a.jpg", "captions": ["x"]}]), "an entry has no 'caption' field"),
+    ],
+)
 def test_malformed_annotations_are_one_line_errors_naming_file_and_entry(tmp_path, content, message):
     path = tmp_path / "ann.json"
     if content is None:
@@ -150,8 +159,12 @@ def test_malformed_annotations_are_one_line_errors_naming_file_and_entry(tmp_pat
 
 
 def _run_eval(*args):
-    return subprocess.run([sys.executable, "-m", "imgsearch.cli", "eval", "coco", "--model", TINY_MODEL, *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "eval", "coco", "--model", TINY_MODEL, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -172,13 +185,21 @@ def test_eval_json_works_and_says_why_no_published_numbers(two_images, tmp_path)
 
 
 def test_json_out_into_a_missing_folder_fails_before_any_work(two_images, tmp_path):
-    proc = _run_eval("--images", str(COCO_MINI), "--annotations", str(two_images), "--pretrained", "none",
-                     "--json-out", str(tmp_path / "nope" / "r.json"))
+    proc = _run_eval(
+        "--images",
+        str(COCO_MINI),
+        "--annotations",
+        str(two_images),
+        "--pretrained",
+        "none",
+        "--json-out",
+        str(tmp_path / "nope" / "r.json"),
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "embedding" not in proc.stderr
 
 
 def test_reference_rows_need_the_full_split_and_a_known_model():
-    from imgsearch import reference
+    from imgsearch.evaluation import reference
 
     full, why = reference.find("ViT-B-32", "laion2b_s34b_b79k", "coco", full_split=True)
     assert full["text_to_image"][0] == pytest.approx(0.3934) and why is None
@@ -186,16 +207,19 @@ def test_reference_rows_need_the_full_split_and_a_known_model():
     assert "--pretrained-as" in reference.find("ViT-B-32", "/x/ckpt.bin", "coco", True, from_file=True)[1]
 
 
-@pytest.mark.parametrize("name, kind, full", [
-    ("flickr30k_test_karpathy.txt", "flickr30k", True),
-    ("flickr30k_test_karpathy.json", "flickr30k", True),
-    ("coco_test_karpathy.json", "coco", True),
-    ("coco_karpathy_test_blipstyle.json", "coco", True),
-    ("flickr8k_test.json", "flickr30k", False),  # 1,000 images and 5,000 captions too: the size proves nothing
-    ("coco_test_karpathy.json", "flickr30k", False),
-])
+@pytest.mark.parametrize(
+    "name, kind, full",
+    [
+        ("flickr30k_test_karpathy.txt", "flickr30k", True),
+        ("flickr30k_test_karpathy.json", "flickr30k", True),
+        ("coco_test_karpathy.json", "coco", True),
+        ("coco_karpathy_test_blipstyle.json", "coco", True),
+        ("flickr8k_test.json", "flickr30k", False),  # 1,000 images and 5,000 captions too: the size proves nothing
+        ("coco_test_karpathy.json", "flickr30k", False),
+    ],
+)
 def test_the_full_split_is_known_by_its_images_not_its_size(name, kind, full):
-    from imgsearch import reference
+    from imgsearch.evaluation import reference
 
     data = load_dataset(kind, SHARED_DATA / "annotations" / name, COCO_MINI, check_images=False)
     assert reference.is_full_split(kind, data.image_paths) is full

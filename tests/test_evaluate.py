@@ -6,12 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
 
 from imgsearch.config import IndexConfig, IndexingConfig
-from imgsearch.datasets import load_dataset
 from imgsearch.errors import DatasetError
-from imgsearch.evaluate import evaluate, format_table
+from imgsearch.evaluation.datasets import load_dataset
+from imgsearch.evaluation.retrieval import evaluate, format_table
+
+from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
 
 ANNOTATIONS = SHARED_DATA / "annotations"
 
@@ -23,11 +24,16 @@ def small_set(tmp_path, coco_captions):
     return path
 
 
-@pytest.mark.parametrize("name, images, captions", [
-    ("flickr30k_test_karpathy.txt", 1000, 5000), ("flickr30k_test_karpathy.json", 1000, 5000),
-    ("coco_test_karpathy.json", 5000, 25000), ("coco_karpathy_test_blipstyle.json", 5000, 25000),
-    ("flickr8k_test.json", 1000, 5000),
-])
+@pytest.mark.parametrize(
+    "name, images, captions",
+    [
+        ("flickr30k_test_karpathy.txt", 1000, 5000),
+        ("flickr30k_test_karpathy.json", 1000, 5000),
+        ("coco_test_karpathy.json", 5000, 25000),
+        ("coco_karpathy_test_blipstyle.json", 5000, 25000),
+        ("flickr8k_test.json", 1000, 5000),
+    ],
+)
 def test_every_shared_annotation_file_parses_with_split_sizes(name, images, captions):
     data = load_dataset("x", ANNOTATIONS / name, ".", check_images=False)
     assert (data.n_images, data.n_captions) == (images, captions)
@@ -56,8 +62,20 @@ def test_pipeline_reports_every_field_and_exact_equals_flat_index(small_set, tin
         assert all(0.0 <= v <= 1.0 for v in vars(direction.exact).values())
         assert direction.exact.r1 <= direction.exact.r5 <= direction.exact.r10
     as_dict = report.to_dict()
-    assert {"dataset", "model", "pretrained", "n_images", "n_captions", "text_to_image", "image_to_text",
-            "embed_seconds", "search_seconds", "timestamp", "device", "reference"} <= set(as_dict)
+    assert {
+        "dataset",
+        "model",
+        "pretrained",
+        "n_images",
+        "n_captions",
+        "text_to_image",
+        "image_to_text",
+        "embed_seconds",
+        "search_seconds",
+        "timestamp",
+        "device",
+        "reference",
+    } <= set(as_dict)
     assert set(as_dict["image_to_text"]["delta"]) == {"r1", "r5", "r10", "mrr"}
     assert not report.full_split and report.reference is None
     json.dumps(as_dict)
@@ -75,9 +93,27 @@ def test_ivf_path_is_reported_with_its_settings(small_set, tiny_embedder):
 def test_cli_eval_writes_a_json_report(small_set, tmp_path):
     out = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
-         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--json-out", str(out)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "eval",
+            "coco",
+            "--images",
+            str(COCO_MINI),
+            "--annotations",
+            str(small_set),
+            "--model",
+            TINY_MODEL,
+            "--pretrained",
+            "none",
+            "--json-out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "R@1" in proc.stdout and json.loads(out.read_text())["n_images"] == 30
 
@@ -88,13 +124,14 @@ def test_evaluation_decodes_images_exactly_as_the_reference_protocol(small_set, 
     import torch
     from PIL import Image
 
-    from imgsearch.evaluate import embed_dataset
+    from imgsearch.evaluation.retrieval import embed_dataset
 
     data = load_dataset("coco", small_set, COCO_MINI)
     images, _ = embed_dataset(data, tiny_embedder)
     preprocess = tiny_embedder.preprocess
-    reference = tiny_embedder.encode_preprocessed(torch.stack(
-        [preprocess(Image.open(p).convert("RGB")) for p in data.image_paths]))
+    reference = tiny_embedder.encode_preprocessed(
+        torch.stack([preprocess(Image.open(p).convert("RGB")) for p in data.image_paths])
+    )
     assert np.allclose(images, reference, atol=1e-5)
     fast = np.concatenate([b.vectors for b in tiny_embedder.embed_files(data.image_paths, IndexingConfig(workers=0))])
     assert np.einsum("ij,ij->i", fast, reference).min() < 0.99999  # the fast decode is not the reference one
@@ -105,16 +142,52 @@ def test_eval_runs_the_protocols_fp32_unless_told_and_says_what_ran(small_set, t
     """0.1 evaluated with whatever `auto` picked (OpenVINO bf16 here), moving hit counts off CLIP_benchmark's, and
     never said so; a faster backend now runs only when asked for, and the report names it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "imgsearch", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
-         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--json", *flags],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "eval",
+            "coco",
+            "--images",
+            str(COCO_MINI),
+            "--annotations",
+            str(small_set),
+            "--model",
+            TINY_MODEL,
+            "--pretrained",
+            "none",
+            "--json",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["backend"] == backend and report["recipe"]["tag"] is None
     table = subprocess.run(
-        [sys.executable, "-m", "imgsearch", "eval", "coco", "--images", str(COCO_MINI), "--annotations",
-         str(small_set), "--model", TINY_MODEL, "--pretrained", "none", "--precision", "fp9"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "eval",
+            "coco",
+            "--images",
+            str(COCO_MINI),
+            "--annotations",
+            str(small_set),
+            "--model",
+            TINY_MODEL,
+            "--pretrained",
+            "none",
+            "--precision",
+            "fp9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert table.returncode == 2 and "--precision: unknown precision 'fp9'" in table.stderr
 
 

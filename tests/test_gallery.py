@@ -57,8 +57,9 @@ def _page(browser, url: str):
 
 
 def _loaded_thumbnails(page) -> int:
-    return page.evaluate("[...document.querySelectorAll('#grid .tile img')]"
-                         ".filter(i => i.complete && i.naturalWidth > 0).length")
+    return page.evaluate(
+        "[...document.querySelectorAll('#grid .tile img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    )
 
 
 def test_search_open_more_like_this_and_upload(browser, gallery):
@@ -70,8 +71,9 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
     page.wait_for_function("document.querySelector('#status').textContent.includes('a dog playing')")
     tiles = page.locator("#grid .tile")
     assert tiles.count() == len(PHOTOS)
-    page.wait_for_function("[...document.querySelectorAll('#grid .tile img')].slice(0, 8)"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#grid .tile img')].slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"
+    )
     first_id = tiles.first.get_attribute("data-id")
     _, api = served.json("/api/search", {"q": "a dog playing in the park", "limit": 5})
     assert [tiles.nth(i).get_attribute("data-id") for i in range(5)] == [str(h["id"]) for h in api["results"]]
@@ -93,8 +95,10 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
     assert page.locator("#texts li").count() == 5
     page.screenshot(path=str(ARTIFACTS / "gallery-viewer.png"))
     page.click("#more")
-    page.wait_for_function(f"document.querySelector('#q').value === 'id:{opened_id}' && "
-                           f"document.querySelector('#grid .tile')?.dataset.id === '{opened_id}'")
+    page.wait_for_function(
+        f"document.querySelector('#q').value === 'id:{opened_id}' && "
+        f"document.querySelector('#grid .tile')?.dataset.id === '{opened_id}'"
+    )
     assert not page.locator("#viewer").evaluate("d => d.open")
     assert page.locator("#grid .tile").first.locator("figcaption").inner_text() == "1.000"
 
@@ -102,8 +106,10 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
     target = photos / PHOTOS[7].name
     page.fill("#q", "")
     page.set_input_files("#upload", str(target))
-    page.wait_for_function("!document.querySelector('#image-chip').hidden && "
-                           "document.querySelector('#status').textContent.includes('image')")
+    page.wait_for_function(
+        "!document.querySelector('#image-chip').hidden && "
+        "document.querySelector('#status').textContent.includes('image')"
+    )
     page.wait_for_function("document.querySelector('#grid .tile figcaption')?.textContent === '1.000'")
     top = page.locator("#grid .tile").first
     assert top.get_attribute("title") == str(target)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from imgsearch import images
+from imgsearch.records import FileEntry, ScanProblem
 
 RED, GREEN, BLUE, YELLOW, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 255, 255)
 # The stored layout of the test pattern: one colour per quadrant.
@@ -307,13 +308,30 @@ def test_max_pixels_is_the_limit_even_above_pillows_warning_threshold(tmp_path, 
 def tree(tmp_path):
     """A folder mixing images (nested, uppercase extensions) with things scan must leave out."""
     root = tmp_path / "photos"
-    wanted = ["a.jpg", "b.PNG", "sub/c.JPG", "sub/d.jpeg", "sub/deeper/e.webp", "sub/deeper/f.TIFF",
-              "g.gif", "h.bmp", "i.tif"]
+    wanted = [
+        "a.jpg",
+        "b.PNG",
+        "sub/c.JPG",
+        "sub/d.jpeg",
+        "sub/deeper/e.webp",
+        "sub/deeper/f.TIFF",
+        "g.gif",
+        "h.bmp",
+        "i.tif",
+    ]
     for name in wanted:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         quadrants(8, 8).save(root / name, format=Image.registered_extensions()[os.path.splitext(name)[1].lower()])
-    for name in ["notes.txt", "meta.json", "a.jpg.bak", "jpg", "sub/readme.md", ".hidden.jpg",
-                 ".thumbnails/t.jpg", "sub/.cache/x.png"]:
+    for name in [
+        "notes.txt",
+        "meta.json",
+        "a.jpg.bak",
+        "jpg",
+        "sub/readme.md",
+        ".hidden.jpg",
+        ".thumbnails/t.jpg",
+        "sub/.cache/x.png",
+    ]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"not scanned")
     os.symlink(root / "no-such-target.jpg", root / "x.jpg")  # dangling
@@ -324,8 +342,8 @@ def test_scan_finds_images_recursively_and_reports_unreadable_entries(tree):
     root, wanted = tree
     found = list(images.scan(root))
 
-    entries = [f for f in found if isinstance(f, images.FileEntry)]
-    problems = [f for f in found if isinstance(f, images.ScanProblem)]
+    entries = [f for f in found if isinstance(f, FileEntry)]
+    problems = [f for f in found if isinstance(f, ScanProblem)]
     assert sorted(e.path for e in entries) == wanted
     for e in entries:
         st = os.stat(e.path)
@@ -337,7 +355,7 @@ def test_scan_finds_images_recursively_and_reports_unreadable_entries(tree):
 def test_scan_accepts_a_relative_root_and_returns_absolute_paths(tree, monkeypatch):
     root, wanted = tree
     monkeypatch.chdir(root.parent)
-    found = [f.path for f in images.scan("photos") if isinstance(f, images.FileEntry)]
+    found = [f.path for f in images.scan("photos") if isinstance(f, FileEntry)]
     assert sorted(found) == wanted
 
 
@@ -357,8 +375,8 @@ def test_scan_reports_a_folder_it_cannot_list(tmp_path):
         found = list(images.scan(tmp_path))
     finally:
         locked.chmod(0o755)
-    assert [f.path for f in found if isinstance(f, images.FileEntry)] == [str(tmp_path / "ok.png")]
-    problems = [f for f in found if isinstance(f, images.ScanProblem)]
+    assert [f.path for f in found if isinstance(f, FileEntry)] == [str(tmp_path / "ok.png")]
+    problems = [f for f in found if isinstance(f, ScanProblem)]
     assert [p.path for p in problems] == [str(locked)] and "unreadable folder" in problems[0].reason
 
 

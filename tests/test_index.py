@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from imgsearch.config import IndexConfig
-from imgsearch.index import VectorIndex, ivf_lists
+from imgsearch.storage.vector_index import VectorIndex, ivf_lists
 
 
 def _unit(rng, n, dim=32, centers=None):
@@ -40,7 +40,7 @@ def test_ivf_past_threshold_with_high_recall_against_exact():
     ids = np.arange(6000) * 3 + 7  # ids are row ids, not positions
     config = IndexConfig(ivf_threshold=2000, nprobe=8)
     index = VectorIndex.build(32, ids, vectors, config)
-    assert index.kind == "ivf" and index.nlist == ivf_lists(6000, config) == round(config.ivf_lists_factor * 6000 ** 0.5)
+    assert index.kind == "ivf" and index.nlist == ivf_lists(6000, config) == round(config.ivf_lists_factor * 6000**0.5)
     assert not index.is_exact
     got = index.search(queries, 10).ids
     want, _ = _brute_force(vectors, ids, queries, 10)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch.config import IndexingConfig
 from imgsearch import encoders
+from imgsearch.config import IndexingConfig
 from imgsearch.inference import backends, probes
 
 from conftest import COCO_MINI, write_image
@@ -63,29 +63,46 @@ def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
     assert export.openvino_passed or not backends.openvino_installed(), export.meta["check"]
 
 
-@pytest.mark.parametrize("backend, threads, ran, guard", [
-    pytest.param("auto", 0, "openvino", probes.MIN_COSINE,  # auto on x86: OpenVINO (bf16 where the CPU has it)
-                 marks=pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here")),
-    ("onnx-int8", 3, "onnx int8", probes.MIN_COSINE_INT8),
-    ("onnx", 2, "onnx fp32", probes.MIN_COSINE),
-])
-def test_later_runs_index_without_torch_and_match_the_torch_pipeline(tmp_path, tiny_model, photos, backend, threads,
-                                                                     ran, guard):
+@pytest.mark.parametrize(
+    "backend, threads, ran, guard",
+    [
+        pytest.param(
+            "auto",
+            0,
+            "openvino",
+            probes.MIN_COSINE,  # auto on x86: OpenVINO (bf16 where the CPU has it)
+            marks=pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here"),
+        ),
+        ("onnx-int8", 3, "onnx int8", probes.MIN_COSINE_INT8),
+        ("onnx", 2, "onnx fp32", probes.MIN_COSINE),
+    ],
+)
+def test_later_runs_index_without_torch_and_match_the_torch_pipeline(
+    tmp_path, tiny_model, photos, backend, threads, ran, guard
+):
     coll = tmp_path / "coll"
     _first_run(coll, tiny_model, tmp_path)
-    out = subprocess.run([sys.executable, "-c", INDEX_SCRIPT, str(coll), str(photos), str(threads), backend],
-                         capture_output=True, text=True, check=True, env=os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", INDEX_SCRIPT, str(coll), str(photos), str(threads), backend],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
     got = json.loads(out.stdout)
     assert not got["torch"] and not got["open_clip"], "indexing imported torch"
     assert got["backend"].startswith(ran) and got["added"] == 12
     assert [(Path(p).name, reason.split(":")[0]) for p, reason in got["skipped"]] == [
-        ("broken.jpg", "corrupt or truncated image")]
+        ("broken.jpg", "corrupt or truncated image")
+    ]
     light = stored(coll)
 
     # The same files through the torch pipeline (DataLoader, the model's own transform) running the same tower:
     # the same vectors. And through torch fp32: within the backend's quality guard.
-    for other_backend, precision, tolerance in ((backend, "auto", 1e-3 if ran == "openvino" else 1e-5),
-                                                ("torch", "fp32", None)):
+    for other_backend, precision, tolerance in (
+        (backend, "auto", 1e-3 if ran == "openvino" else 1e-5),
+        ("torch", "fp32", None),
+    ):
         other = tmp_path / f"via-{other_backend}"
         with imgsearch.open(other, model=replace(tiny_model, backend=other_backend, precision=precision)) as engine:
             engine.embedder.load()  # the torch Embedder, not the light path
@@ -111,8 +128,9 @@ def test_light_path_decodes_in_order_whatever_the_threads(tmp_path, tiny_model, 
     for batches in runs.values():
         assert [p for b in batches for p in b.positions] == [i for i, p in enumerate(paths) if "broken" not in p]
         assert [i for b in batches for i, _ in b.failures] == [i for i, p in enumerate(paths) if "broken" in p]
-        np.testing.assert_array_equal(np.concatenate([b.vectors for b in batches]),
-                                      np.concatenate([b.vectors for b in runs[0]]))
+        np.testing.assert_array_equal(
+            np.concatenate([b.vectors for b in batches]), np.concatenate([b.vectors for b in runs[0]])
+        )
 
 
 def test_auto_falls_back_from_int8_that_failed_its_check(tmp_path, tiny_model, monkeypatch):

@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 
 from imgsearch.config import IndexConfig
-from imgsearch.evaluate import (
-    Metrics, Outcomes, exact_outcomes, image_to_text_metrics, index_outcomes, text_to_image_metrics,
+from imgsearch.evaluation.retrieval import (
+    Metrics,
+    Outcomes,
+    exact_outcomes,
+    image_to_text_metrics,
+    index_outcomes,
+    text_to_image_metrics,
 )
-from imgsearch.index import VectorIndex
+from imgsearch.storage.vector_index import VectorIndex
 
 
 def brute_force(sim, relevant_sets, ks=(1, 5, 10)):
@@ -32,12 +37,14 @@ def brute_force(sim, relevant_sets, ks=(1, 5, 10)):
 def test_text_to_image_hand_built():
     # 3 images, 4 captions: captions 0,1 -> image 0, caption 2 -> image 1, caption 3 -> image 2
     owner = np.array([0, 0, 1, 2])
-    sim = np.array([
-        [0.9, 0.1, 0.2],   # rank 1
-        [0.5, 0.7, 0.1],   # rank 2
-        [0.8, 0.3, 0.9],   # image 1 scores 0.3 -> rank 3
-        [0.1, 0.2, 0.3],   # rank 1
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2],  # rank 1
+            [0.5, 0.7, 0.1],  # rank 2
+            [0.8, 0.3, 0.9],  # image 1 scores 0.3 -> rank 3
+            [0.1, 0.2, 0.3],  # rank 1
+        ]
+    )
     m = text_to_image_metrics(sim, owner)
     assert (m.r1, m.r5, m.r10) == (0.5, 1.0, 1.0)
     assert m.mrr == pytest.approx((1 + 1 / 2 + 1 / 3 + 1) / 4)
@@ -45,11 +52,13 @@ def test_text_to_image_hand_built():
 
 def test_image_to_text_any_caption_counts():
     owner = np.array([0, 0, 1, 2])
-    sim = np.array([
-        [0.1, 0.5, 0.9, 0.2],  # image 0: best own caption 0.5, one other above -> rank 2
-        [0.3, 0.2, 0.1, 0.0],  # image 1: own caption 0.1, two above -> rank 3
-        [0.0, 0.0, 0.0, 0.4],  # image 2: rank 1
-    ])
+    sim = np.array(
+        [
+            [0.1, 0.5, 0.9, 0.2],  # image 0: best own caption 0.5, one other above -> rank 2
+            [0.3, 0.2, 0.1, 0.0],  # image 1: own caption 0.1, two above -> rank 3
+            [0.0, 0.0, 0.0, 0.4],  # image 2: rank 1
+        ]
+    )
     m = image_to_text_metrics(sim, owner)
     assert (m.r1, m.r5) == (pytest.approx(1 / 3), 1.0)
     assert m.mrr == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
@@ -73,7 +82,9 @@ def test_matches_brute_force_on_random_data(seed):
     t2i = text_to_image_metrics(sim, owner)
     np.testing.assert_allclose(astuple(t2i), brute_force(sim, [{o} for o in owner]))
     i2t = image_to_text_metrics(sim.T, owner)
-    np.testing.assert_allclose(astuple(i2t), brute_force(sim.T, [set(np.flatnonzero(owner == i)) for i in range(n_images)]))
+    np.testing.assert_allclose(
+        astuple(i2t), brute_force(sim.T, [set(np.flatnonzero(owner == i)) for i in range(n_images)])
+    )
 
 
 def astuple(m: Metrics):
@@ -86,7 +97,7 @@ def _unit(rng, n, dim=16):
 
 
 def test_chunked_exact_and_flat_index_ranks_equal_the_matrix_path(monkeypatch):
-    import imgsearch.evaluate as ev
+    import imgsearch.evaluation.retrieval as ev
 
     monkeypatch.setattr(ev, "_CHUNK_CELLS", 500)  # force many chunks
     rng = np.random.default_rng(7)
@@ -99,7 +110,9 @@ def test_chunked_exact_and_flat_index_ranks_equal_the_matrix_path(monkeypatch):
     flat = VectorIndex.build(16, np.arange(40), images)
     via_index = Metrics.from_outcomes(index_outcomes(flat, texts, owner, np.arange(40)))
     np.testing.assert_allclose(astuple(via_index), astuple(want), atol=1e-12)
-    i2t = Metrics.from_outcomes(index_outcomes(VectorIndex.build(16, np.arange(120), texts), images, np.arange(40), owner))
+    i2t = Metrics.from_outcomes(
+        index_outcomes(VectorIndex.build(16, np.arange(120), texts), images, np.arange(40), owner)
+    )
     np.testing.assert_allclose(astuple(i2t), astuple(image_to_text_metrics(sim.T, owner)))
 
 
@@ -119,5 +132,6 @@ def test_ivf_index_ranks_never_beat_exact_recall_at_full_probe():
     exact = Metrics.from_outcomes(exact_outcomes(texts, images, owner, np.arange(300)))
     full = VectorIndex.build(16, np.arange(300), images, IndexConfig(ivf_threshold=100, nprobe=10_000))
     assert full.kind == "ivf"
-    np.testing.assert_allclose(astuple(Metrics.from_outcomes(index_outcomes(full, texts, owner, np.arange(300)))),
-                               astuple(exact))
+    np.testing.assert_allclose(
+        astuple(Metrics.from_outcomes(index_outcomes(full, texts, owner, np.arange(300)))), astuple(exact)
+    )

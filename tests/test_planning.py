@@ -1,8 +1,7 @@
 """Incremental indexing rules on plain records (no model, no database)."""
 
-from imgsearch.images import FileEntry, ScanProblem
 from imgsearch.planning import find_touched, make_plan, match_content
-from imgsearch.store import ImageState, Skip
+from imgsearch.records import FileEntry, ImageState, ScanProblem, Skip
 
 
 def _state(i, path, size=10, mtime=1, digest=None):
@@ -10,8 +9,11 @@ def _state(i, path, size=10, mtime=1, digest=None):
 
 
 def test_unchanged_new_changed_vanished_are_sorted_apart():
-    known = {"/p/a.jpg": _state(1, "/p/a.jpg"), "/p/b.jpg": _state(2, "/p/b.jpg"),
-             "/p/gone.jpg": _state(3, "/p/gone.jpg")}
+    known = {
+        "/p/a.jpg": _state(1, "/p/a.jpg"),
+        "/p/b.jpg": _state(2, "/p/b.jpg"),
+        "/p/gone.jpg": _state(3, "/p/gone.jpg"),
+    }
     scanned = [FileEntry("/p/a.jpg", 10, 1), FileEntry("/p/b.jpg", 10, 2), FileEntry("/p/new.jpg", 5, 1)]
     plan = make_plan(scanned, known, {})
     assert plan.unchanged == 1
@@ -34,8 +36,12 @@ def test_moves_pair_new_files_with_vanished_rows_by_content():
     known = {"/p/old.jpg": _state(1, "/p/old.jpg", digest="same"), "/p/x.jpg": _state(2, "/p/x.jpg", digest="gone")}
     scanned = [FileEntry("/p/renamed.jpg", 10, 9), FileEntry("/p/other.jpg", 4, 4)]
     plan = make_plan(scanned, known, {})
-    match_content(plan, {"/p/renamed.jpg": "same", "/p/other.jpg": "different"}, {"same": [known["/p/old.jpg"]]},
-                  exists=lambda path: False)
+    match_content(
+        plan,
+        {"/p/renamed.jpg": "same", "/p/other.jpg": "different"},
+        {"same": [known["/p/old.jpg"]]},
+        exists=lambda path: False,
+    )
     assert [(m.id, m.path, m.mtime_ns) for m in plan.moved] == [(1, "/p/renamed.jpg", 9)]
     assert [e.path for e in plan.new] == ["/p/other.jpg"]
     assert list(plan.vanished) == ["/p/x.jpg"]
@@ -50,8 +56,15 @@ def test_one_vanished_row_moves_to_one_of_two_copies_and_the_other_reuses_its_ve
 
 
 def test_a_renamed_folder_is_a_move_collection_wide_and_a_copy_of_a_present_file_reuses_its_vector():
-    elsewhere = {"gone": [_state(7, "/old_root/a.jpg", digest="gone")], "kept": [_state(8, "/other/b.jpg", digest="kept")]}
-    scanned = [FileEntry("/new_root/a.jpg", 10, 1), FileEntry("/new_root/b.jpg", 10, 1), FileEntry("/new_root/c.jpg", 3, 1)]
+    elsewhere = {
+        "gone": [_state(7, "/old_root/a.jpg", digest="gone")],
+        "kept": [_state(8, "/other/b.jpg", digest="kept")],
+    }
+    scanned = [
+        FileEntry("/new_root/a.jpg", 10, 1),
+        FileEntry("/new_root/b.jpg", 10, 1),
+        FileEntry("/new_root/c.jpg", 3, 1),
+    ]
     plan = make_plan(scanned, {}, {})
     on_disk = {"/other/b.jpg"}
     match_content(plan, {"/new_root/a.jpg": "gone", "/new_root/b.jpg": "kept"}, elsewhere, on_disk.__contains__)
@@ -62,7 +75,10 @@ def test_a_renamed_folder_is_a_move_collection_wide_and_a_copy_of_a_present_file
 
 def test_rows_under_an_unlistable_folder_are_kept_not_deleted():
     known = {"/p/locked/a.jpg": _state(1, "/p/locked/a.jpg"), "/p/lockedness/b.jpg": _state(2, "/p/lockedness/b.jpg")}
-    skipped = {"/p/locked/bad.jpg": Skip("/p/locked/bad.jpg", 1, 1, "corrupt"), "/p/gone.jpg": Skip("/p/gone.jpg", 1, 1, "x")}
+    skipped = {
+        "/p/locked/bad.jpg": Skip("/p/locked/bad.jpg", 1, 1, "corrupt"),
+        "/p/gone.jpg": Skip("/p/gone.jpg", 1, 1, "x"),
+    }
     plan = make_plan([ScanProblem("/p/locked", "unreadable folder: Permission denied", is_folder=True)], known, skipped)
     assert list(plan.vanished) == ["/p/lockedness/b.jpg"]  # a sibling sharing the name prefix is really gone
     assert plan.gone_skips == ["/p/gone.jpg"]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 
 import imgsearch
 from imgsearch.config import IndexingConfig
 from imgsearch.distributed import ray_embed
 from imgsearch.errors import BadInputError
+
+from conftest import SHARED_DATA
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install -e '.[ray]'")
 
@@ -75,7 +76,9 @@ def test_a_ray_build_equals_a_local_build(tmp_path, tiny_model, photos, cluster)
 def _shard_paths(shards: Path) -> set[str]:
     import pyarrow.parquet as pq
 
-    return {path for file in shards.glob("*.parquet") for path in pq.read_table(file, columns=["path"])["path"].to_pylist()}
+    return {
+        path for file in shards.glob("*.parquet") for path in pq.read_table(file, columns=["path"])["path"].to_pylist()
+    }
 
 
 def _held_paths(coll: Path, shards: Path) -> set[str]:
@@ -95,9 +98,25 @@ def test_a_killed_ray_run_resumes_from_its_shards(tmp_path, tiny_model, photos, 
         first = engine.index_folder(photos / "train2017", IndexingConfig(workers=0)).added
     shards = coll / ray_embed.SHARDS
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgsearch.cli", "index", str(photos), "--index", str(coll), "--ray", "local",
-         "--batch-size", "8", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "index",
+            str(photos),
+            "--index",
+            str(coll),
+            "--ray",
+            "local",
+            "--batch-size",
+            "8",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(shards.glob("*.parquet")):
         time.sleep(0.05)

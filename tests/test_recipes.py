@@ -79,8 +79,20 @@ def test_the_cli_refuses_an_ambiguous_checkpoint_before_loading_anything(tmp_pat
 
     ckpt = tmp_path / "ViT-B-32.pt"
     ckpt.write_bytes(b"x")
-    result = CliRunner().invoke(app, ["index", str(photo_dir), "--index", str(tmp_path / "c"), "--model", "ViT-B-32",
-                                      "--pretrained", str(ckpt), "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            str(photo_dir),
+            "--index",
+            str(tmp_path / "c"),
+            "--model",
+            "ViT-B-32",
+            "--pretrained",
+            str(ckpt),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and "--pretrained-as TAG" in result.output and "Traceback" not in result.output
 
 
@@ -95,8 +107,9 @@ def test_a_checkpoint_file_runs_like_its_tag(tmp_path, monkeypatch):
     from imgsearch.clip.embedder import Embedder
 
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
-    by_tag = Embedder(ModelConfig("MobileCLIP-S1", None, device="cpu", backend="torch", precision="fp32",
-                                  pretrained_as="datacompdr"))
+    by_tag = Embedder(
+        ModelConfig("MobileCLIP-S1", None, device="cpu", backend="torch", precision="fp32", pretrained_as="datacompdr")
+    )
     snapshot = tmp_path / "hub" / "models--apple--MobileCLIP-S1-OpenCLIP" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     path = snapshot / "open_clip_model.safetensors"

@@ -14,14 +14,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from conftest import COCO_MINI, write_image
 
 import imgsearch
 from imgsearch.config import IndexConfig, IndexingConfig
-from imgsearch.index import VectorIndex
-from imgsearch.locking import LOCK_NAME, writer_lock
-from imgsearch.store import Store
-from imgsearch.vectors import SyncedIndex
+from imgsearch.storage.locking import LOCK_NAME, writer_lock
+from imgsearch.storage.store import Store
+from imgsearch.storage.synced import SyncedIndex
+from imgsearch.storage.vector_index import VectorIndex
+
+from conftest import COCO_MINI, write_image
 
 SIZES = [(64, 48), (48, 64), (40, 40), (56, 32)]
 
@@ -29,8 +30,13 @@ SIZES = [(64, 48), (48, 64), (40, 40), (56, 32)]
 def make_photos(folder: Path, count: int, start: int = 0) -> list[str]:
     """`count` distinct small images, PNG and JPEG, spread over a few subfolders."""
     return [
-        str(write_image(folder / f"set{i % 4}" / f"img{i:04d}.{'png' if i % 3 else 'jpg'}",
-                        seed=1000 + i, size=SIZES[i % len(SIZES)]))
+        str(
+            write_image(
+                folder / f"set{i % 4}" / f"img{i:04d}.{'png' if i % 3 else 'jpg'}",
+                seed=1000 + i,
+                size=SIZES[i % len(SIZES)],
+            )
+        )
         for i in range(start, start + count)
     ]
 
@@ -156,9 +162,23 @@ def test_kill_9_mid_run_leaves_a_consistent_collection_that_the_next_run_complet
     photos = first + make_photos(folder, 460, start=40)  # many batches: the kill lands mid-run
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll),
-         "--batch-size", "8", "--workers", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "index",
+            str(folder),
+            "--index",
+            str(coll),
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     killed = _kill_once_rows_exceed(proc, coll / "imgsearch.db", floor=40)
 
@@ -198,9 +218,29 @@ def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model
         photos = make_photos(folder, 300)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(coll), "--backend", backend,
-         "--model", tiny_model.name, "--pretrained", "none", "--batch-size", str(batch), "--workers", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "index",
+            str(folder),
+            "--index",
+            str(coll),
+            "--backend",
+            backend,
+            "--model",
+            tiny_model.name,
+            "--pretrained",
+            "none",
+            "--batch-size",
+            str(batch),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and _rows(coll / "imgsearch.db") <= 0 and time.monotonic() < deadline:
@@ -238,8 +278,11 @@ def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_conf
     return photos
 
 
-STRUCTURES = {"flat": IndexConfig(), "ivf": IndexConfig(ivf_threshold=20, nprobe=1000),
-              "compact": IndexConfig(ivf_threshold=20, compact_threshold=30, nprobe=1000)}
+STRUCTURES = {
+    "flat": IndexConfig(),
+    "ivf": IndexConfig(ivf_threshold=20, nprobe=1000),
+    "compact": IndexConfig(ivf_threshold=20, compact_threshold=30, nprobe=1000),
+}
 
 
 @pytest.mark.parametrize("structure", list(STRUCTURES))
@@ -284,8 +327,9 @@ def test_a_row_stamped_before_the_saved_index_is_not_missed(tmp_path, tiny_model
     assert_consistent(coll)
 
 
-def test_a_reader_saves_nothing_while_a_writer_holds_the_lock_or_after_the_store_moved(tmp_path, tiny_model,
-                                                                                     monkeypatch):
+def test_a_reader_saves_nothing_while_a_writer_holds_the_lock_or_after_the_store_moved(
+    tmp_path, tiny_model, monkeypatch
+):
     folder, coll = tmp_path / "photos", tmp_path / "coll"
     photos = _crashed_second_run(coll, folder, tiny_model, monkeypatch)
     stale = (coll / "images.faiss.generation").read_text()

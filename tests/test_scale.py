@@ -9,9 +9,9 @@ import pytest
 
 import imgsearch
 from imgsearch.config import IndexConfig, IndexingConfig
-from imgsearch.index import VectorIndex, structure_for, training_size
-from imgsearch.locking import LOCK_NAME, writer_lock
-from imgsearch.vectors import SyncedIndex
+from imgsearch.storage.locking import LOCK_NAME, writer_lock
+from imgsearch.storage.synced import SyncedIndex
+from imgsearch.storage.vector_index import VectorIndex, structure_for, training_size
 
 from conftest import same_state
 
@@ -179,9 +179,11 @@ def test_a_saved_compact_collection_keeps_float16_rows_stamped_with_its_index(tm
 
 def test_float16_rows_a_crash_left_stale_are_never_used(tmp_path, tiny_model, monkeypatch):
     """A run re-embeds a file and dies before saving, its float16 writes lost: the stale row must not score it."""
-    from conftest import same_state, write_image
-    from imgsearch.halfvectors import HalfVectors
     from test_resume import make_photos
+
+    from imgsearch.storage.halfvectors import HalfVectors
+
+    from conftest import write_image
 
     photos = make_photos(tmp_path / "photos", 60)
     compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from conftest import COCO_MINI, TINY_MODEL, Served, index_captioned
 from imgsearch.config import IndexConfig
+
+from conftest import COCO_MINI, TINY_MODEL, Served, index_captioned
 
 PHOTOS = sorted((COCO_MINI / "val2017").glob("*.jpg"))[:16]
 
@@ -178,11 +179,19 @@ def test_files_are_served_only_by_indexed_id(site, tmp_path):
     assert status == 200 and body == photo.read_bytes() and headers["Content-Type"] == "image/jpeg"
     assert headers["X-Content-Type-Options"] == "nosniff"
     host, port = server.url.removeprefix("http://").split(":")
-    for raw in ["/api/images/../../../../etc/passwd", "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/file",
-                "/api/images/%2e%2e/%2e%2e/etc/passwd/file", "/api/images/-1/file", "/api/images/0/file",
-                f"/api/images/{2**70}/file", "/api/images/1e3/file", "/api/file?path=/etc/passwd",
-                "/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
-                f"/api/images/{image_id}/file?path=/etc/passwd"]:
+    for raw in [
+        "/api/images/../../../../etc/passwd",
+        "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/file",
+        "/api/images/%2e%2e/%2e%2e/etc/passwd/file",
+        "/api/images/-1/file",
+        "/api/images/0/file",
+        f"/api/images/{2**70}/file",
+        "/api/images/1e3/file",
+        "/api/file?path=/etc/passwd",
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        f"/api/images/{image_id}/file?path=/etc/passwd",
+    ]:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.request("GET", raw)  # sent as written: no client-side normalisation
         response = conn.getresponse()
@@ -210,11 +219,16 @@ def test_files_are_served_only_by_indexed_id(site, tmp_path):
 def test_errors_are_json_with_status_and_no_traceback(site):
     server, _, _ = site
     cases = [
-        ("GET", "/nowhere", None, 404), ("DELETE", "/api/search?q=x", None, 405),
-        ("GET", "/api/search?q=dog&limit=many", None, 422), ("GET", "/api/search", None, 422),
-        ("GET", "/api/search?q=dog&after=someday", None, 400), ("GET", "/api/search?q=img:/etc/hosts", None, 400),
-        ("GET", "/api/search?q=%22unclosed", None, 400), ("GET", "/api/search?q=id:424242", None, 404),
-        ("GET", "/api/images/abc", None, 404), ("GET", "/api/images/1/describe?k=0", None, 400),
+        ("GET", "/nowhere", None, 404),
+        ("DELETE", "/api/search?q=x", None, 405),
+        ("GET", "/api/search?q=dog&limit=many", None, 422),
+        ("GET", "/api/search", None, 422),
+        ("GET", "/api/search?q=dog&after=someday", None, 400),
+        ("GET", "/api/search?q=img:/etc/hosts", None, 400),
+        ("GET", "/api/search?q=%22unclosed", None, 400),
+        ("GET", "/api/search?q=id:424242", None, 404),
+        ("GET", "/api/images/abc", None, 404),
+        ("GET", "/api/images/1/describe?k=0", None, 400),
         ("POST", "/api/describe", b"junk", 400),
     ]
     for method, path, body, expected in cases:
@@ -233,8 +247,12 @@ def test_the_server_sees_a_concurrent_index_run_without_restart(site, tmp_path):
     new = photos / "new"
     new.mkdir()
     added = [shutil.copy(p, new / f"new_{p.name}") for p in sorted((COCO_MINI / "train2017").glob("*.jpg"))[:3]]
-    subprocess.run([sys.executable, "-m", "imgsearch", "index", str(photos), "--index", str(coll)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "imgsearch", "index", str(photos), "--index", str(coll)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
     def top_path(photo):
         status, body = server.json("/api/search", {"limit": 1}, body=Path(photo).read_bytes(), method="POST")
@@ -247,8 +265,12 @@ def test_the_server_sees_a_concurrent_index_run_without_restart(site, tmp_path):
     assert [top_path(p) for p in added] == [str(p) for p in added]
     gone_id = _id_of(server, Path(added[1]))
     Path(added[1]).unlink()
-    subprocess.run([sys.executable, "-m", "imgsearch", "index", str(photos), "--index", str(coll)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "imgsearch", "index", str(photos), "--index", str(coll)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     deadline = time.monotonic() + 20
     while server.get(f"/api/images/{gone_id}")[0] != 404 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -266,8 +288,13 @@ def test_cli_query_goes_through_the_running_server(site, tmp_path):
     no_model["IMGSEARCH_CACHE"] = str(tmp_path / "empty-cache")
 
     def cli(*args, env=no_model):
-        return subprocess.run([sys.executable, "-m", "imgsearch", "query", *args, "--index", str(coll), "--json"],
-                              capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "imgsearch", "query", *args, "--index", str(coll), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
     through = cli("a dog + 2*grass", "-k", "4", "--in", str(photos / "a"))
     assert through.returncode == 0, through.stderr
@@ -289,17 +316,25 @@ def test_a_stale_discovery_file_falls_back_to_in_process(site, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(coll, copy, ignore=shutil.ignore_patterns("thumbnails", "server.json"))
     (copy / "server.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2**22 + 12345}))
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a dog", "--index", str(copy), "-k", "2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "query", "a dog", "--index", str(copy), "-k", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2
 
 
 def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_path, serve_env):
     _, coll, _ = site
-    refused = subprocess.run([sys.executable, "-m", "imgsearch", "serve", "--index", str(coll), "--host", "0.0.0.0",
-                              "--port", "0"], capture_output=True, text=True, timeout=60,
-                             env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_TOKEN"})
+    refused = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "serve", "--index", str(coll), "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_TOKEN"},
+    )
     assert refused.returncode == 1 and "--token" in refused.stderr and "Traceback" not in refused.stderr
     copy = tmp_path / "tokened"
     shutil.copytree(coll, copy, ignore=shutil.ignore_patterns("thumbnails", "server.json"))
@@ -317,8 +352,13 @@ def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_pat
         # the CLI finds the token in the discovery file
         no_model = {k: v for k, v in os.environ.items() if k != "IMGSEARCH_MODEL_CONFIGS"}
         no_model["IMGSEARCH_CACHE"] = str(tmp_path / "empty-cache")
-        proc = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a dog", "--index", str(copy), "-k", "2"],
-                              capture_output=True, text=True, timeout=120, env=no_model)
+        proc = subprocess.run(
+            [sys.executable, "-m", "imgsearch", "query", "a dog", "--index", str(copy), "-k", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=no_model,
+        )
         assert proc.returncode == 0, proc.stderr
     finally:
         guarded.stop()

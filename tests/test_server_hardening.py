@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from conftest import COCO_MINI, Served, write_image
 from imgsearch.server import discovery, guard
+
+from conftest import COCO_MINI, Served, write_image
 
 PHOTOS = sorted((COCO_MINI / "val2017").glob("*.jpg"))[:8]
 
@@ -75,7 +76,9 @@ def test_a_forged_host_header_is_refused(site):
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
         status, headers, _ = _raw(server, "GET", "/api/health", {"Host": host})
         assert status == 200, host
-        assert headers["cross-origin-resource-policy"] == "same-origin" and headers["x-content-type-options"] == "nosniff"
+        assert (
+            headers["cross-origin-resource-policy"] == "same-origin" and headers["x-content-type-options"] == "nosniff"
+        )
 
 
 def test_the_allowed_names_follow_the_address_bound():
@@ -240,9 +243,13 @@ def test_the_cli_sends_nothing_to_a_listener_that_is_not_the_collections_server(
         discovery.write(tmp_path / "coll", f"http://127.0.0.1:{impostor.server_port}", "the-token", "a" * 32)
         data = json.loads((tmp_path / "coll" / "server.json").read_text())
         (tmp_path / "coll" / "server.json").write_text(json.dumps({**data, "pid": os.getpid()}))  # a live pid
-        proc = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a red square", "--index",
-                               str(tmp_path / "coll"), "--json"], capture_output=True, text=True, timeout=300,
-                              env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_SERVER"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(tmp_path / "coll"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_SERVER"},
+        )
         assert proc.returncode == 0, proc.stderr
         assert [h["path"] for h in json.loads(proc.stdout)] == [str(photos / "a.png")]  # answered in-process
         assert [path.split("?")[0] for _, path, _ in _Impostor.seen] == ["/api/identity"]
@@ -259,11 +266,19 @@ def test_a_copied_collection_is_not_answered_by_the_originals_server(site, tmp_p
     write_image(extra / "only-in-the-copy.png", 5)
     with imgsearch.open(copy) as engine:
         engine.index_folder(extra)
-    proc = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(copy), "-k",
-                           "100", "--json"], capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_SERVER"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(copy), "-k", "100", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "IMGSEARCH_SERVER"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(extra / "only-in-the-copy.png") in [h["path"] for h in json.loads(proc.stdout)]
-    local = subprocess.run([sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(coll), "-k",
-                            "100", "--json"], capture_output=True, text=True, timeout=300)
+    local = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "query", "a red square", "--index", str(coll), "-k", "100", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert local.returncode == 0 and len(json.loads(local.stdout)) == len(PHOTOS)  # the original: its server

@@ -67,7 +67,9 @@ def _as_if_made_by_0_1(collection, model_name: str) -> None:
     rng = np.random.default_rng(0)
     for image_id, blob in rows:
         wrong = rng.normal(size=len(blob) // 4).astype(np.float32)
-        db.execute("UPDATE image_vectors SET vector = ? WHERE id = ?", ((wrong / np.linalg.norm(wrong)).tobytes(), image_id))
+        db.execute(
+            "UPDATE image_vectors SET vector = ? WHERE id = ?", ((wrong / np.linalg.norm(wrong)).tobytes(), image_id)
+        )
     db.execute("UPDATE meta SET value = ? WHERE key = 'images_generation'", (json.dumps(1000),))
     db.commit()
     db.close()
@@ -166,8 +168,9 @@ def test_copies_and_moves_of_stale_rows_are_embedded_afresh(tmp_path, photo_dir)
 
 
 def test_queries_warn_on_stale_vectors(tmp_path, photo_dir):
-    from imgsearch.cli import app
     from typer.testing import CliRunner
+
+    from imgsearch.cli import app
 
     coll = tmp_path / "coll"
     write_image(photo_dir / "extra.png", 99)

@@ -7,7 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from imgsearch.errors import CollectionError
-from imgsearch.store import SCHEMA_VERSION, Changes, Moved, NewImage, Skip, Store
+from imgsearch.records import Changes, Moved, NewImage, Skip
+from imgsearch.storage.store import SCHEMA_VERSION, Store
 
 
 def _img(path, digest="h", value=1.0):
@@ -29,8 +30,9 @@ def test_newer_schema_is_refused_with_upgrade_advice(tmp_path):
 
 def test_apply_is_one_transaction_that_bumps_the_generation(tmp_path):
     store = Store(tmp_path / "db.sqlite")
-    ids, gen = store.apply(Changes(new=[_img("/a.jpg", "h1"), _img("/b.jpg", "h2", 2.0)],
-                                   skipped=[Skip("/bad.jpg", 0, 0, "empty file")]))
+    ids, gen = store.apply(
+        Changes(new=[_img("/a.jpg", "h1"), _img("/b.jpg", "h2", 2.0)], skipped=[Skip("/bad.jpg", 0, 0, "empty file")])
+    )
     assert gen == 1 and len(ids) == 2
     _, gen = store.apply(Changes(moved=[Moved(ids[0], "/moved.jpg", 11, 5)], deleted=[ids[1]]))
     assert gen == 2
@@ -74,10 +76,13 @@ def _schema(path) -> dict:
         schema = {}
         for table in tables:
             columns = [tuple(r[1:]) for r in conn.execute(f"PRAGMA table_info({table})")]
-            indexes = sorted((bool(r[2]), tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{r[1]}')")))
-                             for r in conn.execute(f"PRAGMA index_list({table})"))
-            autoincrement = "AUTOINCREMENT" in (conn.execute(
-                "SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or "")
+            indexes = sorted(
+                (bool(r[2]), tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{r[1]}')")))
+                for r in conn.execute(f"PRAGMA index_list({table})")
+            )
+            autoincrement = "AUTOINCREMENT" in (
+                conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or ""
+            )
             schema[table] = (columns, indexes, autoincrement)
         return schema
     finally:

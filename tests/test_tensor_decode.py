@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsearch.config import IndexingConfig
 from imgsearch.clip.embedder import Embedder
 from imgsearch.clip.models import preprocess_cfg
+from imgsearch.config import IndexingConfig
 
 from conftest import COCO_MINI, write_image
 
@@ -101,8 +101,8 @@ def test_every_exif_orientation_turns_upright_as_pillow_turns_it(tmp_path, orien
     from PIL import ImageOps
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from imgsearch.images import jpeg_header
     from imgsearch.clip.tensor_decode import upright
+    from imgsearch.images import jpeg_header
 
     rng = np.random.default_rng(orientation)
     pixels = np.kron(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))  # 48 x 80
@@ -113,8 +113,11 @@ def test_every_exif_orientation_turns_upright_as_pillow_turns_it(tmp_path, orien
     data = path.read_bytes()
     details, found = jpeg_header(data, 10**8)
     assert found == orientation
-    ours = upright(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB),
-                   found).permute(1, 2, 0).numpy()
+    ours = (
+        upright(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), found)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     with Image.open(path) as im:
         theirs = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     assert ours.shape == theirs.shape and ours.shape[:2] == (details.height, details.width)

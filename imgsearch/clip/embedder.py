@@ -14,7 +14,7 @@ import functools
 import os
 import signal
 import sys
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,13 +23,13 @@ from PIL import Image
 from .. import encoders
 from ..config import IndexingConfig, ModelConfig
 from ..errors import BadInputError, ExportDamagedError
-from ..images import EmbeddedBatch, loader, prepared
-from ..inference import backends
-from ..inference.preprocess import input_size
-from ..inference import probes
+from ..images import loader, prepared
+from ..inference import backends, probes
 from ..inference.onnx import OnnxTowers
+from ..inference.preprocess import input_size
+from ..records import EmbeddedBatch
 from .export import export, normalised
-from .models import Loaded, first_sentence, load_model, model_dim, preprocess_cfg, resolve_device
+from .models import ClipModel, Loaded, first_sentence, load_model, model_dim, preprocess_cfg, resolve_device
 
 _TEXT_BATCH = 256
 
@@ -38,15 +38,17 @@ class _TorchTowers:
     """The model's towers in torch: fp32, fp16/bf16 autocast on CUDA, or bf16 weights on CPU. The model must be in
     eval mode: in training mode BatchNorm, dropout and drop-path compute wrong vectors that look right."""
 
-    def __init__(self, model: torch.nn.Module, device: str, precision: str):
+    def __init__(self, model: ClipModel, device: str, precision: str):
         self.model, self.device, self.precision = model, device, precision
         self.label = f"torch {precision}" if precision != "auto" else "torch"
 
     def _eval_mode(self) -> None:
         training = [name for name, m in self.model.named_modules() if m.training]
         if training:  # an internal invariant: something put the model into training mode
-            raise RuntimeError(f"the model is in training mode ({len(training)} modules, e.g. {training[0]!r}); "
-                               "its vectors would be wrong")
+            raise RuntimeError(
+                f"the model is in training mode ({len(training)} modules, e.g. {training[0]!r}); "
+                "its vectors would be wrong"
+            )
 
     def _autocast(self):
         if self.device.startswith("cuda") and self.precision in ("auto", "fp16", "bf16"):
@@ -124,7 +126,7 @@ class Embedder:
     def recipe_record(self) -> dict:
         return self.recipe.to_dict()
 
-    def load(self) -> "Embedder":
+    def load(self) -> Embedder:
         """Create the model now (downloading it if needed) rather than on first use."""
         self._runner()
         return self
@@ -142,8 +144,9 @@ class Embedder:
     def _choose_runner(self):
         model, cuda = self._parts().model, self.device.startswith("cuda")
         if cuda and self.config.backend not in ("auto", "torch"):
-            raise BadInputError(f"the {self.config.backend} backend runs on the CPU; use --device cpu, or "
-                                "--backend torch on a GPU")
+            raise BadInputError(
+                f"the {self.config.backend} backend runs on the CPU; use --device cpu, or --backend torch on a GPU"
+            )
         export_ = self.export_onnx() if not cuda and self.config.backend != "torch" else None
         plan = encoders.for_files(self.config, export_, cuda)
         if plan.reason:
@@ -157,21 +160,23 @@ class Embedder:
             return self._bf16_towers(model)
         return _TorchTowers(model, self.device, plan.precision)
 
-    def _bf16_towers(self, model: torch.nn.Module) -> _TorchTowers:
+    def _bf16_towers(self, model: ClipModel) -> _TorchTowers:
         """bf16 weights, cast once, if they pass the guard on the probes against fp32 (``probes.judge``); else
         fp32, with a note. Asked for by name (``precision="bf16"``), bf16 runs whatever the probes say."""
         fp32 = _TorchTowers(model, self.device, "fp32")
         half = _TorchTowers(_cast_copy(model, torch.bfloat16), self.device, "bf16")
         pixels, tokens = self._probes
-        verdict = probes.judge(fp32.encode_image(pixels), fp32.encode_text(tokens), half.encode_image(pixels),
-                               half.encode_text(tokens))
+        verdict = probes.judge(
+            fp32.encode_image(pixels), fp32.encode_text(tokens), half.encode_image(pixels), half.encode_text(tokens)
+        )
         if verdict.passed or self.config.precision == "bf16":
             import dataclasses
 
-            self._loaded = dataclasses.replace(self._loaded, model=half.model)  # the fp32 weights are freed
+            self._loaded = dataclasses.replace(self._parts(), model=half.model)  # the fp32 weights are freed
             return half
-        self.notes.append(f"bf16 failed its check against fp32 ({probes.Verdict.describe(verdict.to_dict())}); "
-                          "fp32 runs")
+        self.notes.append(
+            f"bf16 failed its check against fp32 ({probes.Verdict.describe(verdict.to_dict())}); fp32 runs"
+        )
         return fp32
 
     @functools.cached_property
@@ -200,7 +205,9 @@ class Embedder:
             self.notes.append(
                 f"no space left in {backends.cache_dir()} for the model's export (a few hundred MB): torch runs, "
                 "slower, until there is; free some space there, or set $IMGSEARCH_CACHE to a folder on another disk"
-                if full else f"the ONNX export failed ({first_sentence(exc)}): torch runs")
+                if full
+                else f"the ONNX export failed ({first_sentence(exc)}): torch runs"
+            )
             return None
 
     @property
@@ -235,9 +242,7 @@ class Embedder:
             out.append(self.encode_preprocessed(torch.stack([preprocess(im.convert("RGB")) for im in chunk])))
         return np.concatenate(out)
 
-    def embed_files(
-        self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()
-    ) -> Iterator[EmbeddedBatch]:
+    def embed_files(self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()) -> Iterator[EmbeddedBatch]:
         """Decode files in worker processes (overlapping the model) and embed them batch by batch.
 
         Unreadable files come back as failures with a reason; they never stop the run.
@@ -249,11 +254,7 @@ class Embedder:
             return
         dataset = _FileDataset(paths, preprocess, self.image_size, settings.max_pixels, decode)
         for positions, details, tensors, failures in self._loader(dataset, _collate, settings):
-            vectors = (
-                self.encode_preprocessed(tensors)
-                if tensors is not None
-                else np.zeros((0, self.dim), np.float32)
-            )
+            vectors = self.encode_preprocessed(tensors) if tensors is not None else np.zeros((0, self.dim), np.float32)
             yield EmbeddedBatch(positions, details, vectors, failures)
 
     @functools.cached_property
@@ -292,8 +293,9 @@ class Embedder:
 
         model, preprocess = self._parts().model, self._parts().preprocess
         dataset = tensor_decode.TensorFiles(paths, preprocess, loader("fast"), self.image_size, settings.max_pixels)
-        decoder = tensor_decode.DeviceDecoder(tensor_decode.Transform.for_model(preprocess_cfg(model)), self.device,
-                                              dataset.pillow)
+        transform = tensor_decode.Transform.for_model(preprocess_cfg(model))
+        assert transform is not None, "decode_mode chooses decoding on the device only for CLIP's plain transform"
+        decoder = tensor_decode.DeviceDecoder(transform, self.device, dataset.pillow)
         for items in self._loader(dataset, tensor_decode.collate, settings):
             positions, details, pixels, failures = decoder(items)
             vectors = self.encode_preprocessed(pixels) if pixels is not None else np.zeros((0, self.dim), np.float32)
@@ -324,7 +326,7 @@ def _die_with_parent(parent: int, _worker_id: int) -> None:
         os._exit(0)
 
 
-def _cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def _cast_copy(model: ClipModel, dtype: torch.dtype) -> ClipModel:
     import copy
 
     return copy.deepcopy(model).to(dtype)

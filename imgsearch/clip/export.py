@@ -14,7 +14,8 @@ import contextlib
 import os
 import shutil
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -22,7 +23,8 @@ import torch
 
 from ..config import ModelConfig
 from ..inference import backends, probes
-from .models import Loaded, first_sentence, preprocess_cfg
+from .models import ClipModel, Loaded, first_sentence, preprocess_cfg
+
 
 def normalised(features: torch.Tensor) -> np.ndarray:
     features = features.float()
@@ -42,7 +44,7 @@ def training_flags_kept(model: torch.nn.Module) -> Iterator[None]:
 
 
 class _Tower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, text: bool):
+    def __init__(self, model: ClipModel, text: bool):
         super().__init__()
         self.model, self.text = model, text
 
@@ -69,14 +71,26 @@ def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: to
         towers = OnnxTowers(staged, threads=1, verify=False)
         with torch.inference_mode():
             reference = normalised(loaded.model.encode_image(pixels)), normalised(loaded.model.encode_text(tokens))
-        check = {"onnx": probes.judge(*reference, towers.encode_image(pixels.numpy()),
-                                      towers.encode_text(tokens.numpy())).to_dict(),
-                 "int8": _int8_check(staged, pixels.numpy(), reference),
-                 "openvino": _openvino_check(staged, pixels.numpy(), reference),
-                 "torch-bf16": _bf16_check(loaded.model, pixels, tokens, reference)}
-        backends.write_meta(work, {**meta, "check": {k: v for k, v in check.items() if v},
-                                   "probes": {"image": reference[0].tolist(), "text": reference[1].tolist(),
-                                              "tokens": tokens.numpy().tolist()}})
+        check = {
+            "onnx": probes.judge(
+                *reference, towers.encode_image(pixels.numpy()), towers.encode_text(tokens.numpy())
+            ).to_dict(),
+            "int8": _int8_check(staged, pixels.numpy(), reference),
+            "openvino": _openvino_check(staged, pixels.numpy(), reference),
+            "torch-bf16": _bf16_check(loaded.model, pixels, tokens, reference),
+        }
+        backends.write_meta(
+            work,
+            {
+                **meta,
+                "check": {k: v for k, v in check.items() if v},
+                "probes": {
+                    "image": reference[0].tolist(),
+                    "text": reference[1].tolist(),
+                    "tokens": tokens.numpy().tolist(),
+                },
+            },
+        )
         if final.exists() and backends.find_export(config) is None:
             shutil.rmtree(final, ignore_errors=True)  # a broken leftover (folders are published whole)
         try:
@@ -90,7 +104,7 @@ def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: to
     return backends.find_export(config)
 
 
-def _write_towers(model: torch.nn.Module, folder, pixels: torch.Tensor, tokens: torch.Tensor) -> None:
+def _write_towers(model: ClipModel, folder, pixels: torch.Tensor, tokens: torch.Tensor) -> None:
     from ..inference.onnx import externalise
 
     # Grad mode on: under no_grad, MultiheadAttention takes a fused fast path that ONNX cannot express. The towers
@@ -100,10 +114,16 @@ def _write_towers(model: torch.nn.Module, folder, pixels: torch.Tensor, tokens: 
         model.eval()
         for text, sample, name in ((True, tokens, "text"), (False, pixels, "image")):
             tower = _Tower(model, text).eval()
-            torch.onnx.export(tower, (sample[:2],), str(folder / f"{name}.onnx"),
-                              input_names=["tokens" if text else "pixels"], output_names=["features"],
-                              dynamic_axes={"tokens" if text else "pixels": {0: "n"}, "features": {0: "n"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                tower,
+                (sample[:2],),
+                str(folder / f"{name}.onnx"),
+                input_names=["tokens" if text else "pixels"],
+                output_names=["features"],
+                dynamic_axes={"tokens" if text else "pixels": {0: "n"}, "features": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
             externalise(folder / f"{name}.onnx")
 
 
@@ -134,8 +154,9 @@ def _openvino_check(staged, pixels: np.ndarray, reference: tuple[np.ndarray, np.
     return {**probes.judge(*reference, images, reference[1]).to_dict(), "precision": tower.precision}
 
 
-def _bf16_check(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
-                reference: tuple[np.ndarray, np.ndarray]) -> dict:
+def _bf16_check(
+    model: ClipModel, pixels: torch.Tensor, tokens: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]
+) -> dict:
     """Judge torch with bf16 weights on this CPU, so that later runs choose between it and the export without
     building the model (encoders.for_files)."""
     import copy
@@ -151,11 +172,17 @@ def _bf16_check(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tens
 
 def _meta(loaded: Loaded, config: ModelConfig, folder) -> dict:
     cfg = preprocess_cfg(loaded.model)
-    return {"model": config.name, "pretrained": config.pretrained, "pretrained_as": config.pretrained_as,
-            "dim": _dim(loaded),
-            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-            "recipe": loaded.recipe.to_dict(), **tokenizer_meta(loaded.tokenizer, folder),
-            "torch": torch.__version__, "open_clip": getattr(open_clip, "__version__", "")}
+    return {
+        "model": config.name,
+        "pretrained": config.pretrained,
+        "pretrained_as": config.pretrained_as,
+        "dim": _dim(loaded),
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "recipe": loaded.recipe.to_dict(),
+        **tokenizer_meta(loaded.tokenizer, folder),
+        "torch": torch.__version__,
+        "open_clip": getattr(open_clip, "__version__", ""),
+    }
 
 
 def _dim(loaded: Loaded) -> int:
@@ -179,16 +206,23 @@ def tokenizer_meta(tokenizer, folder) -> dict:
 
 
 def _hf_settings(tokenizer) -> dict | None:
-    inner = getattr(tokenizer, "tokenizer", None)
+    inner: Any = getattr(tokenizer, "tokenizer", None)  # a Hugging Face tokenizer, when it has a backend
     if not hasattr(inner, "backend_tokenizer") or getattr(tokenizer, "tokenizer_mode", "") not in ("", None):
         return None
+    clean: str | None
     if isinstance(tokenizer, open_clip.tokenizer.SigLipTokenizer):
         clean = "siglip"
     else:
-        clean = {"_clean_canonicalize": "canonicalize", "_clean_lower": "lower",
-                 "_clean_whitespace": "whitespace"}.get(getattr(tokenizer.clean_fn, "__name__", ""))
+        clean = {"_clean_canonicalize": "canonicalize", "_clean_lower": "lower", "_clean_whitespace": "whitespace"}.get(
+            getattr(tokenizer.clean_fn, "__name__", "")
+        )
     if clean is None:
         return None
-    return {"clean": clean, "pad_id": int(inner.pad_token_id), "pad_token": str(inner.pad_token),
-            "padding_side": inner.padding_side, "truncation_side": inner.truncation_side,
-            "strip_sep_id": int(inner.sep_token_id) if getattr(tokenizer, "strip_sep_token", False) else None}
+    return {
+        "clean": clean,
+        "pad_id": int(inner.pad_token_id),
+        "pad_token": str(inner.pad_token),
+        "padding_side": inner.padding_side,
+        "truncation_side": inner.truncation_side,
+        "strip_sep_id": int(inner.sep_token_id) if getattr(tokenizer, "strip_sep_token", False) else None,
+    }

@@ -15,8 +15,9 @@ import difflib
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import open_clip
 import torch
@@ -27,8 +28,16 @@ from ..errors import ModelLoadError, first_sentence
 
 # What open_clip applies for a tag (its pretrained config) and for anything else (its PreprocessCfg defaults).
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
-_DEFAULTS = {"mean": tuple(open_clip.OPENAI_DATASET_MEAN), "std": tuple(open_clip.OPENAI_DATASET_STD),
-             "interpolation": "bicubic", "resize_mode": "shortest"}
+# An open_clip model (CLIP, CustomTextCLIP, CoCa): without stubs, and torch.nn.Module's __getattr__ would type each of
+# its attributes (visual, encode_image...) as Tensor | Module.
+ClipModel = Any
+
+_DEFAULTS: dict[str, Any] = {
+    "mean": tuple(open_clip.OPENAI_DATASET_MEAN),
+    "std": tuple(open_clip.OPENAI_DATASET_STD),
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -71,11 +80,18 @@ class Recipe:
         return {**data, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
-        return cls(data.get("tag"), tuple(data["mean"]), tuple(data["std"]), data["interpolation"],
-                   data["resize_mode"], bool(data["quick_gelu"]), data.get("source", ""))
+    def from_dict(cls, data: dict) -> Recipe:
+        return cls(
+            data.get("tag"),
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            data["interpolation"],
+            data["resize_mode"],
+            bool(data["quick_gelu"]),
+            data.get("source", ""),
+        )
 
-    def runs_like(self, other: "Recipe") -> bool:
+    def runs_like(self, other: Recipe) -> bool:
         """Whether both give the same vectors (the tag and the reason aside)."""
         return dataclasses.replace(self, tag=None, source="") == dataclasses.replace(other, tag=None, source="")
 
@@ -94,20 +110,37 @@ def _architecture_gelu(name: str) -> bool:
 def _tag_recipe(name: str, tag: str, source: str) -> Recipe:
     cfg = open_clip.get_pretrained_cfg(name, tag)
     values = {k: cfg.get(k, _DEFAULTS[k]) for k in _PREPROCESS_KEYS}
-    return Recipe(tag, tuple(values["mean"]), tuple(values["std"]), values["interpolation"], values["resize_mode"],
-                  bool(cfg.get("quick_gelu")) or _architecture_gelu(name), source)
+    return Recipe(
+        tag,
+        tuple(values["mean"]),
+        tuple(values["std"]),
+        values["interpolation"],
+        values["resize_mode"],
+        bool(cfg.get("quick_gelu")) or _architecture_gelu(name),
+        source,
+    )
 
 
 def _default_recipe(name: str, source: str) -> Recipe:
-    return Recipe(None, _DEFAULTS["mean"], _DEFAULTS["std"], _DEFAULTS["interpolation"], _DEFAULTS["resize_mode"],
-                  _architecture_gelu(name), source)
+    return Recipe(
+        None,
+        _DEFAULTS["mean"],
+        _DEFAULTS["std"],
+        _DEFAULTS["interpolation"],
+        _DEFAULTS["resize_mode"],
+        _architecture_gelu(name),
+        source,
+    )
 
 
 def legacy_recipe(config: ModelConfig) -> Recipe:
     """What imgsearch up to 0.1 ran: a tag's preprocessing without its QuickGELU, the defaults for anything else."""
     register_extra_model_configs()
-    if config.pretrained and not checkpoints.is_path(config.pretrained) and open_clip.get_pretrained_cfg(
-            config.name, config.pretrained):
+    if (
+        config.pretrained
+        and not checkpoints.is_path(config.pretrained)
+        and open_clip.get_pretrained_cfg(config.name, config.pretrained)
+    ):
         recipe = _tag_recipe(config.name, config.pretrained, "imgsearch 0.1")
         return dataclasses.replace(recipe, quick_gelu=_architecture_gelu(config.name))
     return _default_recipe(config.name, "imgsearch 0.1")
@@ -154,7 +187,7 @@ def _file_recipe(name: str, path: str, tags: list[str]) -> Recipe:
         f"{path} is a {name} checkpoint, and {name}'s published weights are run in different ways ({ways}); "
         "which it holds cannot be told from the file",
         cli_hint="name its tag with --pretrained-as TAG (or --pretrained-as none if it is none of them: the "
-                 "architecture's defaults)",
+        "architecture's defaults)",
         api_hint="name its tag with ModelConfig(pretrained_as=TAG) (or 'none' for the architecture's defaults)",
     )
 
@@ -163,7 +196,7 @@ def _recognised_tag(name: str, path: str, tags: list[str]) -> tuple[str, str] | 
     """(tag, how) for a file that is one of open_clip's downloads: by its Hugging Face cache folder
     (``models--ORG--REPO``), or by the SHA-256 in the download address of OpenAI's and LAION's direct links."""
     parts = os.path.abspath(path).split(os.sep)
-    repos = {p[len("models--"):].replace("--", "/", 1) for p in parts if p.startswith("models--")}
+    repos = {p[len("models--") :].replace("--", "/", 1) for p in parts if p.startswith("models--")}
     for tag in tags:
         cfg = open_clip.get_pretrained_cfg(name, tag)
         hub = (cfg.get("hf_hub") or "").strip("/")
@@ -194,7 +227,7 @@ def _sha256(path: str) -> str:
 
 
 def _closest(wanted: str, choices: list[str]) -> str:
-    """"available: ..." with the closest matches first."""
+    """ "available: ..." with the closest matches first."""
     if not choices:
         return "it has no published weights (pass a checkpoint file, or none)"
     near = difflib.get_close_matches(wanted, choices, n=5, cutoff=0.3)
@@ -219,8 +252,11 @@ def _check_pretrained(name: str, pretrained: str | None) -> None:
     if pretrained is None or os.path.exists(pretrained):
         return
     if checkpoints.is_path(pretrained):
-        raise ModelLoadError(f"checkpoint file not found: {pretrained}", cli_hint="check the --pretrained path",
-                             api_hint="check ModelConfig.pretrained")
+        raise ModelLoadError(
+            f"checkpoint file not found: {pretrained}",
+            cli_hint="check the --pretrained path",
+            api_hint="check ModelConfig.pretrained",
+        )
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tags and pretrained not in tags:
         raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {name}; {_closest(pretrained, tags)}")
@@ -243,10 +279,10 @@ def _check_downloadable(name: str, tag: str) -> None:
             f"the weights of {name} ({tag}) are not cached and cannot be downloaded: {problem}. "
             f"They come from {source}",
             cli_hint="download them on a machine with internet (or copy its ~/.cache/huggingface) and pass the "
-                     f"file with --pretrained /path/to/open_clip_model.safetensors --pretrained-as {tag}; "
-                     "or try the tool with --pretrained none (random weights: results are meaningless)",
+            f"file with --pretrained /path/to/open_clip_model.safetensors --pretrained-as {tag}; "
+            "or try the tool with --pretrained none (random weights: results are meaningless)",
             api_hint="download them on a machine with internet and pass the file as "
-                     f"ModelConfig(pretrained='/path/to/open_clip_model.safetensors', pretrained_as={tag!r})",
+            f"ModelConfig(pretrained='/path/to/open_clip_model.safetensors', pretrained_as={tag!r})",
         )
 
 
@@ -263,8 +299,10 @@ def _check_text_side(name: str, config: dict) -> None:
             f"{name} tokenizes text with Hugging Face's tokenizer for {tokenizer_repo or text_repo}, which needs the "
             "transformers package; install it with `pip install transformers` (or `pip install 'imgsearch[hf]'`)"
         ) from None
-    for repo, files, what in ((tokenizer_repo, _TOKENIZER_FILES, "tokenizer"),
-                              (text_repo, ("config.json",), "text tower's configuration")):
+    for repo, files, what in (
+        (tokenizer_repo, _TOKENIZER_FILES, "tokenizer"),
+        (text_repo, ("config.json",), "text tower's configuration"),
+    ):
         if not repo or hub.cached(repo, files):
             continue
         problem = hub.offline_problem(f"{hub.endpoint()}/{repo}")
@@ -274,7 +312,8 @@ def _check_text_side(name: str, config: dict) -> None:
                 f"the {what} of {name} (Hugging Face repo {repo}: {', '.join(files)}) is not cached and cannot be "
                 f"downloaded: {problem}; run any imgsearch command with this model once where there is internet, or "
                 f"copy {cached_as} from a Hugging Face cache there (~/.cache/huggingface/hub) into this one"
-                f"{' ($HF_HOME/hub)' if os.environ.get('HF_HOME') else ''}")
+                f"{' ($HF_HOME/hub)' if os.environ.get('HF_HOME') else ''}"
+            )
 
 
 def weights_cached(name: str, tag: str) -> bool:
@@ -296,7 +335,7 @@ def _cached_url(url: str) -> bool:
 class Loaded:
     """A model in eval mode with its inference transform (PIL -> tensor), tokenizer and recipe."""
 
-    model: torch.nn.Module
+    model: ClipModel
     preprocess: Callable
     tokenizer: Callable
     recipe: Recipe
@@ -312,9 +351,13 @@ def load_model(config: ModelConfig, device: str) -> Loaded:
     try:
         with _seeded_if_random(config.pretrained), _quiet_open_clip():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                config.name, pretrained=config.pretrained, device=device,
+                config.name,
+                pretrained=config.pretrained,
+                device=device,
                 force_quick_gelu=recipe.quick_gelu and not _architecture_gelu(config.name),
-                image_mean=recipe.mean, image_std=recipe.std, image_interpolation=recipe.interpolation,
+                image_mean=recipe.mean,
+                image_std=recipe.std,
+                image_interpolation=recipe.interpolation,
                 image_resize_mode=recipe.resize_mode,
                 pretrained_text=config.pretrained is not None,  # random weights: no text weights downloaded
             )
@@ -324,9 +367,11 @@ def load_model(config: ModelConfig, device: str) -> Loaded:
         raise ModelLoadError(
             f"could not load {config.label}: {first_sentence(exc)}",
             cli_hint="if the download failed, fetch the checkpoint elsewhere and pass it with --pretrained FILE"
-            if download else None,
+            if download
+            else None,
             api_hint="if the download failed, fetch the checkpoint elsewhere and pass ModelConfig(pretrained=FILE)"
-            if download else None,
+            if download
+            else None,
         ) from exc
     model.eval()
     return Loaded(model, preprocess, tokenizer, recipe)
@@ -368,16 +413,16 @@ def training_sensitive(model: torch.nn.Module) -> list[str]:
             found.add("BatchNorm")
         elif isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
             found.add("dropout")
-        elif type(module).__name__ in ("DropPath", "StochasticDepth") and getattr(module, "drop_prob", 0):
+        elif type(module).__name__ in ("DropPath", "StochasticDepth") and getattr(module, "drop_prob", None):
             found.add("drop-path")
-        elif type(module).__name__ == "PatchDropout" and getattr(module, "prob", 0):
+        elif type(module).__name__ == "PatchDropout" and getattr(module, "prob", None):
             found.add("patch dropout")
         elif isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
             found.add("attention dropout")
     return sorted(found)
 
 
-def preprocess_cfg(model: torch.nn.Module) -> dict:
+def preprocess_cfg(model: ClipModel) -> dict:
     """The model's image transform as a config: size, mean, std, interpolation, resize mode."""
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     if not cfg:

@@ -11,13 +11,17 @@ path is measured by ``scripts/bench_decode.py`` (``--device cuda`` on a GPU).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import cast
 
 import torch
 
-from ..images import ImageDetails, ImageSkipped, jpeg_header, prepared, read_file, skip_reason
+from ..images import ImageSkipped, jpeg_header, prepared, read_file, skip_reason
 from ..inference.preprocess import input_size, shortest_to
+from ..records import ImageDetails
+
+Triple = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -25,15 +29,16 @@ class Transform:
     """CLIP's inference transform as tensors: shortest side to ``size`` (bicubic, antialiased), centre crop."""
 
     size: tuple[int, int]  # (height, width)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: Triple
+    std: Triple
 
     @classmethod
-    def for_model(cls, cfg: dict) -> "Transform | None":
+    def for_model(cls, cfg: dict) -> Transform | None:
         """From a model's preprocess config; None for transforms other than the plain one (Pillow handles those)."""
         if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
             return None
-        return cls(input_size(cfg["size"]), tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
+        mean, std = (float(m) for m in cfg["mean"]), (float(s) for s in cfg["std"])
+        return cls(input_size(cfg["size"]), cast(Triple, tuple(mean)), cast(Triple, tuple(std)))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) on any device -> normalised float (3, height, width) on the same device."""

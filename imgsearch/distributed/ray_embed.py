@@ -16,15 +16,17 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import cast
 
 import numpy as np
 
-from ..config import IndexingConfig, ModelConfig
 from ..clip.embedder import Embedder
+from ..config import IndexingConfig, ModelConfig
 from ..errors import BadInputError, ImgsearchError
-from ..images import EmbeddedBatch, FileEntry, ImageDetails, loader, prepared
+from ..images import loader, prepared
+from ..records import EmbeddedBatch, FileEntry, ImageDetails
 
 SHARDS = "ray-shards"  # the folder, in the collection's, that holds a run's shards until the run ends
 _BATCHES_PER_BLOCK = 4  # model batches per Ray Data block
@@ -36,8 +38,10 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise BadInputError("--ray needs Ray, which is not installed; install it with `pip install 'imgsearch[ray]'` "
-                            "(or leave out --ray to embed on this machine)") from None
+        raise BadInputError(
+            "--ray needs Ray, which is not installed; install it with `pip install 'imgsearch[ray]'` "
+            "(or leave out --ray to embed on this machine)"
+        ) from None
     return ray
 
 
@@ -48,17 +52,24 @@ def connect(address: str) -> None:
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}  # cache and model folders, on workers too
-    kwargs = dict(runtime_env={"env_vars": env} if env else None, include_dashboard=False, log_to_driver=False,
-                  configure_logging=False)
+    kwargs = dict(
+        runtime_env={"env_vars": env} if env else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         ray.init(address=address, **kwargs)  # "local" always starts a new one, never joins another
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ImgsearchError(f"cannot join the Ray cluster at {address!r}: {exc}; start one with `ray start --head`, "
-                             "pass its address, or use --ray local") from None
+        raise ImgsearchError(
+            f"cannot join the Ray cluster at {address!r}: {exc}; start one with `ray start --head`, "
+            "pass its address, or use --ray local"
+        ) from None
 
 
-def embedded(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, shards: Path,
-             min_side: int) -> Iterator[EmbeddedBatch]:
+def embedded(
+    entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingConfig, shards: Path, min_side: int
+) -> Iterator[EmbeddedBatch]:
     """Every entry embedded (or failed, with its reason) as batches whose positions index ``entries``: first the
     rows a killed run left in ``shards`` for unchanged files, then the rest, embedded on the cluster."""
     positions = {e.path: i for i, e in enumerate(entries)}
@@ -67,7 +78,7 @@ def embedded(entries: Sequence[FileEntry], model: ModelConfig, settings: Indexin
     done = {row["path"] for row in reused}
     todo = [e for e in entries if e.path not in done]
     if todo:
-        connect(settings.ray)
+        connect(cast(str, settings.ray))  # only a run with --ray comes here
         for table in _run(todo, model, settings, min_side):
             _write_shard(shards, table)  # before the commit: a kill in between loses nothing
             yield from _batches(table.to_pylist(), positions)
@@ -97,20 +108,41 @@ def _run(entries: Sequence[FileEntry], model: ModelConfig, settings: IndexingCon
     # Decoding asks for less than a whole CPU, so that Ray keeps it in tasks of its own (spread over the cluster's
     # CPUs) rather than fusing it into the model actors.
     dataset = dataset.map_batches(decode, batch_size=settings.batch_size, num_cpus=0.5)
-    dataset = dataset.map_batches(_Embed, fn_constructor_args=(model,), batch_size=settings.batch_size,
-                                  compute=ray.data.ActorPoolStrategy(size=models),
-                                  num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+    dataset = dataset.map_batches(
+        _Embed,
+        fn_constructor_args=(model,),
+        batch_size=settings.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=models),
+        num_gpus=1 if gpus else 0,
+        num_cpus=0 if gpus else 1,
+    )
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _decode(batch: dict, min_side: int, max_pixels: int, decode: str) -> dict:
     """A CPU task: each file decoded as a local run decodes it; pixels travel as raw RGB bytes."""
     load = loader(decode)
-    out = {k: [] for k in ("path", "size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "reason",
-                           "pixels", "pixel_width", "pixel_height")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "path",
+            "size",
+            "mtime_ns",
+            "hash",
+            "width",
+            "height",
+            "format",
+            "taken_at",
+            "reason",
+            "pixels",
+            "pixel_width",
+            "pixel_height",
+        )
+    }
     for path, size, mtime_ns in zip(batch["path"], batch["size"], batch["mtime_ns"]):
-        raw, details, reason = prepared(str(path), load, lambda image: (image.tobytes(), image.size), min_side,
-                                        max_pixels)
+        raw, details, reason = prepared(
+            str(path), load, lambda image: (image.tobytes(), image.size), min_side, max_pixels
+        )
         pixels, shape = raw or (b"", (0, 0))
         out["path"].append(str(path))
         out["size"].append(int(size))
@@ -137,8 +169,12 @@ class _Embed:
         from PIL import Image
 
         good = [i for i, reason in enumerate(batch["reason"]) if not reason]
-        images = [Image.frombytes("RGB", (int(batch["pixel_width"][i]), int(batch["pixel_height"][i])),
-                                  bytes(batch["pixels"][i])) for i in good]
+        images = [
+            Image.frombytes(
+                "RGB", (int(batch["pixel_width"][i]), int(batch["pixel_height"][i])), bytes(batch["pixels"][i])
+            )
+            for i in good
+        ]
         vectors = self.embedder.embed_images(images) if images else np.zeros((0, 1), np.float32)
         column = [b""] * len(batch["reason"])
         for row, vector in zip(good, vectors):
@@ -194,9 +230,16 @@ def _batches(rows: list[dict], positions: dict[str, int]) -> Iterator[EmbeddedBa
         vectors = np.frombuffer(b"".join(r["vector"] for r in good), np.float32).reshape(len(good), dim)
         yield EmbeddedBatch(
             positions=[positions[r["path"]] for r in good],
-            details=[ImageDetails(r["width"], r["height"], r["hash"], r["format"] or None,
-                                  None if r["taken_at"] is None or math.isnan(r["taken_at"]) else r["taken_at"])
-                     for r in good],
+            details=[
+                ImageDetails(
+                    r["width"],
+                    r["height"],
+                    r["hash"],
+                    r["format"] or None,
+                    None if r["taken_at"] is None or math.isnan(r["taken_at"]) else r["taken_at"],
+                )
+                for r in good
+            ],
             vectors=vectors.copy(),
             failures=[(positions[r["path"]], r["reason"]) for r in chunk if r["reason"]],
         )

@@ -89,8 +89,12 @@ class OnnxExport:
         if self.passed and self._passed(path):
             return None
         failed = path if self.passed else "onnx"
-        what = {"onnx": "the export", "int8": "its int8 tower", "openvino": "OpenVINO",
-                "torch-bf16": "torch with bf16 weights"}[failed]
+        what = {
+            "onnx": "the export",
+            "int8": "its int8 tower",
+            "openvino": "OpenVINO",
+            "torch-bf16": "torch with bf16 weights",
+        }[failed]
         from .probes import Verdict  # numpy and Pillow: only when there is something to say
 
         return f"{what} failed its check against torch fp32: {Verdict.describe(self.check.get(failed, {}))}"
@@ -141,8 +145,11 @@ class OnnxExport:
         kind = self.meta.get("tokenizer")
         if kind == "clip-bpe":
             return True
-        return kind == "hf" and (self.folder / "tokenizer.json").is_file() and importlib.util.find_spec(
-            "tokenizers") is not None
+        return (
+            kind == "hf"
+            and (self.folder / "tokenizer.json").is_file()
+            and importlib.util.find_spec("tokenizers") is not None
+        )
 
     @property
     def torch_free_images(self) -> bool:
@@ -201,7 +208,8 @@ def discard(export: OnnxExport, reason: str):
     shutil.rmtree(gone, ignore_errors=True)
     return ExportDamagedError(
         f"the cached export of {export.meta.get('model')} ({export.folder}) was damaged: {reason}; it was removed, "
-        "and the next index run makes it again")
+        "and the next index run makes it again"
+    )
 
 
 # How far below its cosine at export a loaded tower may fall on the probes before it is taken for damaged: the
@@ -221,8 +229,11 @@ def verify(export: OnnxExport, tower: str, vectors, path: str = "onnx") -> None:
         raise discard(export, "it holds no probe vectors to check it with")
     cosine = min_cosine(vectors, recorded[: len(vectors)])
     if not cosine >= bound:  # NaN fails too
-        raise discard(export, f"its {tower} tower computes other vectors than when it was made (cosine {cosine:.4f} "
-                              f"on the probes, at least {bound} expected)")
+        raise discard(
+            export,
+            f"its {tower} tower computes other vectors than when it was made (cosine {cosine:.4f} "
+            f"on the probes, at least {bound} expected)",
+        )
 
 
 def remove_stale_exports() -> list[Path]:
@@ -335,8 +346,17 @@ def cached_exports() -> list[CachedExport]:
             used = max(st.st_atime, st.st_mtime)
         except OSError:
             used = folder.stat().st_mtime
-        found.append(CachedExport(folder, meta.get("model", folder.name), meta.get("pretrained"),
-                                  meta.get("pretrained_as"), size, used, meta.get("format") == _EXPORT_FORMAT))
+        found.append(
+            CachedExport(
+                folder,
+                meta.get("model", folder.name),
+                meta.get("pretrained"),
+                meta.get("pretrained_as"),
+                size,
+                used,
+                meta.get("format") == _EXPORT_FORMAT,
+            )
+        )
     return sorted(found, key=lambda e: -e.bytes)
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..config import IndexingConfig
-from ..images import EmbeddedBatch, loader, prepared
+from ..images import loader, prepared
+from ..records import EmbeddedBatch
 from .backends import FromExport, OnnxExport
 from .onnx import OnnxTowers
 from .preprocess import preprocess
@@ -46,7 +47,7 @@ class ExportImageFiles(FromExport):
         self._tower, self.backend = image_tower(export, runner)
         self.notes: list[str] = []
 
-    def load(self) -> "ExportImageFiles":
+    def load(self) -> ExportImageFiles:
         """Open the session now (and warm it with one blank image), so that a broken export fails before any work."""
         side = self.image_size
         self._tower.encode_image(np.zeros((1, 3, side, side), np.float32))
@@ -55,9 +56,16 @@ class ExportImageFiles(FromExport):
     def embed_files(self, paths: Sequence[str], settings: IndexingConfig = IndexingConfig()) -> Iterator[EmbeddedBatch]:
         """Embed files batch by batch; unreadable ones come back as failures with a reason, never stopping the run."""
         assert settings.decode != "tensor", "tensor decoding runs in torch (encoders.file_encoder never sends it here)"
-        decode = partial(prepared, load=loader(settings.decode), transform=partial(preprocess, cfg=self.export.meta[
-            "preprocess"]), min_side=self.image_size, max_pixels=settings.max_pixels)
-        batches = [range(i, min(i + settings.batch_size, len(paths))) for i in range(0, len(paths), settings.batch_size)]
+        decode = partial(
+            prepared,
+            load=loader(settings.decode),
+            transform=partial(preprocess, cfg=self.export.meta["preprocess"]),
+            min_side=self.image_size,
+            max_pixels=settings.max_pixels,
+        )
+        batches = [
+            range(i, min(i + settings.batch_size, len(paths))) for i in range(0, len(paths), settings.batch_size)
+        ]
         threads = decode_threads(settings)
         if threads == 0:
             for batch in batches:
@@ -80,8 +88,11 @@ class ExportImageFiles(FromExport):
     def _embedded(self, positions: range, decoded: list[tuple]) -> EmbeddedBatch:
         good = [(i, pixels, details) for i, (pixels, details, _) in zip(positions, decoded) if pixels is not None]
         failures = [(i, reason) for i, (pixels, _, reason) in zip(positions, decoded) if pixels is None]
-        vectors = (self._tower.encode_image(np.stack([pixels for _, pixels, _ in good])) if good
-                   else np.zeros((0, self.dim), np.float32))
+        vectors = (
+            self._tower.encode_image(np.stack([pixels for _, pixels, _ in good]))
+            if good
+            else np.zeros((0, self.dim), np.float32)
+        )
         return EmbeddedBatch([i for i, _, _ in good], [d for _, _, d in good], vectors, failures)
 
 

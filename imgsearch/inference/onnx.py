@@ -7,7 +7,9 @@ out of one protobuf: a query's text session opens in 0.09-0.13 s instead of 0.5-
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -20,8 +22,14 @@ def externalise(path) -> None:
 
     path = Path(path)
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data",
+        size_threshold=1024,
+    )
     os.chmod(path.with_name(f"{path.name}.data"), path.stat().st_mode & 0o777)  # onnx writes it owner-only
 
 
@@ -67,27 +75,36 @@ class OnnxTowers:
     """Both towers of one export, each session created on first use and checked against the export's probes
     (``verify``: False while the export is being made, before it has any); ``int8``: the image tower's int8 copy."""
 
-    def __init__(self, export: OnnxExport, threads: int | None = None, lean: bool = False, int8: bool = False,
-                 verify: bool = True):
+    def __init__(
+        self,
+        export: OnnxExport,
+        threads: int | None = None,
+        lean: bool = False,
+        int8: bool = False,
+        verify: bool = True,
+    ):
         self.export, self.threads, self.lean, self.int8, self.verify = export, threads, lean, int8, verify
-        self._text = self._image = None
+        self._text: Any = None  # onnxruntime InferenceSessions, made on first use
+        self._image: Any = None
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         if self._text is None:
-            self._text = self._checked(self.export.text_path, "text")
+            self._text, first = self._opened("text", tokens)
+            return cast(np.ndarray, first)
         return self._run_text(self._text, tokens)
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         if self._image is None:
-            self._image = self._checked(self.export.image_int8_path if self.int8 else self.export.image_path, "image")
+            self._image, first = self._opened("image", pixels)
+            return cast(np.ndarray, first)
         return self._run_image(self._image, pixels)
 
     def check(self) -> None:
         """Make (and so check) both sessions now; ExportDamagedError if either tower is damaged."""
         if self._text is None:
-            self._text = self._checked(self.export.text_path, "text")
+            self._text, _ = self._opened("text")
         if self._image is None:
-            self._image = self._checked(self.export.image_int8_path if self.int8 else self.export.image_path, "image")
+            self._image, _ = self._opened("image")
 
     @staticmethod
     def _run_text(session, tokens: np.ndarray) -> np.ndarray:
@@ -97,22 +114,41 @@ class OnnxTowers:
     def _run_image(session, pixels: np.ndarray) -> np.ndarray:
         return normalised(session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0])
 
-    def _checked(self, path, tower: str):
-        """A session for one tower file, which a damaged file cannot give or gives wrong vectors from."""
+    def _opened(self, tower: str, first: np.ndarray | None = None) -> tuple[object, np.ndarray | None]:
+        """A session for one tower, which a damaged file cannot give or gives wrong vectors from, and what it
+        computes for ``first`` (the caller's input). The probe runs on a second thread while ``first`` runs on this
+        one: a cold query's check then costs next to nothing on a machine with two cores (scripts/bench_checks.py),
+        and nothing computed is returned before the check has passed."""
         from ..errors import first_sentence
         from . import backends, probes
 
+        path = (
+            self.export.text_path
+            if tower == "text"
+            else (self.export.image_int8_path if self.int8 else self.export.image_path)
+        )
         try:
             session = _session(path, self.threads, self.lean)
         except Exception as exc:  # truncated or altered: InvalidProtobuf, "Deserialize tensor ... out of bounds"...
             raise backends.discard(self.export, f"{Path(path).name} cannot be loaded ({first_sentence(exc)})") from None
-        if self.verify:
-            if tower == "text":
-                tokens = self.export.meta.get("probes", {}).get("tokens")
-                if not tokens:
-                    raise backends.discard(self.export, "it holds no probe tokens to check it with")
-                got = self._run_text(session, np.asarray(tokens)[:CHECK_TEXTS])
-            else:
-                got = self._run_image(session, probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES))
-            backends.verify(self.export, tower, got, "int8" if self.int8 and tower == "image" else "onnx")
-        return session
+        run = self._run_text if tower == "text" else self._run_image
+        if not self.verify:
+            return session, None if first is None else run(session, first)
+        if tower == "text":
+            tokens = self.export.meta.get("probes", {}).get("tokens")
+            if not tokens:
+                raise backends.discard(self.export, "it holds no probe tokens to check it with")
+            probe = np.asarray(tokens)[:CHECK_TEXTS]
+        else:
+            probe = probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES)
+        probed: list[np.ndarray] = []
+        checker = threading.Thread(target=lambda: probed.append(run(session, probe)), name=f"imgsearch-{tower}-probe")
+        checker.start()
+        try:
+            computed = None if first is None else run(session, first)
+        finally:
+            checker.join()
+        if not probed:
+            raise backends.discard(self.export, f"its {tower} tower failed on its probe")
+        backends.verify(self.export, tower, probed[0], "int8" if self.int8 and tower == "image" else "onnx")
+        return session, computed

@@ -7,6 +7,8 @@ the same 2 cores, cosine to fp32 0.99995 and top-10 overlap 0.971, compiled from
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .backends import OnnxExport
@@ -18,7 +20,8 @@ class OpenVinoImageTower:
 
     def __init__(self, export: OnnxExport, verify: bool = True):
         self.export, self.verify = export, verify
-        self._compiled = self._request = None
+        self._compiled: Any = None  # OpenVINO CompiledModel and its InferRequest, made on first use
+        self._request: Any = None
 
     def _compile(self):
         if self._compiled is None:
@@ -31,11 +34,13 @@ class OpenVinoImageTower:
             try:
                 # LATENCY: one stream over every core for each batch; THROUGHPUT splits the cores between streams
                 # that one synchronous caller never fills (measured half the speed).
-                self._compiled = openvino.Core().compile_model(str(self.export.image_path), "CPU",
-                                                              {"PERFORMANCE_HINT": "LATENCY"})
+                self._compiled = openvino.Core().compile_model(
+                    str(self.export.image_path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}
+                )
             except Exception as exc:  # a truncated or altered file
-                raise backends.discard(self.export, f"OpenVINO cannot load its image tower ({first_sentence(exc)})") \
-                    from None
+                raise backends.discard(
+                    self.export, f"OpenVINO cannot load its image tower ({first_sentence(exc)})"
+                ) from None
             self._request = self._compiled.create_infer_request()
             if self.verify:
                 got = self._infer(probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES))

@@ -21,7 +21,7 @@ def preprocess(image: Image.Image, cfg: dict) -> np.ndarray:
         image = image.resize((width, height), resample)
     else:
         image = _crop_centre(_resize_shortest(image, min(height, width), resample), height, width)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
     pixels = (pixels - np.asarray(cfg["mean"], np.float32)) / np.asarray(cfg["std"], np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

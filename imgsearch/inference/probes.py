@@ -14,8 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-TEXTS = ("a photo of a dog", "a red car parked on a street", "two people on a beach at sunset",
-         "a plate of food", "snow on mountains", "a cat sleeping on a sofa", "city lights at night", "")
+TEXTS = (
+    "a photo of a dog",
+    "a red car parked on a street",
+    "two people on a beach at sunset",
+    "a plate of food",
+    "snow on mountains",
+    "a cat sleeping on a sofa",
+    "city lights at night",
+    "",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,12 +90,19 @@ class Verdict:
         if "error" in record:
             return f"it could not run ({record['error']})"
         cosine, rank = record.get("cosine", float("nan")), record.get("rank_error", float("nan"))
-        return (f"cosine {cosine:.5f}, ranking error {rank:.2f} (bounds: cosine >= {record.get('bound', MIN_COSINE)}, "
-                f"ranking error <= {MAX_RANK_ERROR})")
+        return (
+            f"cosine {cosine:.5f}, ranking error {rank:.2f} (bounds: cosine >= {record.get('bound', MIN_COSINE)}, "
+            f"ranking error <= {MAX_RANK_ERROR})"
+        )
 
 
-def judge(reference_images: np.ndarray, reference_texts: np.ndarray, images: np.ndarray, texts: np.ndarray,
-          bound: float | None = None) -> Verdict:
+def judge(
+    reference_images: np.ndarray,
+    reference_texts: np.ndarray,
+    images: np.ndarray,
+    texts: np.ndarray,
+    bound: float | None = None,
+) -> Verdict:
     """The verdict on a path's probe vectors (``images``, ``texts``) against torch fp32's; ``bound``: the least
     cosine (MIN_COSINE by default)."""
     bound = MIN_COSINE if bound is None else bound

@@ -6,7 +6,7 @@ build. It has the same ``embed_texts`` / ``embed_images`` / ``image_size`` / ``d
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ class OnnxQueryEncoder(FromExport):
     def __init__(self, export: OnnxExport, threads: int | None = QUERY_THREADS):
         self.export = export
         self._towers = OnnxTowers(export, threads, lean=True)
-        self._tokenizer = None
+        self._tokenizer: Callable | None = None  # read on the first text
         self.backend = "onnx fp32 (query)"
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -38,5 +38,7 @@ class OnnxQueryEncoder(FromExport):
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         cfg, out = self.export.meta["preprocess"], [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
-            out.append(self._towers.encode_image(np.stack([preprocess(im, cfg) for im in images[start : start + batch_size]])))
+            out.append(
+                self._towers.encode_image(np.stack([preprocess(im, cfg) for im in images[start : start + batch_size]]))
+            )
         return np.concatenate(out)

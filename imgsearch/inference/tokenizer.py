@@ -150,8 +150,12 @@ class HfTokenizer:
         self._clean = _CLEANERS[settings["clean"]]
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.enable_truncation(max_length=context_length, direction=settings.get("truncation_side", "right"))
-        self._tokenizer.enable_padding(direction=settings.get("padding_side", "right"), pad_id=settings["pad_id"],
-                                       pad_token=settings["pad_token"], length=context_length)
+        self._tokenizer.enable_padding(
+            direction=settings.get("padding_side", "right"),
+            pad_id=settings["pad_id"],
+            pad_token=settings["pad_token"],
+            length=context_length,
+        )
 
     def __call__(self, texts: str | list[str]) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -163,7 +167,7 @@ class HfTokenizer:
         return ids
 
 
-def for_export(meta: dict, folder) -> "ClipTokenizer | HfTokenizer":
+def for_export(meta: dict, folder) -> ClipTokenizer | HfTokenizer:
     """The torch-free tokenizer an export's meta describes (``encoders.for_query`` checks that there is one)."""
     length = meta.get("context_length", 77)
     if meta.get("tokenizer") == "hf":

@@ -8,7 +8,8 @@ Nothing here touches files: listing is all it does.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,8 +25,9 @@ class Row(NamedTuple):
     content_hash: str
 
 
-def group_duplicates(rows: Sequence[Row], ids: np.ndarray, vectors: np.ndarray, threshold: float | None,
-                     pairs_finder) -> list[DuplicateGroup]:
+def group_duplicates(
+    rows: Sequence[Row], ids: np.ndarray, vectors: np.ndarray, threshold: float | None, pairs_finder
+) -> list[DuplicateGroup]:
     """``ids``/``vectors``: every image's vector; ``threshold`` None: identical files only.
     ``pairs_finder(vectors, threshold) -> (i, j, similarity)``: positions of similar pairs among its rows."""
     by_id = {r.id: r for r in rows}
@@ -42,8 +44,9 @@ def group_duplicates(rows: Sequence[Row], ids: np.ndarray, vectors: np.ndarray, 
     components: dict[int, list[int]] = {}
     for k, head in enumerate(heads):
         components.setdefault(_find(parent, k), []).extend(contents[by_id[head].content_hash])
-    groups = [_group([by_id[i] for i in members], vectors, position)
-              for members in components.values() if len(members) > 1]
+    groups = [
+        _group([by_id[i] for i in members], vectors, position) for members in components.values() if len(members) > 1
+    ]
     return sorted(groups, key=lambda g: (-len(g.images), g.images[0].path))
 
 
@@ -68,7 +71,11 @@ def _group(members: list[Row], vectors: np.ndarray, position: dict[int, int]) ->
     members = sorted(members, key=_best_first)
     best = members[0]
     sims = vectors[[position[m.id] for m in members]] @ vectors[position[best.id]]
-    images = tuple(DuplicateImage(m.id, m.path, m.size, m.width, m.height, round(float(min(s, 1.0)), 4),
-                                  m.content_hash == best.content_hash) for m, s in zip(members, sims))
+    images = tuple(
+        DuplicateImage(
+            m.id, m.path, m.size, m.width, m.height, round(float(min(s, 1.0)), 4), m.content_hash == best.content_hash
+        )
+        for m, s in zip(members, sims)
+    )
     kind = "exact" if all(i.exact_copy for i in images) else "near"
     return DuplicateGroup(kind, images)

@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 
 from ..errors import BadInputError
+from ..records import FORMATS, format_name
 
 ORIENTATIONS = ("landscape", "portrait", "square")
-# Stored format names (Pillow's, lower-case) and what users may call them.
-FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heif", "avif")
-FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "mpo": "jpeg", "tif": "tiff", "heic": "heif"}
-_DATE_FORMS = ("%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
-               "%Y-%m-%d %H:%M:%S")
-
-
-def format_name(name: str | None) -> str | None:
-    """A user's or Pillow's format name ("JPG", "MPO", ".tif") as stored ("jpeg", "tiff"); None if unknown."""
-    if not name:
-        return None
-    key = name.lower().lstrip(".")
-    key = FORMAT_ALIASES.get(key, key)
-    return key if key in FORMATS else None
+_DATE_FORMS = ("%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 
 
 def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float | None:
@@ -50,8 +39,9 @@ def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float 
             return dt.datetime.strptime(text.strip(), form).timestamp()
         except ValueError:
             continue
-    raise BadInputError(f"{flag}: cannot read {text!r} as a date; write YYYY, YYYY-MM, YYYY-MM-DD or "
-                        "'YYYY-MM-DD HH:MM' (local time)")
+    raise BadInputError(
+        f"{flag}: cannot read {text!r} as a date; write YYYY, YYYY-MM, YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (local time)"
+    )
 
 
 def _seconds(value: str | float, flag: str) -> float:
@@ -60,8 +50,10 @@ def _seconds(value: str | float, flag: str) -> float:
         seconds = float(value[1:] if isinstance(value, str) else value)
         dt.datetime.fromtimestamp(seconds)  # NaN, inf and 1e400 (inf) fail here too, as do years past 9999
     except (ValueError, OverflowError, OSError):
-        raise BadInputError(f"{flag}: {value!r} is not a time: give @SECONDS since the epoch (a finite number "
-                            "between years 1 and 9999) or a date") from None
+        raise BadInputError(
+            f"{flag}: {value!r} is not a time: give @SECONDS since the epoch (a finite number "
+            "between years 1 and 9999) or a date"
+        ) from None
     return seconds
 
 
@@ -87,7 +79,7 @@ class Filters:
     before: float | str | dt.date | None = None
     min_width: int | None = None  # pixels, upright (EXIF orientation applied)
     min_height: int | None = None
-    formats: tuple[str, ...] = ()  # "jpeg", "png", ... (aliases such as "jpg" accepted)
+    formats: tuple[str, ...] | str = ()  # "jpeg", "png", ... (aliases such as "jpg" accepted; "jpg,png" too)
     orientation: str | None = None  # "landscape" (wider than tall), "portrait" or "square"
 
     def __post_init__(self) -> None:
@@ -105,18 +97,38 @@ class Filters:
             put(self, "orientation", self.orientation.lower())
             if self.orientation not in ORIENTATIONS:
                 raise BadInputError(f"--orientation: unknown {self.orientation!r}; use {', '.join(ORIENTATIONS)}")
-        if self.after is not None and self.before is not None and self.after >= self.before:
+        after, before = cast("float | None", self.after), cast("float | None", self.before)  # read above
+        if after is not None and before is not None and after >= before:
             raise BadInputError("--after must be earlier than --before: no image can be taken in between")
 
     @staticmethod
     def _format(name: str) -> str:
         found = format_name(name)
         if found is None:
-            raise BadInputError(f"--format: unknown format {name!r}; use some of {', '.join(FORMATS)} (or jpg, tif, heic)")
+            raise BadInputError(
+                f"--format: unknown format {name!r}; use some of {', '.join(FORMATS)} (or jpg, tif, heic)"
+            )
         return found
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) not in (None, ()) for f in fields(self))
+
+    def to_params(self) -> dict[str, object]:
+        """The filters as the query parameters of the server's ``/api/search`` (``server/app._filters`` reads them
+        into ``Filters`` again): folders absolute, dates as ``@seconds`` (already read here), formats joined."""
+
+        def seconds(value) -> str | None:
+            return None if value is None else f"@{value!r}"
+
+        return {
+            "in": list(self.folders),
+            "after": seconds(self.after),
+            "before": seconds(self.before),
+            "min_width": self.min_width,
+            "min_height": self.min_height,
+            "format": ",".join(self.formats) or None,
+            "orientation": self.orientation,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,12 +140,12 @@ class ImageColumns:
     height: np.ndarray
     taken: np.ndarray  # float64 seconds: EXIF DateTimeOriginal, else mtime
     format_codes: np.ndarray  # uint8 index into format_names
-    format_names: tuple[str, ...]
+    format_names: tuple[str | None, ...]  # None: a format not known (the file's extension says nothing either)
     folder_codes: np.ndarray  # int32 index into folders
     folders: tuple[str, ...]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[tuple]) -> "ImageColumns":
+    def from_rows(cls, rows: Sequence[tuple]) -> ImageColumns:
         """rows: (id, path, width, height, taken, format) in id order; format None (not read yet) or "" (unknown)."""
         folder_index: dict[str, int] = {}
         format_index: dict[str | None, int] = {}

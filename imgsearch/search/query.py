@@ -54,23 +54,25 @@ class Term:
             raise BadInputError("empty query text; give some words (or leave the term out)")
 
     @classmethod
-    def text(cls, words: str, weight: float = 1.0) -> "Term":
+    def text(cls, words: str, weight: float = 1.0) -> Term:
         return cls("text", words.strip(), weight)
 
     @classmethod
-    def image(cls, source, weight: float = 1.0) -> "Term":
+    def image(cls, source, weight: float = 1.0) -> Term:
         return cls("image", source, weight)
 
     @classmethod
-    def indexed(cls, image_id: int, weight: float = 1.0) -> "Term":
+    def indexed(cls, image_id: int, weight: float = 1.0) -> Term:
         return cls("id", int(image_id), weight)
 
     def __str__(self) -> str:
         sign = "-" if self.weight < 0 else "+"
         weight = "" if abs(self.weight) == 1 else f"{abs(self.weight):g}*"
-        value = {"text": lambda v: f'"{v}"' if re.search(r'\s[+-]\s|^\w+:', v) else v,
-                 "image": lambda v: f"img:{v}" if isinstance(v, (str, os.PathLike)) else "img:<image>",
-                 "id": lambda v: f"id:{v}"}[self.kind](self.value)
+        value = {
+            "text": lambda v: f'"{v}"' if re.search(r"\s[+-]\s|^\w+:", v) else v,
+            "image": lambda v: f"img:{v}" if isinstance(v, (str, os.PathLike)) else "img:<image>",
+            "id": lambda v: f"id:{v}",
+        }[self.kind](self.value)
         return f"{sign} {weight}{value}"
 
 
@@ -91,17 +93,17 @@ class Query:
             raise BadInputError(f"the query has {len(self.terms)} terms; at most {MAX_TERMS} are combined")
 
     @classmethod
-    def parse(cls, text: str, filters: Filters | None = None, bare_images: bool = False) -> "Query":
+    def parse(cls, text: str, filters: Filters | None = None, bare_images: bool = False) -> Query:
         """Parse the written form. ``bare_images``: a bare term that looks like an image file name
         (``beach.jpg``, ``photos/a b.png``) is an image term (the API's rule); otherwise it is refused with
         a pointer to ``img:`` (the CLI's rule, so a mistyped path never becomes a text search)."""
         return cls(tuple(_parse_terms(text, bare_images)), filters or Filters())
 
     @classmethod
-    def of(cls, *terms: Term, filters: Filters | None = None) -> "Query":
+    def of(cls, *terms: Term, filters: Filters | None = None) -> Query:
         return cls(terms, filters or Filters())
 
-    def with_filters(self, filters: Filters) -> "Query":
+    def with_filters(self, filters: Filters) -> Query:
         return Query(self.terms, filters)
 
     def __str__(self) -> str:
@@ -111,11 +113,13 @@ class Query:
 def _parse_terms(text: str, bare_images: bool) -> list[Term]:
     if not text or not text.strip():
         raise BadInputError("empty query; give some text, an image, or both")
-    terms, pieces, sign, op = [], [], 1.0, None
+    terms: list[Term] = []
+    pieces: list[tuple[bool, str]] = []
+    sign, op = 1.0, None
     for match in _TOKENS.finditer(text):
-        kind = match.lastgroup
+        kind = match.lastgroup or ""
         if kind == "unclosed":
-            raise BadInputError(f"unclosed quote in query {text!r}; close it with another \"")
+            raise BadInputError(f'unclosed quote in query {text!r}; close it with another "')
         if kind == "op":
             if pieces or terms or op is not None:
                 _finish(terms, pieces, sign, op, text, bare_images)
@@ -168,7 +172,7 @@ def _leading(pattern: re.Pattern, pieces: list[tuple[bool, str]]) -> tuple[str |
     match = pattern.match(rest[0][1])
     if match is None:
         return None, pieces
-    remainder = rest[0][1][match.end():]
+    remainder = rest[0][1][match.end() :]
     return match.group(1), ([(False, remainder)] if remainder else []) + rest[1:]
 
 
@@ -180,7 +184,8 @@ def _bare(value: str, quoted: bool, weight: float, bare_images: bool) -> Term:
             return Term.image(value, weight)
         raise BadInputError(
             f"{value!r} looks like an image file name; to search with the image write img:{value} (on the command "
-            f"line also --image {value}), to search for the words quote them (\"{value}\")")
+            f'line also --image {value}), to search for the words quote them ("{value}")'
+        )
     return Term.text(value, weight)
 
 
@@ -188,7 +193,8 @@ def _prefixed(prefix: str, value: str, weight: float) -> Term:
     if prefix not in PREFIXES:
         raise BadInputError(
             f"unknown prefix '{prefix}:' in term '{prefix}:{value}'; known prefixes: "
-            f"{', '.join(p + ':' for p in PREFIXES)}; quote the term (\"{prefix}:{value}\") to search for it as text")
+            f'{", ".join(p + ":" for p in PREFIXES)}; quote the term ("{prefix}:{value}") to search for it as text'
+        )
     if prefix == "text":
         return Term.text(value, weight)
     if not value:
@@ -199,6 +205,7 @@ def _prefixed(prefix: str, value: str, weight: float) -> Term:
         if not re.fullmatch(r"\d+", value):
             raise BadInputError(f"id:{value} is not an image id; ids are whole numbers (see --json output)")
         return Term.indexed(int(value), weight)
+    raise AssertionError(f"prefix {prefix!r} is in PREFIXES but has no case here")
 
 
 def combine(vectors, weights) -> np.ndarray:
@@ -210,6 +217,7 @@ def combine(vectors, weights) -> np.ndarray:
     if not math.isfinite(length):
         raise BadInputError("the query's weighted sum is not a number; give smaller weights")
     if length < 1e-4:
-        raise BadInputError("the query's terms cancel each other out (their weighted sum is zero); "
-                            "remove or reweight a subtracted term")
+        raise BadInputError(
+            "the query's terms cancel each other out (their weighted sum is zero); remove or reweight a subtracted term"
+        )
     return (total / length).astype(np.float32)

@@ -17,7 +17,6 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 from urllib.parse import quote
 
 import uvicorn
@@ -29,8 +28,14 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import (
-    BadInputError, CollectionNotFoundError, EmptyCollectionError, ImgsearchError, ModelLoadError, NotFoundError,
-    TooLargeError, UnsupportedMediaError,
+    BadInputError,
+    CollectionNotFoundError,
+    EmptyCollectionError,
+    ImgsearchError,
+    ModelLoadError,
+    NotFoundError,
+    TooLargeError,
+    UnsupportedMediaError,
 )
 from ..search import Filters
 from . import discovery, guard
@@ -42,18 +47,29 @@ UPLOAD_TYPES = ("image/", "application/octet-stream")  # what an upload's Conten
 _ID = re.compile(r"[1-9][0-9]{0,18}")  # an image id as written by the server: no sign, no leading 0, no "_"
 
 # Most specific first: NotFoundError, TooLargeError and UnsupportedMediaError are BadInputErrors.
-_STATUS = ((NotFoundError, 404, "not found"), (TooLargeError, 413, "too large"),
-           (UnsupportedMediaError, 415, "unsupported media type"), (BadInputError, 400, "bad input"),
-           (CollectionNotFoundError, 404, "no collection"), (EmptyCollectionError, 409, "empty collection"),
-           (ModelLoadError, 503, "model unavailable"), (ImgsearchError, 500, "error"))
+_STATUS = (
+    (NotFoundError, 404, "not found"),
+    (TooLargeError, 413, "too large"),
+    (UnsupportedMediaError, 415, "unsupported media type"),
+    (BadInputError, 400, "bad input"),
+    (CollectionNotFoundError, 404, "no collection"),
+    (EmptyCollectionError, 409, "empty collection"),
+    (ModelLoadError, 503, "model unavailable"),
+    (ImgsearchError, 500, "error"),
+)
 
 
 def create_app(service: SearchService, hosts: frozenset[str] | None = None, port: int = 0) -> FastAPI:
     """The ASGI app over ``service``; ``hosts``: the Host header values it answers (``guard.allowed_hosts``;
     None: any); ``port``: the port it listens on (the token's cookie is named after it)."""
-    app = FastAPI(title="imgsearch", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json",
-                  description="Semantic image search over one collection. Errors are JSON {error, detail}.")
+    app = FastAPI(
+        title="imgsearch",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        description="Semantic image search over one collection. Errors are JSON {error, detail}.",
+    )
     pool = ThreadPoolExecutor(service.config.workers, thread_name_prefix="imgsearch")
 
     async def run(fn, *args):
@@ -84,14 +100,18 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
         return await run(service.info)
 
     @app.get("/api/search", summary="Search by text and/or indexed ids (query arithmetic and filters)")
-    async def search(q: str = Query(..., description="e.g. `beach + sunset - people`, "
-                                                                         "`2*red car + 0.5*night`, `id:42`"),
-                     offset: int = 0, limit: int = 20, filters: Filters = _filters()) -> JSONResponse:
+    async def search(
+        q: str = Query(..., description="e.g. `beach + sunset - people`, `2*red car + 0.5*night`, `id:42`"),
+        offset: int = 0,
+        limit: int = 20,
+        filters: Filters = _filters(),
+    ) -> JSONResponse:
         return _timed(await run(service.search, q, None, filters, offset, limit))
 
     @app.post("/api/search", summary="Search with an uploaded image (the request body), plus optional q terms")
-    async def search_upload(request: Request, q: Optional[str] = None, offset: int = 0, limit: int = 20,
-                            filters: Filters = _filters()) -> JSONResponse:
+    async def search_upload(
+        request: Request, q: str | None = None, offset: int = 0, limit: int = 20, filters: Filters = _filters()
+    ) -> JSONResponse:
         upload = await _body(request, service.config.max_upload_bytes)
         return _timed(await run(service.search, q, upload, filters, offset, limit))
 
@@ -104,13 +124,15 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
         return await run(service.image, image_id)
 
     @app.get("/api/images/{image_id}/similar", summary="More like this: the same as q=id:IMAGE_ID")
-    async def similar(image_id: int = Depends(_image_id), offset: int = 0, limit: int = 20,
-                      filters: Filters = _filters()) -> JSONResponse:
+    async def similar(
+        image_id: int = Depends(_image_id), offset: int = 0, limit: int = 20, filters: Filters = _filters()
+    ) -> JSONResponse:
         await run(service.image, image_id)  # an unknown id is a 404 here, not a bad query
         return _timed(await run(service.search, f"id:{image_id}", None, filters, offset, limit))
 
-    @app.get("/api/images/{image_id}/thumbnail", summary="JPEG thumbnail, EXIF orientation applied",
-             response_class=Response)
+    @app.get(
+        "/api/images/{image_id}/thumbnail", summary="JPEG thumbnail, EXIF orientation applied", response_class=Response
+    )
     async def thumbnail(image_id: int = Depends(_image_id), size: int = 256) -> Response:
         made = await run(service.thumbnail, image_id, size)
         headers = {"Cache-Control": "private, max-age=86400"}
@@ -118,14 +140,23 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
             return FileResponse(made, media_type="image/jpeg", headers=headers)
         return Response(made, media_type="image/jpeg", headers=headers)
 
-    @app.get("/api/images/{image_id}/file", summary="The original file (only while it is what was indexed)",
-             response_class=Response)
+    @app.get(
+        "/api/images/{image_id}/file",
+        summary="The original file (only while it is what was indexed)",
+        response_class=Response,
+    )
     async def original(image_id: int = Depends(_image_id)) -> Response:
         data, media_type, name = await run(service.original, image_id)
         disposition = "inline" if media_type.startswith("image/") else "attachment"
-        return Response(data, media_type=media_type, headers={
-            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name, safe='')}",
-            "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
+        return Response(
+            data,
+            media_type=media_type,
+            headers={
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name, safe='')}",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "private, max-age=3600",
+            },
+        )
 
     @app.get("/api/images/{image_id}/describe", summary="Image -> text: the texts best matching an indexed image")
     async def describe(image_id: int = Depends(_image_id), k: int = 5) -> dict:
@@ -142,12 +173,15 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
 def _filters():
     """The filters as query parameters, the same as the CLI's flags (``in`` may repeat)."""
 
-    def parse(folder: list[str] = Query([], alias="in", description="only images under this folder (repeatable)"),
-              after: Optional[str] = Query(None, description="taken on or after: YYYY, YYYY-MM, YYYY-MM-DD"),
-              before: Optional[str] = Query(None, description="taken before this date"),
-              min_width: Optional[int] = None, min_height: Optional[int] = None,
-              format: Optional[str] = Query(None, description="e.g. jpg,png"),  # noqa: A002 - the CLI's name
-              orientation: Optional[str] = Query(None, description="landscape, portrait or square")) -> Filters:
+    def parse(
+        folder: list[str] = Query([], alias="in", description="only images under this folder (repeatable)"),
+        after: str | None = Query(None, description="taken on or after: YYYY, YYYY-MM, YYYY-MM-DD"),
+        before: str | None = Query(None, description="taken before this date"),
+        min_width: int | None = None,
+        min_height: int | None = None,
+        format: str | None = Query(None, description="e.g. jpg,png"),  # noqa: A002 - the CLI's name
+        orientation: str | None = Query(None, description="landscape, portrait or square"),
+    ) -> Filters:
         return Filters(tuple(folder), after, before, min_width, min_height, format or (), orientation)
 
     return Depends(parse)
@@ -171,8 +205,9 @@ async def _body(request: Request, limit: int) -> bytes:
     asking), refused (413) as soon as it passes ``limit`` bytes, whatever Content-Length says."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not kind.startswith(UPLOAD_TYPES):
-        raise UnsupportedMediaError(f"an upload must be sent as image/* or application/octet-stream, not "
-                                    f"{kind or 'without a Content-Type'}")
+        raise UnsupportedMediaError(
+            f"an upload must be sent as image/* or application/octet-stream, not {kind or 'without a Content-Type'}"
+        )
     declared = request.headers.get("content-length")
     too_large = TooLargeError(f"uploads are limited to {limit:,} bytes; send a smaller image")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -230,13 +265,22 @@ def _install_token(app: FastAPI, token: str, cookie: str) -> None:
             return await call_next(request)
         if matches(in_query) and request.method in ("GET", "HEAD") and not request.url.path.startswith("/api/"):
             clean = request.url.remove_query_params("token")
-            response = Response(status_code=303, headers={"Location": str(clean.path) + (
-                f"?{clean.query}" if clean.query else ""), "Cache-Control": "no-store"})
+            response = Response(
+                status_code=303,
+                headers={
+                    "Location": str(clean.path) + (f"?{clean.query}" if clean.query else ""),
+                    "Cache-Control": "no-store",
+                },
+            )
             response.set_cookie(cookie, token, httponly=True, samesite="strict")
             return response
         if not (matches(bearer) or matches(request.cookies.get(cookie)) or matches(in_query)):
-            return _error(401, "unauthorized", "this server needs its token: send `Authorization: Bearer TOKEN`, "
-                                               "or open the page once as /?token=TOKEN")
+            return _error(
+                401,
+                "unauthorized",
+                "this server needs its token: send `Authorization: Bearer TOKEN`, "
+                "or open the page once as /?token=TOKEN",
+            )
         return await call_next(request)
 
 
@@ -249,11 +293,13 @@ def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr
     url = f"http://{_url_host(config.host)}:{port}"
     service.warm()
     app = create_app(service, guard.allowed_hosts(config.host, port), port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           http=guard.GuardedH11, timeout_keep_alive=5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", http=guard.GuardedH11, timeout_keep_alive=5
+        )
+    )
     written = discovery.write(service.folder, url, config.token, service.nonce)
-    announce(f"imgsearch: serving {service.folder} at {url}{'/?token=...' if config.token else '/'} "
-             "(Ctrl-C to stop)")
+    announce(f"imgsearch: serving {service.folder} at {url}{'/?token=...' if config.token else '/'} (Ctrl-C to stop)")
     # uvicorn re-raises the signal that stopped it once it has shut down: both end here, cleanly.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -280,8 +326,10 @@ def _bound(config: ServeConfig) -> socket.socket:
         sock.bind((config.host.strip("[]"), config.port))
     except OSError as exc:
         sock.close()
-        raise BadInputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; pick another "
-                            "--port (0 picks a free one) or stop what is using it") from None
+        raise BadInputError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; pick another "
+            "--port (0 picks a free one) or stop what is using it"
+        ) from None
     # Accepted connections inherit this; uvicorn sets it only on sockets it binds itself, and without it every
     # keep-alive request after the first waits ~40 ms (Nagle's algorithm against delayed ACKs).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -34,8 +34,9 @@ class Client:
                 answer = json.load(response)
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
             return False
-        return isinstance(answer, dict) and hmac.compare_digest(str(answer.get("proof", "")),
-                                                                proof(nonce, challenge, folder))
+        return isinstance(answer, dict) and hmac.compare_digest(
+            str(answer.get("proof", "")), proof(nonce, challenge, folder)
+        )
 
     def search(self, q: str | None, image: str | None = None, k: int = 10, filters: dict | None = None) -> list[dict]:
         """Image hits (``ImageHit.to_dict()``) for a written query and/or a local image file, uploaded."""
@@ -47,8 +48,14 @@ class Client:
         return self._call("POST", "/api/describe", {"k": k}, _file_bytes(image))["results"]
 
     def _call(self, method: str, path: str, params: dict, body: bytes | None = None) -> dict:
-        query = urllib.parse.urlencode([(key, v) for key, value in params.items() if value not in (None, (), [])
-                                        for v in (value if isinstance(value, (list, tuple)) else [value])])
+        query = urllib.parse.urlencode(
+            [
+                (key, v)
+                for key, value in params.items()
+                if value not in (None, (), [])
+                for v in (value if isinstance(value, (list, tuple)) else [value])
+            ]
+        )
         request = urllib.request.Request(f"{self.url}{path}?{query}", data=body, method=method)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")

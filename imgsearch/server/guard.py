@@ -14,17 +14,21 @@ take to send its request, and how many connections it holds. Pure ASGI and async
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
-from typing import Iterable
+from collections.abc import Iterable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEAD_TIMEOUT = 5.0  # seconds a client has to send a request's head (line and headers)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-SECURITY_HEADERS = [(b"cross-origin-resource-policy", b"same-origin"), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer")]
+SECURITY_HEADERS = [
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
@@ -51,14 +55,30 @@ class HostCheck:
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1").strip().lower()
         if self.allowed is not None and host not in self.allowed:
-            return await _json(send, 421, {"error": "misdirected request", "detail": (
-                f"this server answers requests for {', '.join(sorted(self.allowed))}, not {host or 'no host'}: "
-                "open it by the address it printed")})
+            return await _json(
+                send,
+                421,
+                {
+                    "error": "misdirected request",
+                    "detail": (
+                        f"this server answers requests for {', '.join(sorted(self.allowed))}, not {host or 'no host'}: "
+                        "open it by the address it printed"
+                    ),
+                },
+            )
         origin = headers.get(b"origin", b"").decode("latin-1").strip().lower()
         if scope["method"] not in ("GET", "HEAD") and origin and origin.split("://", 1)[-1] != host:
-            return await _json(send, 403, {"error": "forbidden", "detail": (
-                f"a request from a page of {origin} is refused: this server answers its own page, the API's clients "
-                "and the command line")})
+            return await _json(
+                send,
+                403,
+                {
+                    "error": "forbidden",
+                    "detail": (
+                        f"a request from a page of {origin} is refused: this server answers its own page, the API's clients "
+                        "and the command line"
+                    ),
+                },
+            )
         await self.app(scope, receive, send)
 
 
@@ -82,9 +102,17 @@ class SecurityHeaders:
 
 async def _json(send, status: int, body: dict) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *SECURITY_HEADERS]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -102,7 +130,7 @@ class GuardedH11(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._deadline = None
+        self._deadline: asyncio.TimerHandle | None = None
         self._opened = self.loop.time()
         self._arm()
         if len(self.connections) > self.limit:

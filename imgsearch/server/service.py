@@ -23,8 +23,16 @@ from ..search import Filters, Query, Term
 from . import discovery, thumbnails
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-               "bmp": "image/bmp", "tiff": "image/tiff", "heif": "image/heif", "avif": "image/avif"}
+MEDIA_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "heif": "image/heif",
+    "avif": "image/avif",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ class ServeConfig:
         if not is_loopback(self.host) and not self.token:
             raise BadInputError(
                 f"refusing to serve on {self.host} without a token: anyone who can reach it could search your "
-                "photos and download them; add --token SECRET (or set $IMGSEARCH_TOKEN), or serve on 127.0.0.1")
+                "photos and download them; add --token SECRET (or set $IMGSEARCH_TOKEN), or serve on 127.0.0.1"
+            )
         if not 0 <= self.port <= 65535:
             raise BadInputError(f"--port must be 0-65535, got {self.port}")
 
@@ -99,7 +108,7 @@ class SearchService:
             self._refreshing.release()
 
     def state(self) -> str:
-        """"missing" (no collection), "empty" (nothing indexed yet) or "ready"."""
+        """ "missing" (no collection), "empty" (nothing indexed yet) or "ready"."""
         if not self.collection.exists:
             return "missing"
         self.fresh()
@@ -116,15 +125,22 @@ class SearchService:
 
     def info(self) -> dict:
         state = self.state()
-        body = {"state": state, "collection": str(self.folder), "max_upload_bytes": self.config.max_upload_bytes,
-                "max_results": self.config.max_results}
+        body = {
+            "state": state,
+            "collection": str(self.folder),
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "max_results": self.config.max_results,
+        }
         if state == "missing":
-            return body | {"hint": f"no collection at {self.folder} yet: build one with `imgsearch index DIR`"
-                                   f"{_index_flag(self.config)}, and this page shows it without a restart"}
+            return body | {
+                "hint": f"no collection at {self.folder} yet: build one with `imgsearch index DIR`"
+                f"{_index_flag(self.config)}, and this page shows it without a restart"
+            }
         body |= {"info": self.collection.info().to_dict()}
         if state == "empty":
-            body["hint"] = ("the collection holds no images yet: add some with "
-                            f"`imgsearch index DIR{_index_flag(self.config)}`")
+            body["hint"] = (
+                f"the collection holds no images yet: add some with `imgsearch index DIR{_index_flag(self.config)}`"
+            )
         return body
 
     def search(self, q: str | None, upload: bytes | None, filters: Filters, offset: int, limit: int) -> dict:
@@ -139,8 +155,13 @@ class SearchService:
         encoded = time.perf_counter()
         hits = self.collection.search_vector(vector, limit, filters, offset)
         done = time.perf_counter()
-        return {"query": str(query), "offset": offset, "limit": limit, "results": [h.to_dict() for h in hits],
-                "timing": {"encode_ms": 1e3 * (encoded - started), "search_ms": 1e3 * (done - encoded)}}
+        return {
+            "query": str(query),
+            "offset": offset,
+            "limit": limit,
+            "results": [h.to_dict() for h in hits],
+            "timing": {"encode_ms": 1e3 * (encoded - started), "search_ms": 1e3 * (done - encoded)},
+        }
 
     def browse(self, filters: Filters, offset: int, limit: int) -> dict:
         self._check_page(offset, limit)
@@ -182,21 +203,28 @@ class SearchService:
     def original(self, image_id: int) -> tuple[bytes, str, str]:
         """(bytes, media type, file name) of an indexed image, only while its file holds the indexed content."""
         row = self._row(image_id)
-        return self._indexed_bytes(row), MEDIA_TYPES.get(row.format or "", "application/octet-stream"), \
-            os.path.basename(row.path)
+        return (
+            self._indexed_bytes(row),
+            MEDIA_TYPES.get(row.format or "", "application/octet-stream"),
+            os.path.basename(row.path),
+        )
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_page(self, offset: int, limit: int) -> None:
         if offset < 0 or limit < 1 or offset + limit > self.config.max_results:
-            raise BadInputError(f"offset must be >= 0 and limit >= 1 with offset + limit <= "
-                                f"{self.config.max_results}; got offset={offset}, limit={limit}")
+            raise BadInputError(
+                f"offset must be >= 0 and limit >= 1 with offset + limit <= "
+                f"{self.config.max_results}; got offset={offset}, limit={limit}"
+            )
 
     def _query(self, q: str | None, upload: bytes | None) -> Query:
         terms = list(Query.parse(q).terms) if q and q.strip() else []
         if any(t.kind == "image" for t in terms):
-            raise BadInputError("image terms (img:...) name files on the server and are not accepted over HTTP; "
-                                "upload the image instead (POST it as the request body), or use id:N for an "
-                                "indexed image")
+            raise BadInputError(
+                "image terms (img:...) name files on the server and are not accepted over HTTP; "
+                "upload the image instead (POST it as the request body), or use id:N for an "
+                "indexed image"
+            )
         if upload is not None:
             terms.append(Term.image(self._decoded(upload)))
         if not terms:
@@ -205,14 +233,17 @@ class SearchService:
 
     def _decoded(self, data: bytes):
         if len(data) > self.config.max_upload_bytes:
-            raise TooLargeError(f"the upload is {len(data):,} bytes, over the limit of "
-                                f"{self.config.max_upload_bytes:,}; send a smaller image")
+            raise TooLargeError(
+                f"the upload is {len(data):,} bytes, over the limit of "
+                f"{self.config.max_upload_bytes:,}; send a smaller image"
+            )
         if not data:
             raise BadInputError("the upload is empty: send the image file as the request body")
         with self._decoding:
             try:
-                return imgs.decode_image(data, min_side=self.collection.query_encoder.image_size,
-                                         max_pixels=self.config.max_upload_pixels).image
+                return imgs.decode_image(
+                    data, min_side=self.collection.query_encoder.image_size, max_pixels=self.config.max_upload_pixels
+                ).image
             except imgs.ImageSkipped as exc:
                 raise BadInputError(f"the upload is not a usable image: {exc}") from None
 
@@ -232,8 +263,10 @@ class SearchService:
 
     @staticmethod
     def _changed(row) -> NotFoundError:
-        return NotFoundError(f"image {row.id}'s file {row.path} has changed or gone since it was indexed; "
-                             "run `imgsearch index` on its folder to update the collection")
+        return NotFoundError(
+            f"image {row.id}'s file {row.path} has changed or gone since it was indexed; "
+            "run `imgsearch index` on its folder to update the collection"
+        )
 
     @classmethod
     def _indexed_bytes(cls, row) -> bytes:

@@ -25,8 +25,8 @@ class HalfVectors:
         self.path, self.dim = Path(path), dim
         self.stamp = self.path.with_name(self.path.name + ".generation")
         self.sums = self.path.with_name(self.path.name + ".sums")
-        self._map: np.memmap | None = None
-        self._sums: np.memmap | None = None
+        self._map: np.ndarray | None = None  # memory-mapped, or empty
+        self._sums: np.ndarray | None = None
         self._weights = (np.arange(dim, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(1)) | np.uint64(1)
         self.mismatched = 0  # rows read that did not match their checksum (left out)
 
@@ -43,9 +43,14 @@ class HalfVectors:
         ids, rows = ids[order], np.asarray(vectors, np.float32)[order].astype(np.float16)
         breaks = np.flatnonzero(np.diff(ids) != 1) + 1
         sums = self._checksums(rows)
-        fd, fs = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644), os.open(self.sums, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd, fs = (
+            os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644),
+            os.open(self.sums, os.O_WRONLY | os.O_CREAT, 0o644),
+        )
         try:
-            for run_ids, run_rows, run_sums in zip(np.split(ids, breaks), np.split(rows, breaks), np.split(sums, breaks)):
+            for run_ids, run_rows, run_sums in zip(
+                np.split(ids, breaks), np.split(rows, breaks), np.split(sums, breaks)
+            ):
                 os.pwrite(fd, run_rows.tobytes(), int(run_ids[0]) * self.row_bytes)
                 os.pwrite(fs, run_sums.tobytes(), int(run_ids[0]) * 4)
         finally:
@@ -81,8 +86,11 @@ class HalfVectors:
     def _rows(self) -> tuple[np.ndarray, np.ndarray]:
         if self._map is None or self._sums is None:
             count = (self.path.stat().st_size if self.path.exists() else 0) // self.row_bytes
-            self._map = (np.memmap(self.path, np.float16, "r", shape=(count, self.dim)) if count
-                         else np.zeros((0, self.dim), np.float16))
+            self._map = (
+                np.memmap(self.path, np.float16, "r", shape=(count, self.dim))
+                if count
+                else np.zeros((0, self.dim), np.float16)
+            )
             sums = (self.sums.stat().st_size if self.sums.exists() else 0) // 4
             self._sums = np.memmap(self.sums, np.uint32, "r", shape=(sums,)) if sums else np.zeros(0, np.uint32)
         return self._map, self._sums

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from . import checkpoints, reference
-from .config import IndexConfig, IndexingConfig
+from .. import checkpoints
+from ..config import IndexConfig, IndexingConfig
+from ..errors import DatasetError, InvalidEmbeddingsError
+from ..storage.vector_index import VectorIndex
+from . import reference
 from .datasets import RetrievalDataset
-from .errors import DatasetError, InvalidEmbeddingsError
-from .index import VectorIndex
 
 KS = (1, 5, 10)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -46,18 +47,26 @@ class Outcomes:
     found: np.ndarray
 
     @classmethod
-    def from_scores(cls, scores: np.ndarray, relevant: np.ndarray) -> "Outcomes":
+    def from_scores(cls, scores: np.ndarray, relevant: np.ndarray) -> Outcomes:
         """scores: (n, m), -inf where an item was not scored (padding); relevant: (n, m) bool."""
         best = np.where(relevant, scores, -np.inf).max(axis=1, initial=-np.inf)
         found = np.isfinite(best)
         tied = scores == best[:, None]
-        return cls((scores > best[:, None]).sum(axis=1), (tied & ~relevant).sum(axis=1),
-                   np.maximum((tied & relevant).sum(axis=1), 1), found)
+        return cls(
+            (scores > best[:, None]).sum(axis=1),
+            (tied & ~relevant).sum(axis=1),
+            np.maximum((tied & relevant).sum(axis=1), 1),
+            found,
+        )
 
     @classmethod
-    def concat(cls, parts: list["Outcomes"]) -> "Outcomes":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0, np.int64)
-                     for f in ("higher", "tied_other", "tied_relevant", "found")))
+    def concat(cls, parts: list[Outcomes]) -> Outcomes:
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0, np.int64)
+                for f in ("higher", "tied_other", "tied_relevant", "found")
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -68,19 +77,13 @@ class Metrics:
     mrr: float
 
     @classmethod
-    def from_outcomes(cls, o: Outcomes) -> "Metrics":
+    def from_outcomes(cls, o: Outcomes) -> Metrics:
         """Expected Recall@K and MRR when ties are broken uniformly at random (see the module docstring)."""
         n = max(1, len(o.found))
-        recalls = [float(np.sum(_p_rank_at_most(o, k)) / n) for k in KS]
-        return cls(*recalls, float(np.sum(_expected_reciprocal_rank(o)) / n))
+        r1, r5, r10 = (float(np.sum(_p_rank_at_most(o, k)) / n) for k in KS)
+        return cls(r1, r5, r10, float(np.sum(_expected_reciprocal_rank(o)) / n))
 
-    @classmethod
-    def from_ranks(cls, ranks: np.ndarray) -> "Metrics":
-        """ranks: 1-based rank of the first relevant item per query (no ties); inf where none was found."""
-        ranks = np.asarray(ranks, np.float64)
-        return cls(*[float(np.mean(ranks <= k)) for k in KS], float(np.mean(1.0 / ranks)))
-
-    def minus(self, other: "Metrics") -> "Metrics":
+    def minus(self, other: Metrics) -> Metrics:
         return Metrics(*(a - b for a, b in zip(astuple(self), astuple(other))))
 
 
@@ -122,8 +125,9 @@ def check_finite(name: str, vectors: np.ndarray) -> None:
         )
 
 
-def exact_outcomes(queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray,
-                   gallery_labels: np.ndarray) -> Outcomes:
+def exact_outcomes(
+    queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
+) -> Outcomes:
     """Outcomes from full similarity rows, a few rows at a time."""
     rows = max(1, _CHUNK_CELLS // max(1, len(gallery)))
     parts = []
@@ -133,8 +137,9 @@ def exact_outcomes(queries: np.ndarray, gallery: np.ndarray, query_labels: np.nd
     return Outcomes.concat(parts)
 
 
-def index_outcomes(index: VectorIndex, queries: np.ndarray, query_labels: np.ndarray,
-                   gallery_labels: np.ndarray) -> Outcomes:
+def index_outcomes(
+    index: VectorIndex, queries: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
+) -> Outcomes:
     """Outcomes through the index, asking for the whole gallery so MRR is comparable to the exact one."""
     k = index.ntotal
     rows = max(64, _CHUNK_CELLS // max(1, k))
@@ -200,8 +205,9 @@ class EvalReport:
         return data
 
 
-def embed_dataset(dataset: RetrievalDataset, embedder, batch_size: int = 64,
-                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embed_dataset(
+    dataset: RetrievalDataset, embedder, batch_size: int = 64, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(image vectors, caption vectors); any unreadable image is an error, since metrics would be off.
     Images are decoded as the CLIP_benchmark protocol does (full size, no EXIF rotation), not as indexing does."""
     images = np.zeros((dataset.n_images, embedder.dim), np.float32)
@@ -224,22 +230,30 @@ def _direction(queries, gallery, query_labels, gallery_labels, config: IndexConf
     exact = Metrics.from_outcomes(exact_outcomes(queries, gallery, query_labels, gallery_labels))
     index = VectorIndex.build(gallery.shape[1], np.arange(len(gallery)), gallery, config)
     approx = Metrics.from_outcomes(index_outcomes(index, queries, query_labels, gallery_labels))
-    nprobe = min(config.nprobe, index.nlist) if index.kind == "ivf" else None
+    nprobe = min(config.nprobe, index.nlist or 1) if index.kind == "ivf" else None  # an IVF index has lists
     return DirectionResult(exact, approx, index.kind, index.nlist, nprobe)
 
 
-def evaluate_embeddings(images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray,
-                        index_config: IndexConfig = IndexConfig()) -> tuple[DirectionResult, DirectionResult]:
+def evaluate_embeddings(
+    images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray, index_config: IndexConfig = IndexConfig()
+) -> tuple[DirectionResult, DirectionResult]:
     """(text->image, image->text) results for given embeddings: the metric core, without a model."""
     check_finite("image", images)
     check_finite("caption", texts)
     image_ids = np.arange(len(images))
-    return (_direction(texts, images, caption_image, image_ids, index_config),
-            _direction(images, texts, image_ids, caption_image, index_config))
+    return (
+        _direction(texts, images, caption_image, image_ids, index_config),
+        _direction(images, texts, image_ids, caption_image, index_config),
+    )
 
 
-def evaluate(dataset: RetrievalDataset, embedder, index_config: IndexConfig = IndexConfig(),
-             batch_size: int = 64, progress: Progress | None = None) -> EvalReport:
+def evaluate(
+    dataset: RetrievalDataset,
+    embedder,
+    index_config: IndexConfig = IndexConfig(),
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> EvalReport:
     """The report for ``embedder`` (an ``Embedder``: its recipe says which tag's published numbers apply to a
     checkpoint file tied to one, ``ModelConfig.pretrained_as``)."""
     started = time.perf_counter()
@@ -249,15 +263,30 @@ def evaluate(dataset: RetrievalDataset, embedder, index_config: IndexConfig = In
     model, recipe = embedder.config, embedder.recipe
     from_file = checkpoints.is_path(model.pretrained)
     full_split = reference.is_full_split(dataset.name, dataset.image_paths)
-    published, why_not = reference.find(model.name, recipe.tag if from_file else model.pretrained, dataset.name,
-                                        full_split, from_file=from_file and recipe.tag is None)
+    published, why_not = reference.find(
+        model.name,
+        recipe.tag if from_file else model.pretrained,
+        dataset.name,
+        full_split,
+        from_file=from_file and recipe.tag is None,
+    )
     return EvalReport(
-        dataset=dataset.name, model=model.name, pretrained=model.pretrained, device=embedder.device,
-        backend=embedder.backend, n_images=dataset.n_images, n_captions=dataset.n_captions, full_split=full_split,
-        text_to_image=t2i, image_to_text=i2t,
-        embed_seconds=embedded - started, search_seconds=time.perf_counter() - embedded,
+        dataset=dataset.name,
+        model=model.name,
+        pretrained=model.pretrained,
+        device=embedder.device,
+        backend=embedder.backend,
+        n_images=dataset.n_images,
+        n_captions=dataset.n_captions,
+        full_split=full_split,
+        text_to_image=t2i,
+        image_to_text=i2t,
+        embed_seconds=embedded - started,
+        search_seconds=time.perf_counter() - embedded,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        reference=published, reference_note=why_not, recipe=recipe.to_dict(),
+        reference=published,
+        reference_note=why_not,
+        recipe=recipe.to_dict(),
     )
 
 
@@ -281,5 +310,7 @@ def _direction_rows(title: str, result: DirectionResult, published) -> list[str]
     rows = [("exact", astuple(result.exact)), (kind, astuple(result.index)), ("difference", astuple(result.delta))]
     if published:
         rows.append(("published", tuple(published)))
-    return [f"{title if i == 0 else '':<15}{label:<11}" + "".join(f"{v * 100:>8.2f}" for v in values)
-            for i, (label, values) in enumerate(rows)]
+    return [
+        f"{title if i == 0 else '':<15}{label:<11}" + "".join(f"{v * 100:>8.2f}" for v in values)
+        for i, (label, values) in enumerate(rows)
+    ]

@@ -1,5 +1,7 @@
-"""Issue "Trust": index lifecycle, a collection that never bricks, process safety. Real files, SQLite, faiss
-and the tiny open_clip model throughout; each test failed before the change it covers."""
+"""A collection's lifecycle: runs that change nothing write nothing, upgrades in place, failed first runs that leave
+no trace, moved checkpoints and folders, copies and prune, queries never guessed, the writer lock and its waiting,
+decode workers that die with their indexer, full disks and leftover temporary files. Real files, SQLite, faiss and
+the tiny open_clip model throughout; each test failed before the change it covers."""
 
 import http.server
 import os
@@ -16,37 +18,28 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch import index as index_module
-from imgsearch.config import IndexingConfig, ModelConfig
-from imgsearch.errors import BadInputError, CollectionError, DiskFullError, ModelLoadError
-from imgsearch.store import SCHEMA_VERSION
+from imgsearch.config import IndexingConfig
+from imgsearch.errors import BadInputError, CollectionError, DiskFullError
+from imgsearch.storage import vector_index as index_module
+from imgsearch.storage.store import SCHEMA_VERSION
 
-from conftest import COCO_MINI, TINY_MODEL, write_image
+from conftest import COCO_MINI, TINY_MODEL, run_cli, tmpfs, write_image
 
 DATA = Path(__file__).parent / "data"
 FAST = IndexingConfig(workers=0)
 
 
-def cli(*args, env=None, timeout=120):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "imgsearch.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
-@pytest.fixture
-def engine(tmp_path, tiny_model):
-    with imgsearch.open(tmp_path / "coll", model=tiny_model) as e:
-        yield e
-
-
 def build_count(monkeypatch):
     calls = []
     real = index_module.VectorIndex.build.__func__
-    monkeypatch.setattr(index_module.VectorIndex, "build", classmethod(lambda cls, *a, **k: calls.append(1) or real(cls, *a, **k)))
+    monkeypatch.setattr(
+        index_module.VectorIndex, "build", classmethod(lambda cls, *a, **k: calls.append(1) or real(cls, *a, **k))
+    )
     return calls
 
 
 # -- 1. lifecycle ----------------------------------------------------------------------------------------------
+
 
 def test_a_no_change_run_loads_the_saved_index_and_writes_nothing(engine, photo_dir, monkeypatch):
     engine.index_folder(photo_dir, FAST)
@@ -88,36 +81,38 @@ def test_read_commands_never_write_and_foreign_databases_are_refused_untouched(t
     with sqlite3.connect(foreign / "imgsearch.db") as db:
         db.execute("CREATE TABLE notes (body TEXT)")
     before = (foreign / "imgsearch.db").read_bytes()
-    proc = cli("info", "--index", foreign)
+    proc = run_cli("info", "--index", foreign)
     assert proc.returncode == 1 and "another application" in proc.stderr and "Traceback" not in proc.stderr
     assert (foreign / "imgsearch.db").read_bytes() == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "imgsearch.db").write_bytes(b"not a database at all" * 100)
-    proc = cli("query", "a dog", "--index", tmp_path / "junk")
+    proc = run_cli("query", "a dog", "--index", tmp_path / "junk")
     assert proc.returncode == 1 and "not an imgsearch collection" in proc.stderr and "sqlalchemy" not in proc.stderr
     engine.index_folder(photo_dir, FAST)
     engine.close()
     db = engine.folder / "imgsearch.db"
     stamp = (db.stat().st_mtime_ns, db.read_bytes())
-    assert cli("info", "--index", engine.folder).returncode == 0
+    assert run_cli("info", "--index", engine.folder).returncode == 0
     assert (db.stat().st_mtime_ns, db.read_bytes()) == stamp
 
 
 # -- 2. first run and the collection's life ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [["--model", "ViT-B-32-typo"], ["--pretrained", "/nowhere/ckpt.bin"],
-                                 ["--device", "gpu"]])
+
+@pytest.mark.parametrize(
+    "bad", [["--model", "ViT-B-32-typo"], ["--pretrained", "/nowhere/ckpt.bin"], ["--device", "gpu"]]
+)
 def test_a_failed_first_run_leaves_no_stamp_and_the_corrected_command_works(tmp_path, photo_dir, bad):
     coll = tmp_path / "c"
     args = ["index", photo_dir, "--index", coll, "--model", TINY_MODEL, "--pretrained", "none"]
-    failed = cli(*args[:4], *bad)
+    failed = run_cli(*args[:4], *bad)
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1
     if bad[0] == "--device":
         assert "no CUDA GPU" in failed.stderr or "unknown device" in failed.stderr
         assert "offline" not in failed.stderr and "--pretrained FILE" not in failed.stderr
-    fixed = cli(*args)
+    fixed = run_cli(*args)
     assert fixed.returncode == 0, fixed.stderr
-    assert "10 added" in fixed.stdout and cli("info", "--index", coll).returncode == 0
+    assert "10 added" in fixed.stdout and run_cli("info", "--index", coll).returncode == 0
 
 
 def test_a_collection_stamped_by_a_failed_run_of_the_old_release_is_not_bricked(tmp_path, tiny_model, photo_dir):
@@ -127,7 +122,7 @@ def test_a_collection_stamped_by_a_failed_run_of_the_old_release_is_not_bricked(
     with sqlite3.connect(folder / "imgsearch.db") as db:  # what a failed first run used to leave: a stamp, no rows
         db.execute("DELETE FROM images")
         db.execute("DELETE FROM texts")
-        db.execute("UPDATE meta SET value = '{\"name\": \"ViT-B-32-typo\", \"pretrained\": null}' WHERE key = 'model'")
+        db.execute('UPDATE meta SET value = \'{"name": "ViT-B-32-typo", "pretrained": null}\' WHERE key = \'model\'')
     with imgsearch.open(folder, model=tiny_model) as engine:
         assert engine.index_folder(photo_dir, FAST).added == 10
 
@@ -135,11 +130,13 @@ def test_a_collection_stamped_by_a_failed_run_of_the_old_release_is_not_bricked(
 def test_the_default_model_offline_fails_fast_in_a_few_lines(tmp_path, photo_dir):
     for n, env in enumerate(({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"})):  # cached only; no host
         started = time.monotonic()
-        proc = cli("index", photo_dir, "--index", tmp_path / f"c{n}", env={"HF_HOME": str(tmp_path / "hf"), **env})
+        proc = run_cli("index", photo_dir, "--index", tmp_path / f"c{n}", env={"HF_HOME": str(tmp_path / "hf"), **env})
         assert proc.returncode == 1 and time.monotonic() - started < 30
         assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
         assert "--pretrained none" in proc.stderr and "--pretrained /path/to" in proc.stderr
-        retry = cli("index", photo_dir, "--index", tmp_path / f"c{n}", "--model", TINY_MODEL, "--pretrained", "none")
+        retry = run_cli(
+            "index", photo_dir, "--index", tmp_path / f"c{n}", "--model", TINY_MODEL, "--pretrained", "none"
+        )
         assert retry.returncode == 0 and "10 added" in retry.stdout, retry.stderr
 
 
@@ -155,15 +152,17 @@ def test_a_moved_checkpoint_is_recognised_by_content(tmp_path, photo_dir):
     checkpoint.parent.mkdir()
     torch.save(model.state_dict(), checkpoint)
     coll = tmp_path / "c"
-    assert cli("index", photo_dir, "--index", coll, "--model", TINY_MODEL, "--pretrained", checkpoint).returncode == 0
+    assert (
+        run_cli("index", photo_dir, "--index", coll, "--model", TINY_MODEL, "--pretrained", checkpoint).returncode == 0
+    )
     moved = tmp_path / "elsewhere.pt"
     checkpoint.rename(moved)
-    lost = cli("query", "a dog", "--index", coll)
+    lost = run_cli("query", "a dog", "--index", coll)
     assert lost.returncode == 1 and "no longer there" in lost.stderr and "--pretrained PATH" in lost.stderr
-    found = cli("query", "a dog", "--index", coll, "--pretrained", moved)
+    found = run_cli("query", "a dog", "--index", coll, "--pretrained", moved)
     assert found.returncode == 0 and found.stdout.count("\n") == 10, found.stderr
     torch.save({k: v + 1 for k, v in model.state_dict().items()}, tmp_path / "other.pt")
-    other = cli("query", "a dog", "--index", coll, "--pretrained", tmp_path / "other.pt")
+    other = run_cli("query", "a dog", "--index", coll, "--pretrained", tmp_path / "other.pt")
     assert other.returncode == 1 and "contents differ" in other.stderr
 
 
@@ -218,7 +217,7 @@ def test_text_and_image_queries_are_never_guessed(engine, photo_dir):
         engine.search("beach.jpg")  # a typo in a path is never a text search
     assert len(engine.search_text("beach.jpg", k=3)) == 3
     assert len(engine.search("a sunny beach", k=3)) == 3
-    proc = cli("query", photo_dir / "img0.jpg", "--index", engine.folder)  # even an existing file: use --image
+    proc = run_cli("query", photo_dir / "img0.jpg", "--index", engine.folder)  # even an existing file: use --image
     assert proc.returncode == 2 and "--image" in proc.stderr
 
 
@@ -243,24 +242,25 @@ def test_image_queries_by_url_with_a_size_limit(engine, photo_dir, monkeypatch):
 
 def test_commands_other_than_index_refuse_a_missing_collection(tmp_path):
     for args in (["texts", "clear"], ["texts", "add", __file__], ["info"], ["prune"]):
-        proc = cli(*args, "--index", tmp_path / "typo")
+        proc = run_cli(*args, "--index", tmp_path / "typo")
         assert proc.returncode == 1 and "no collection at" in proc.stderr, args
     assert not (tmp_path / "typo").exists()
 
 
 def test_help_keeps_its_defaults_and_no_bar_is_drawn_without_a_terminal(tmp_path, photo_dir):
-    help_text = cli("index", "--help").stdout
+    help_text = run_cli("index", "--help").stdout
     assert "[default: ViT-B-32]" in help_text and "<bool>" not in help_text
-    proc = cli("index", photo_dir, "--index", tmp_path / "c", "--model", TINY_MODEL, "--pretrained", "none")
+    proc = run_cli("index", photo_dir, "--index", tmp_path / "c", "--model", TINY_MODEL, "--pretrained", "none")
     assert proc.returncode == 0 and proc.stderr == ""
 
 
 # -- 3. killed runs, full disks and leftovers ---------------------------------------------------------------------
 
+
 def test_the_writer_lock_is_not_inherited_by_children(tmp_path):
     """A child forked while the lock is held (a decode worker) must not keep it once its parent is gone."""
     script = (
-        "import os, sys, time; from pathlib import Path; from imgsearch.locking import writer_lock\n"
+        "import os, sys, time; from pathlib import Path; from imgsearch.storage.locking import writer_lock\n"
         "with writer_lock(Path(sys.argv[1])):\n"
         "    if os.fork() == 0: time.sleep(30); os._exit(0)\n"
         "    print('locked', flush=True); time.sleep(30)\n"
@@ -268,7 +268,7 @@ def test_the_writer_lock_is_not_inherited_by_children(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        from imgsearch.locking import writer_lock
+        from imgsearch.storage.locking import writer_lock
 
         with pytest.raises(CollectionError, match="another imgsearch process"):
             with writer_lock(tmp_path / ".lock"):
@@ -285,32 +285,62 @@ def test_decode_workers_die_with_a_killed_indexer(tmp_path):
     folder = tmp_path / "many"
     for i in range(300):
         write_image(folder / f"{i}.png", seed=i, size=(256, 256))
-    proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--index", str(tmp_path / "c"),
-                             "--model", TINY_MODEL, "--pretrained", "none", "--workers", "2", "--batch-size", "8",
-                             "--backend", "torch"],  # the torch pipeline's worker processes (the export's: threads)
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "index",
+            str(folder),
+            "--index",
+            str(tmp_path / "c"),
+            "--model",
+            TINY_MODEL,
+            "--pretrained",
+            "none",
+            "--workers",
+            "2",
+            "--batch-size",
+            "8",
+            "--backend",
+            "torch",
+        ],  # the torch pipeline's worker processes (the export's: threads)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     children: list[int] = []
     deadline = time.monotonic() + 60
     while len(children) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-        children = [int(c) for t in Path(f"/proc/{proc.pid}/task").glob("*") for c in
-                    (t / "children").read_text().split()] if proc.poll() is None else []
+        children = (
+            [int(c) for t in Path(f"/proc/{proc.pid}/task").glob("*") for c in (t / "children").read_text().split()]
+            if proc.poll() is None
+            else []
+        )
     assert len(children) >= 2, "no decode workers seen"
     proc.kill()
     proc.wait()
-    time.sleep(1.0)
-    alive = [c for c in children if Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]]
-    assert alive == []
+
+    def alive() -> list[int]:
+        found = []
+        for child in children:
+            try:
+                if "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+                    found.append(child)
+            except OSError:  # gone
+                pass
+        return found
+
+    deadline = time.monotonic() + 30  # they notice their parent's death on their own: wait for that, not a guess
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == []
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    with tmpfs(tmp_path / "disk", "600k") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_a_one_line_error_and_reads_keep_working(small_disk, tmp_path):
@@ -318,13 +348,15 @@ def test_a_full_disk_is_a_one_line_error_and_reads_keep_working(small_disk, tmp_
     for i in range(400):
         write_image(folder / f"{i:03d}.png", seed=i)
     coll = small_disk / "c"
-    proc = cli("index", folder, "--index", coll, "--model", TINY_MODEL, "--pretrained", "none", "--batch-size", "16")
+    proc = run_cli(
+        "index", folder, "--index", coll, "--model", TINY_MODEL, "--pretrained", "none", "--batch-size", "16"
+    )
     assert proc.returncode == 1 and "space" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
     assert not list(coll.glob("*.tmp"))
-    info = cli("info", "--index", coll, "--json")
+    info = run_cli("info", "--index", coll, "--json")
     assert info.returncode == 0, info.stderr
-    query = cli("query", "a dog", "--index", coll)
+    query = run_cli("query", "a dog", "--index", coll)
     assert query.returncode == 0 and query.stdout.strip(), query.stderr
 
 
@@ -354,41 +386,69 @@ def test_a_second_writer_waits_with_a_message_or_fails_at_once_with_no_wait(tmp_
     """Scheduled runs that collide: the CLI waits for the first writer by default; --no-wait fails fast."""
     coll = tmp_path / "c"
     coll.mkdir()
+    # The holder keeps the lock until told to let go (a line on its stdin): every step waits on an event.
     holder = (
-        "import sys, time; from pathlib import Path; from imgsearch.locking import writer_lock\n"
+        "import sys; from pathlib import Path; from imgsearch.storage.locking import writer_lock\n"
         "with writer_lock(Path(sys.argv[1])):\n"
-        "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
+        "    print('locked', flush=True); sys.stdin.readline()\n"
     )
-    cmd = [sys.executable, "-m", "imgsearch", "index", str(photo_dir), "--index", str(coll),
-           "--model", TINY_MODEL, "--pretrained", "none", "-q"]
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(coll / ".lock"), "30"], stdout=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgsearch",
+        "index",
+        str(photo_dir),
+        "--index",
+        str(coll),
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        "none",
+        "-q",
+    ]
+
+    def hold():
+        held = subprocess.Popen(
+            [sys.executable, "-c", holder, str(coll / ".lock")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert held.stdout.readline().strip() == "locked"
+        return held
+
+    proc = hold()
     try:
-        assert proc.stdout.readline().strip() == "locked"
-        start = time.monotonic()
         fast = subprocess.run([*cmd, "--no-wait"], capture_output=True, text=True, timeout=120)
         assert fast.returncode == 1 and "another imgsearch process is writing" in fast.stderr
-        assert time.monotonic() - start < 30
     finally:
         proc.kill()
         proc.wait()
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(coll / ".lock"), "4"], stdout=subprocess.PIPE, text=True)
+    proc = hold()
     try:
-        assert proc.stdout.readline().strip() == "locked"
-        waited = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert proc.poll() is not None, "the second writer did not wait for the first"
+        writer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = writer.stderr.readline()  # it says it waits, and waits: the lock is still held
+        assert "waiting for it to finish" in said and writer.poll() is None, said
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = writer.communicate(timeout=120)
+        assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
-    assert waited.returncode == 0, waited.stderr
-    assert "waiting for it to finish" in waited.stderr and "10 added" in waited.stdout
+    assert writer.returncode == 0, err
+    assert "10 added" in out
 
 
 def test_a_no_change_run_does_not_even_read_the_index_file(tmp_path, tiny_model, photo_dir, monkeypatch):
     with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
         engine.index_folder(photo_dir)
     loads = []
-    real_load = index_module.VectorIndex.load.__func__
-    monkeypatch.setattr(index_module.VectorIndex, "load",
-                        classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    real_load = index_module.VectorIndex.load_verified.__func__
+    monkeypatch.setattr(
+        index_module.VectorIndex,
+        "load_verified",
+        classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)),
+    )
     with imgsearch.open(tmp_path / "c") as engine:
         assert engine.index_folder(photo_dir).unchanged == 10
     assert loads == []

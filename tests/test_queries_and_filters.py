@@ -1,5 +1,6 @@
-"""Issue "Search power": the query model and its parser, metadata filters (schema v3), exact reference checks.
-Real files, SQLite, faiss and the tiny open_clip model throughout."""
+"""Queries and filters: the query language and its parser, combined vectors, metadata filters (schema v3) checked
+against exact references, duplicates, and the default collection. Real files, SQLite, faiss and the tiny open_clip
+model throughout."""
 
 import datetime as dt
 import json
@@ -17,11 +18,11 @@ from PIL import Image
 import imgsearch
 from imgsearch.config import IndexConfig, IndexingConfig
 from imgsearch.errors import BadInputError
-from imgsearch.inference import backends, probes
-from imgsearch.index import VectorIndex
+from imgsearch.inference import probes
 from imgsearch.search import Filters, Query, Term
 from imgsearch.search.filters import ImageColumns
-from imgsearch.store import SCHEMA_VERSION
+from imgsearch.storage.store import SCHEMA_VERSION
+from imgsearch.storage.vector_index import VectorIndex
 
 from conftest import write_image
 
@@ -30,11 +31,17 @@ FAST = IndexingConfig(workers=0)
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "imgsearch", *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ),
+    )
 
 
 # -- the parser ------------------------------------------------------------------------------------------------
+
 
 def terms(text, **kw):
     return [(t.kind, t.value, t.weight) for t in Query.parse(text, **kw).terms]
@@ -44,7 +51,10 @@ def test_operators_weights_prefixes_and_quotes():
     assert terms("beach + sunset - people") == [("text", "beach", 1), ("text", "sunset", 1), ("text", "people", -1)]
     assert terms("2*red car + 0.5*night") == [("text", "red car", 2), ("text", "night", 0.5)]
     assert terms("sunset + img:photos/a b.jpg - 0.5*img:https://x.org/c.png") == [
-        ("text", "sunset", 1), ("image", "photos/a b.jpg", 1), ("image", "https://x.org/c.png", -0.5)]
+        ("text", "sunset", 1),
+        ("image", "photos/a b.jpg", 1),
+        ("image", "https://x.org/c.png", -0.5),
+    ]
     assert terms('"rock + roll" - guitar') == [("text", "rock + roll", 1), ("text", "guitar", -1)]
     assert terms('img:"my + photo.jpg" + id:42') == [("image", "my + photo.jpg", 1), ("id", 42, 1)]
     assert terms("t-shirt + red-eye - x+y") == [("text", "t-shirt", 1), ("text", "red-eye", 1), ("text", "x+y", -1)]
@@ -56,21 +66,24 @@ def test_operators_weights_prefixes_and_quotes():
     assert terms('"beach.jpg"') == [("text", "beach.jpg", 1)]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty query"),
-    ("   ", "empty query"),
-    ("beach +", r"empty term after '\+'"),
-    ("beach + - sunset", r"empty term after '\+'"),
-    ("- people", "at least one term to look for"),
-    ('"unclosed + quote', "unclosed quote"),
-    ("foo:bar + beach", "unknown prefix 'foo:'.*img:, id:, text:"),
-    ("http://x.org/a.jpg", "img:http://x.org/a.jpg"),
-    ("sun + http://x.org/a", "img:http://x.org/a"),
-    ("id:abc", "not an image id"),
-    ("img:", "needs a value"),
-    ("0*beach + sun", "weight 0"),
-    ("sunset + photos/a.jpg", r"looks like an image file name.*img:photos/a\.jpg"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty query"),
+        ("   ", "empty query"),
+        ("beach +", r"empty term after '\+'"),
+        ("beach + - sunset", r"empty term after '\+'"),
+        ("- people", "at least one term to look for"),
+        ('"unclosed + quote', "unclosed quote"),
+        ("foo:bar + beach", "unknown prefix 'foo:'.*img:, id:, text:"),
+        ("http://x.org/a.jpg", "img:http://x.org/a.jpg"),
+        ("sun + http://x.org/a", "img:http://x.org/a"),
+        ("id:abc", "not an image id"),
+        ("img:", "needs a value"),
+        ("0*beach + sun", "weight 0"),
+        ("sunset + photos/a.jpg", r"looks like an image file name.*img:photos/a\.jpg"),
+    ],
+)
 def test_malformed_queries_say_what_is_wrong(text, message):
     with pytest.raises(BadInputError, match=message):
         Query.parse(text)
@@ -83,6 +96,7 @@ def test_terms_round_trip_through_their_written_form():
 
 
 # -- the combined vector ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def engine(tmp_path, tiny_model, photo_dir):
@@ -124,8 +138,9 @@ def test_terms_that_cancel_and_unknown_ids_are_refused(engine):
 
 def test_cli_combines_text_images_and_minus(engine, photo_dir):
     a, b = photo_dir / "img0.jpg", photo_dir / "sub" / "img1.png"
-    proc = cli("query", "a dog", "--image", a, "--minus", b, "--minus", "cats", "--index", engine.folder, "--json",
-               "-k", "3")
+    proc = cli(
+        "query", "a dog", "--image", a, "--minus", b, "--minus", "cats", "--index", engine.folder, "--json", "-k", "3"
+    )
     assert proc.returncode == 0, proc.stderr
     got = [h["id"] for h in json.loads(proc.stdout)]
     query = Query.of(Term.text("a dog"), Term.image(a), Term.image(b, -1), Term.text("cats", -1))
@@ -135,6 +150,7 @@ def test_cli_combines_text_images_and_minus(engine, photo_dir):
 
 
 # -- filters ---------------------------------------------------------------------------------------------------
+
 
 def _dated_jpeg(path: Path, when: str, seed: int, size=(64, 48), offset: str | None = None) -> Path:
     write_image(path, seed, size)
@@ -186,17 +202,42 @@ def test_each_filter_narrows_by_the_right_field(tmp_path, tiny_model, varied):
         assert found(orientation="portrait") == ["odd.webp", "winter.jpg"]
         assert found(orientation="square") == ["zoned.jpg"]
         hit = engine.search("x", k=1, filters=Filters(folders=(varied / "misc",)))[0]
-        assert (hit.format, hit.width, hit.height, hit.size) == ("webp", 30, 31, (varied / "misc" / "odd.webp").stat().st_size)
+        assert (hit.format, hit.width, hit.height, hit.size) == (
+            "webp",
+            30,
+            31,
+            (varied / "misc" / "odd.webp").stat().st_size,
+        )
         assert hit.taken_at == pytest.approx(dt.datetime(2023, 1, 2).timestamp())
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"after": "last tuesday"}, "--after: cannot read 'last tuesday'"),
-    ({"formats": "jpg,raw"}, "unknown format 'raw'"),
-    ({"orientation": "diagonal"}, "use landscape, portrait, square"),
-    ({"min_width": 0}, "--min-width must be"),
-    ({"after": "2022", "before": "2021"}, "--after must be earlier"),
-])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        Filters(),
+        Filters(folders=("/photos/a", "/photos/b,c"), after="2021-03", before="2024", formats="jpg,png"),
+        Filters(min_width=640, min_height=480, orientation="Portrait", after=1_700_000_000.25),
+    ],
+)
+def test_the_server_reads_back_exactly_the_filters_the_cli_sends(filters):
+    """One written form of filters over HTTP (``Filters.to_params``), read by the server's own parameter parser."""
+    from imgsearch.server.app import _filters
+
+    params = filters.to_params()  # FastAPI gives the parser each parameter typed as it declares it
+    read = _filters().dependency(folder=params.pop("in"), format=params.pop("format"), **params)
+    assert read == filters
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"after": "last tuesday"}, "--after: cannot read 'last tuesday'"),
+        ({"formats": "jpg,raw"}, "unknown format 'raw'"),
+        ({"orientation": "diagonal"}, "use landscape, portrait, square"),
+        ({"min_width": 0}, "--min-width must be"),
+        ({"after": "2022", "before": "2021"}, "--after must be earlier"),
+    ],
+)
 def test_bad_filters_are_refused_with_the_fix(kw, message):
     with pytest.raises(BadInputError, match=message):
         Filters(**kw)
@@ -234,7 +275,7 @@ def test_filtered_search_returns_k_and_matches_exact_filtered_search():
 def test_a_wide_filtered_scan_on_every_core_finds_what_one_thread_finds(monkeypatch):
     """A selective filter probes most IVF lists; without torch in the process they are split across cores
     (faiss's parallel mode 1): the same hits as one thread, and the index's mode restored after."""
-    from imgsearch import index as index_module
+    from imgsearch.storage import vector_index as index_module
 
     rng = np.random.default_rng(11)
     n, dim = 20_000, 32
@@ -266,16 +307,24 @@ def test_a_wide_filtered_scan_on_every_core_finds_what_one_thread_finds(monkeypa
 
 def test_columns_select_agrees_with_a_row_by_row_reference():
     rng = np.random.default_rng(3)
-    rows = [(i, f"/p/{rng.choice(['a', 'a/b', 'c'])}/{i}.{rng.choice(['jpg', 'png', 'JPEG'])}",
-             int(rng.integers(1, 100)), int(rng.integers(1, 100)), float(rng.integers(0, 100)),
-             rng.choice([None, "", "jpeg", "webp"])) for i in range(1, 400)]
+    rows = [
+        (
+            i,
+            f"/p/{rng.choice(['a', 'a/b', 'c'])}/{i}.{rng.choice(['jpg', 'png', 'JPEG'])}",
+            int(rng.integers(1, 100)),
+            int(rng.integers(1, 100)),
+            float(rng.integers(0, 100)),
+            rng.choice([None, "", "jpeg", "webp"]),
+        )
+        for i in range(1, 400)
+    ]
     columns = ImageColumns.from_rows(rows)
     filters = Filters(folders=("/p/a",), after=20, before=80, min_width=10, formats="jpg,webp", orientation="landscape")
 
     def passes(row):
         i, path, w, h, taken, fmt = row
         fmt = fmt or {"jpg": "jpeg", "JPEG": "jpeg", "png": "png"}[path.rsplit(".", 1)[1]]
-        return (path.startswith("/p/a/") and 20 <= taken < 80 and w >= 10 and fmt in ("jpeg", "webp") and w > h)
+        return path.startswith("/p/a/") and 20 <= taken < 80 and w >= 10 and fmt in ("jpeg", "webp") and w > h
 
     assert list(columns.select(filters)) == [r[0] for r in rows if passes(r)]
 
@@ -283,8 +332,9 @@ def test_columns_select_agrees_with_a_row_by_row_reference():
 def test_cli_filters(tmp_path, tiny_model, varied):
     with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
         engine.index_folder(varied, FAST)
-    proc = cli("query", "a photo", "--index", tmp_path / "c", "--in", varied / "2019", "--orientation", "portrait",
-               "--json")
+    proc = cli(
+        "query", "a photo", "--index", tmp_path / "c", "--in", varied / "2019", "--orientation", "portrait", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert [Path(h["path"]).name for h in json.loads(proc.stdout)] == ["winter.jpg"]
     bad = cli("query", "a photo", "--index", tmp_path / "c", "--after", "yesterday")
@@ -292,6 +342,7 @@ def test_cli_filters(tmp_path, tiny_model, varied):
 
 
 # -- schema v3 -------------------------------------------------------------------------------------------------
+
 
 def test_a_v2_collection_is_upgraded_and_back_filled_without_re_embedding(tmp_path, tiny_model):
     """tests/data/v2_collection was built by the v2 release (commit 73dacb0) from the photos beside it."""
@@ -316,11 +367,17 @@ def test_a_v2_collection_is_upgraded_and_back_filled_without_re_embedding(tmp_pa
         assert dict(db.execute("SELECT id, vector FROM image_vectors")) == before
         formats = dict(db.execute("SELECT path, format FROM images"))
     assert {Path(p).name: f for p, f in formats.items()} == {
-        "square.webp": "webp", "tall.jpg": "jpeg", "wide.png": "png", "dated.jpg": "jpeg", "small.jpg": "jpeg",
-        "wide copy.png": "png"}
+        "square.webp": "webp",
+        "tall.jpg": "jpeg",
+        "wide.png": "png",
+        "dated.jpg": "jpeg",
+        "small.jpg": "jpeg",
+        "wide copy.png": "png",
+    }
 
 
 # -- duplicates ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def derived(tmp_path):
@@ -340,7 +397,9 @@ def derived(tmp_path):
     copies.mkdir()
     original.resize((w // 2, h // 2), Image.LANCZOS).save(copies / "resized.jpg", quality=95)
     original.save(copies / "q60.jpg", quality=60)
-    original.crop((w * 3 // 100, h * 3 // 100, w - w * 3 // 100, h - h * 3 // 100)).save(copies / "cropped.jpg", quality=95)
+    original.crop((w * 3 // 100, h * 3 // 100, w - w * 3 // 100, h - h * 3 // 100)).save(
+        copies / "cropped.jpg", quality=95
+    )
     original.transpose(Image.FLIP_LEFT_RIGHT).save(copies / "flipped.jpg", quality=95)
     return root, sources[0]
 
@@ -355,7 +414,8 @@ def test_dupes_groups_exact_and_derived_copies_best_first_and_touches_nothing(tm
         assert (report.added, report.reused, report.embedded) == (1, 1, 0)  # the stored vector, found by hash
         exact = engine.duplicates(threshold=None)
         assert [(g.kind, sorted(Path(i.path).name for i in g.images)) for g in exact] == [
-            ("exact", sorted([original, "same bytes.jpg"]))]
+            ("exact", sorted([original, "same bytes.jpg"]))
+        ]
         # the tiny random-weight model rates any two photos >= 0.97 alike (measured: at most 0.993 for distinct
         # photos, 1.0 for the resize and the re-encode, 0.999 for the crop, 0.989 for the flip), so 0.998 here
         groups = engine.duplicates(threshold=0.998)
@@ -370,7 +430,9 @@ def test_dupes_groups_exact_and_derived_copies_best_first_and_touches_nothing(tm
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     proc = cli("dupes", "--index", tmp_path / "c", "--json", "--threshold", "0.998")
     assert proc.returncode == 0, proc.stderr
-    assert [[i["id"] for i in g["images"]] for g in json.loads(proc.stdout)] == [[i.id for i in g.images] for g in groups]
+    assert [[i["id"] for i in g["images"]] for g in json.loads(proc.stdout)] == [
+        [i.id for i in g.images] for g in groups
+    ]
     text = cli("dupes", "--index", tmp_path / "c", "--exact").stdout
     assert "same file" in text and original in text
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing deleted, moved or touched
@@ -400,7 +462,7 @@ def _components(ids, vectors, threshold):
 
 
 def test_similar_pairs_through_ivf_finds_the_near_copies_brute_force_finds():
-    from imgsearch.index import similar_pairs
+    from imgsearch.storage.vector_index import similar_pairs
 
     rng = np.random.default_rng(5)
     base = rng.standard_normal((3000, 64)).astype(np.float32)
@@ -419,15 +481,32 @@ def test_similar_pairs_through_ivf_finds_the_near_copies_brute_force_finds():
 
 # -- where collections live ------------------------------------------------------------------------------------
 
+
 def test_the_default_collection_is_found_from_any_directory_and_info_says_where(tmp_path, photo_dir, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    built = subprocess.run([sys.executable, "-m", "imgsearch", "index", str(photo_dir), "--model", "imgsearch-tiny",
-                            "--pretrained", "none"], cwd=one, capture_output=True, text=True, timeout=180)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "index",
+            str(photo_dir),
+            "--model",
+            "imgsearch-tiny",
+            "--pretrained",
+            "none",
+        ],
+        cwd=one,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert built.returncode == 0, built.stderr
-    found = subprocess.run([sys.executable, "-m", "imgsearch", "info", "--json"], cwd=two, capture_output=True,
-                           text=True, timeout=120)
+    found = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "info", "--json"], cwd=two, capture_output=True, text=True, timeout=120
+    )
     assert found.returncode == 0, found.stderr
     about = json.loads(found.stdout)
     assert about["path"] == str(tmp_path / "xdg" / "imgsearch" / "default") and about["images"] == 10

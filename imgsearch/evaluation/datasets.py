@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 FORMATS = "Karpathy dataset_*.json, COCO captions_*.json, BLIP-style JSON list, CLIP_benchmark CSV (image,caption)"
 Pairs = list[tuple[str, list[str]]]  # (image path relative to the images folder, its captions)
@@ -42,8 +42,9 @@ class RetrievalDataset:
 PROTOCOL_CAPTIONS = {"coco": 5, "flickr30k": 5}
 
 
-def load_dataset(kind: str, annotations: str | os.PathLike, images: str | os.PathLike,
-                 check_images: bool = True) -> RetrievalDataset:
+def load_dataset(
+    kind: str, annotations: str | os.PathLike, images: str | os.PathLike, check_images: bool = True
+) -> RetrievalDataset:
     """Read annotations and find each image under ``images``; raises DatasetError on any gap.
 
     For coco and flickr30k only the first 5 captions of each image are kept, as the protocol does.
@@ -127,8 +128,9 @@ def _read_coco(data: dict) -> Pairs:
     def rows():
         for i, a in enumerate(data["annotations"]):
             if a["image_id"] not in names:
-                raise DatasetError(f"annotation #{i} (id {a.get('id')}) names image_id {a['image_id']}, "
-                                   "which is not in \"images\"")
+                raise DatasetError(
+                    f'annotation #{i} (id {a.get("id")}) names image_id {a["image_id"]}, which is not in "images"'
+                )
             yield names[a["image_id"]], a["caption"].strip()
 
     return _grouped(rows())
@@ -139,11 +141,14 @@ def _read_karpathy(data: dict, path: Path) -> Pairs:
     test = [img for img in images if img.get("split") == "test"]
     if not test:
         splits = sorted({str(img.get("split")) for img in images})
-        raise DatasetError(f"{path} has no image in the 'test' split (splits: {', '.join(splits)}); the Karpathy "
-                           "protocol evaluates the test split: pass the dataset_*.json that has one, or a BLIP-style "
-                           "JSON or CSV file listing exactly the images to evaluate")
-    return [(os.path.join(img.get("filepath", ""), img["filename"]), [s["raw"] for s in img["sentences"]])
-            for img in test]
+        raise DatasetError(
+            f"{path} has no image in the 'test' split (splits: {', '.join(splits)}); the Karpathy "
+            "protocol evaluates the test split: pass the dataset_*.json that has one, or a BLIP-style "
+            "JSON or CSV file listing exactly the images to evaluate"
+        )
+    return [
+        (os.path.join(img.get("filepath", ""), img["filename"]), [s["raw"] for s in img["sentences"]]) for img in test
+    ]
 
 
 def resolve_images(paths: list[str], root: Path) -> list[str]:

@@ -20,12 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import IndexConfig
-from .errors import CollectionError, DiskFullError
+from ..config import IndexConfig
+from ..errors import CollectionError, DiskFullError
 from .halfvectors import HalfVectors
-from .index import VectorIndex, file_crc, structure_for, training_size
 from .locking import LOCK_NAME, writer_lock
 from .store import Changed, Store
+from .vector_index import VectorIndex, structure_for, training_size
 
 
 class Stamp(NamedTuple):
@@ -38,7 +38,7 @@ class Stamp(NamedTuple):
     def text(self) -> str:
         return json.dumps(self._asdict())
 
-    def same_state(self, other: "Stamp | None") -> bool:
+    def same_state(self, other: Stamp | None) -> bool:
         """Whether both describe the same saved state of the same collection (the float16 rows' stamp against
         the index's)."""
         return other is not None and self[:3] == other[:3]
@@ -74,18 +74,26 @@ class SyncedIndex:
     def index(self) -> VectorIndex:
         if self._index is None:
             self._open()
+        return self._held()
+
+    def _held(self) -> VectorIndex:
+        """The in-memory index, which the caller knows is loaded."""
+        assert self._index is not None, "the index is loaded first"
         return self._index
 
     def _open(self) -> None:
         current, since = self._current()
-        stamp, loaded = self._stamp(), None
-        if stamp is not None and stamp.generation <= current:
-            loaded = self._load_file(stamp)
-        if loaded is not None:
+        stamp = self._stamp()
+        loaded = self._load_file(stamp) if stamp is not None and stamp.generation <= current else None
+        taken = False
+        if loaded is not None and stamp is not None:
             self._adopt(loaded, stamp)
-        if loaded is not None and stamp.generation == current:
-            self._index, self._generation, self._saved_generation, self._since = loaded, current, current, since
-        elif loaded is None or stamp.since is None or not self._recovered(loaded, stamp):
+            if stamp.generation == current:
+                self._index, self._generation, self._saved_generation, self._since = loaded, current, current, since
+                taken = True
+            else:
+                taken = stamp.since is not None and self._recovered(loaded, stamp, stamp.since)
+        if not taken:
             self.rebuild()
             self._since = since
         if self.store.read_only:
@@ -97,11 +105,11 @@ class SyncedIndex:
         self._half_ok = loaded.kind == "compact" and stamp.same_state(_parse_stamp(self.half.read_stamp()))
         self._overlay = set()
 
-    def _recovered(self, loaded: VectorIndex, stamp: Stamp) -> bool:
+    def _recovered(self, loaded: VectorIndex, stamp: Stamp, since: float) -> bool:
         """Bring a saved index from before a crash up to the store: rows written since its stamp are (re)added,
         deleted ones removed. False when the result cannot be trusted or no longer fits its structure."""
         self._index, self._generation, self._saved_generation = loaded, stamp.generation, stamp.generation
-        changed = self.store.changes_since(self.table, self.dim, stamp.since)
+        changed = self.store.changes_since(self.table, self.dim, since)
         self._apply(changed)
         # A count that does not add up means a row was written with an older time than the stamp (a clock set back).
         return loaded.ntotal == len(changed.ids) and not loaded.needs_rebuild()
@@ -117,26 +125,29 @@ class SyncedIndex:
         replaced by a newer save in between is fine too: its catch-up from the older stamp re-reads a few rows."""
         stamp = self._stamp()
         loaded = self._load_file(stamp) if stamp is not None and stamp.generation == generation else None
-        return None if loaded is None else (loaded, stamp)
+        return None if loaded is None or stamp is None else (loaded, stamp)
 
     def _load_file(self, stamp: Stamp) -> VectorIndex | None:
         """The saved index, only if its stamp vouches for it: this collection's, and the file's size and CRC-32 as
         saved (a damaged block gave scores like 4.8e37 in 0.1, and wrong images with them)."""
-        if stamp.crc is None or stamp.collection != self.store.collection_id:
+        if stamp.crc is None or stamp.size is None or stamp.collection != self.store.collection_id:
             return None
         try:
-            if os.path.getsize(self.file) != stamp.size or file_crc(self.file) != (stamp.size, stamp.crc):
-                return None
-            loaded = VectorIndex.load(self.file, self.config, self._exact)
-        except (OSError, RuntimeError):  # gone, unreadable, or being replaced at this moment
+            loaded = VectorIndex.load_verified(self.file, stamp.size, stamp.crc, self.config, self._exact)
+        except (OSError, RuntimeError):  # gone, unreadable, or damaged past what faiss can parse
             return None
-        return loaded if loaded.dim == self.dim else None
+        return loaded if loaded is not None and loaded.dim == self.dim else None
 
     def saved_is_current(self) -> bool:
         """Whether the file on disk matches the store, by its stamp (cheap: the file itself is checked when loaded)."""
         stamp = self._stamp()
-        return (stamp is not None and stamp.crc is not None and stamp.generation == self.store.generation(self.table)
-                and stamp.collection == self.store.collection_id and self.file.exists())
+        return (
+            stamp is not None
+            and stamp.crc is not None
+            and stamp.generation == self.store.generation(self.table)
+            and stamp.collection == self.store.collection_id
+            and self.file.exists()
+        )
 
     def _stamp(self) -> Stamp | None:
         try:
@@ -208,12 +219,13 @@ class SyncedIndex:
     def _apply(self, changed: Changed, lock=contextlib.nullcontext()) -> None:
         """Make the index hold exactly ``changed.ids``, with the vectors written since re-read; the index is
         changed under ``lock`` (the reads happen before)."""
-        held = self._index.ids()
+        index = self._held()
+        held = index.ids()
         gone = np.setdiff1d(held, changed.ids, assume_unique=True)
         rewritten = np.intersect1d(changed.written_ids, held, assume_unique=True)
         with lock:
-            self._index.remove(np.concatenate([gone, rewritten]))
-            self._index.add(changed.written_ids, changed.written_vectors)
+            index.remove(np.concatenate([gone, rewritten]))
+            index.add(changed.written_ids, changed.written_vectors)
             self._generation, self._since = changed.generation, changed.newest
             if self._half_ok:
                 self._overlay.update(changed.written_ids.tolist())
@@ -289,11 +301,12 @@ class SyncedIndex:
             with writer_lock(self.file.parent / LOCK_NAME, wait=0):
                 if self.store.generation(self.table) != self._generation:
                     return False
-                if stale_index:
+                stamp = self._stamp()
+                if stale_index or stamp is None:
                     self._write()
                 else:  # the saved index is current, only its float16 rows are not trusted
                     with _disk_errors(self.half.path):
-                        self._write_half(self._stamp())
+                        self._write_half(stamp)
                 return True
         except (CollectionError, DiskFullError, OSError):
             return False
@@ -303,10 +316,11 @@ class SyncedIndex:
         its stamp. A crash in between leaves stamps that differ: the rows are then not trusted, never wrong."""
         generation, newest = self.store.newest_write(self.table)
         state = Stamp(self._generation, newest if generation == self._generation else None, self.store.collection_id)
+        index = self._held()
         with _disk_errors(self.file):
-            if self._index.kind == "compact":
+            if index.kind == "compact":
                 self._write_half(state)
-            size, crc = self._index.save(self.file)
+            size, crc = index.save(self.file)
             _write_atomically(self.stamp, state._replace(size=size, crc=crc).text())
         self._saved_generation = self._generation
         self._last_save = time.monotonic()
@@ -319,8 +333,9 @@ def _parse_stamp(text: str | None) -> Stamp | None:
     try:
         data = json.loads(text)
         if isinstance(data, dict):
-            return Stamp(int(data["generation"]), data.get("since"), data.get("collection"), data.get("size"),
-                         data.get("crc"))
+            return Stamp(
+                int(data["generation"]), data.get("since"), data.get("collection"), data.get("size"), data.get("crc")
+            )
     except (ValueError, KeyError, TypeError):
         pass
     try:

@@ -21,17 +21,20 @@ import os
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, cast
 from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
 
-from .errors import CollectionDamagedError, CollectionError, DiskFullError
+from ..errors import CollectionDamagedError, CollectionError, DiskFullError
+from ..records import Changes, ImageRow, ImageState, Moved, NewImage, Skip
+from .migrations import COMPACTING, MIGRATIONS
 
 SCHEMA_VERSION = 3
+DB_NAME = "imgsearch.db"  # in the collection's folder
 # New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
 PAGE_SIZE = 16384
 _READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
@@ -39,9 +42,7 @@ _STREAM_CHUNK = 65536  # rows per chunk when streaming every vector into an inde
 _IN_LIMIT = 900  # ids per "IN (...)" (SQLite allows 999 parameters in older builds)
 
 _md = sa.MetaData()
-meta_t = sa.Table(
-    "meta", _md, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text)
-)
+meta_t = sa.Table("meta", _md, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text))
 images_t = sa.Table(
     "images",
     _md,
@@ -86,81 +87,9 @@ skipped_t = sa.Table(
 # Where each table's vectors live: (table holding them, id column).
 _VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t}
 _COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
-_V1_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at")
-
-
-# Each step's DDL is frozen as the text it ran on the day it shipped: never today's table definitions, which would
-# make a fresh collection and an upgraded one differ once a later step changes a table (tests/test_store.py checks
-# that they do not).
-def _migrate_to_1(conn: sa.Connection) -> None:
-    """Version 1: meta, images (vectors inline), texts, skipped."""
-    for ddl in (
-        'CREATE TABLE meta ("key" VARCHAR NOT NULL PRIMARY KEY, value TEXT)',
-        "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,"
-        " mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER, height INTEGER,"
-        " indexed_at FLOAT NOT NULL, vector BLOB NOT NULL)",
-        "CREATE INDEX ix_images_content_hash ON images (content_hash)",
-        "CREATE TABLE texts (\n\tid INTEGER NOT NULL, \n\ttext TEXT NOT NULL, \n\tsource TEXT, \n\tadded_at FLOAT NOT NULL, "
-        "\n\tvector BLOB NOT NULL, \n\tPRIMARY KEY (id)\n)",
-        "CREATE TABLE skipped (\n\tpath TEXT NOT NULL, \n\tsize INTEGER, \n\tmtime_ns INTEGER, \n\treason TEXT NOT NULL, "
-        "\n\tseen_at FLOAT NOT NULL, \n\tPRIMARY KEY (path)\n)",
-    ):
-        conn.exec_driver_sql(ddl)
-
-
-def _migrate_to_2(conn: sa.Connection) -> None:
-    """Version 2: vectors move out of ``images`` into ``image_vectors``, ids kept, nothing re-embedded."""
-    columns = ", ".join(_V1_IMAGE_COLUMNS)
-    for ddl in (
-        "DROP INDEX IF EXISTS ix_images_content_hash",
-        "ALTER TABLE images RENAME TO images_v1",
-        "CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,"
-        " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash VARCHAR(32) NOT NULL, width INTEGER,"
-        " height INTEGER, indexed_at FLOAT NOT NULL)",
-        "CREATE INDEX ix_images_content_hash ON images (content_hash)",
-        "CREATE TABLE image_vectors (\n\tid INTEGER NOT NULL, \n\tvector BLOB NOT NULL, \n\tPRIMARY KEY (id)\n)",
-        f"INSERT INTO images ({columns}) SELECT {columns} FROM images_v1",
-        "INSERT INTO image_vectors (id, vector) SELECT id, vector FROM images_v1",
-        "DROP TABLE images_v1",
-    ):
-        conn.exec_driver_sql(ddl)
-
-
-def _migrate_to_3(conn: sa.Connection) -> None:
-    """Version 3: filter fields. Adding columns rewrites nothing; the next index run reads them from file headers."""
-    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN format VARCHAR(8)")
-    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN taken_at FLOAT")
-
-
-# Step-by-step upgrades: MIGRATIONS[v] brings a database from version v-1 to v.
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
-# Upgrades that free pages (vectors moved out of a table): the database is compacted after them.
-_COMPACTING = {2}
-
-
-class ImageState(NamedTuple):  # a NamedTuple: a million of these are built at the start of every run
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
 
 
 _new_state = functools.partial(tuple.__new__, ImageState)  # ImageState from a row tuple, without Python frames
-
-
-class ImageRow(NamedTuple):
-    """An image's metadata, as search results show it."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    width: int | None
-    height: int | None
-    format: str | None
-    taken_at: float | None
-    content_hash: str
 
 
 class Changed(NamedTuple):
@@ -195,54 +124,9 @@ def _gc_paused():
             gc.enable()
 
 
-@dataclass(frozen=True)
-class NewImage:
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    width: int | None
-    height: int | None
-    vector: np.ndarray
-    format: str | None = None
-    taken_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Moved:
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class Skip:
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    reason: str
-
-
-@dataclass
-class Changes:
-    """One atomic batch: rows to insert, rows to re-embed in place, renames, deletions, skips."""
-
-    new: list[NewImage] = field(default_factory=list)
-    replaced: dict[int, NewImage] = field(default_factory=dict)  # id -> new content
-    moved: list[Moved] = field(default_factory=list)
-    deleted: list[int] = field(default_factory=list)
-    skipped: list[Skip] = field(default_factory=list)
-    unskipped: list[str] = field(default_factory=list)  # paths to drop from the skipped list
-    manifest: dict = field(default_factory=dict)  # meta keys written with the batch (model, dim)
-
-    def __bool__(self) -> bool:
-        return any((self.new, self.replaced, self.moved, self.deleted, self.skipped, self.unskipped, self.manifest))
-
-    @property
-    def touches_images(self) -> bool:
-        """Whether the image set or its vectors change (skips and manifest alone do not)."""
-        return any((self.new, self.replaced, self.moved, self.deleted))
+def _sqlite(conn: sa.Connection) -> sqlite3.Connection:
+    """The pysqlite connection under SQLAlchemy's: the hot reads run on it directly (a third of Core's cost)."""
+    return cast(sqlite3.Connection, conn.connection.driver_connection)
 
 
 def _blob(vector: np.ndarray) -> bytes:
@@ -281,7 +165,8 @@ def _immutable(path: Path) -> str:
     if _unfinished_wal(path):
         raise CollectionError(
             f"{path} is on a read-only disk with unfinished writes in {path.name}-wal, which SQLite cannot read there; "
-            "open the collection once where its folder can be written (or copy the folder to a writable disk)")
+            "open the collection once where its folder can be written (or copy the folder to a writable disk)"
+        )
     return "&immutable=1"
 
 
@@ -313,8 +198,11 @@ class Store:
             self._open("&immutable=1")
 
     def _open(self, flags: str) -> None:
-        url = f"sqlite:///{self.path}" if not self.read_only else (
-            f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{flags}&uri=true")
+        url = (
+            f"sqlite:///{self.path}"
+            if not self.read_only
+            else (f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{flags}&uri=true")
+        )
         # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
         self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
         sa.event.listen(self.engine, "connect", _on_connect_read_only if self.read_only else _on_connect)
@@ -347,7 +235,7 @@ class Store:
                 self.schema_version = SCHEMA_VERSION
                 if self._get(conn, "collection_id") is None:  # new, or made before collections had one
                     self._put(conn, "collection_id", uuid.uuid4().hex)
-            if version and _COMPACTING & set(range(version + 1, SCHEMA_VERSION + 1)):
+            if version and COMPACTING & set(range(version + 1, SCHEMA_VERSION + 1)):
                 self._compact()  # an upgrade freed the old pages: give them back, with the new page size
 
     @property
@@ -365,8 +253,11 @@ class Store:
         tables = set(sa.inspect(conn).get_table_names())
         if not tables:
             return 0
-        row = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")).first() if (
-            "meta" in tables) else None
+        row = (
+            conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")).first()
+            if ("meta" in tables)
+            else None
+        )
         if row is None:
             raise CollectionError(
                 f"{self.path} is a SQLite database of another application (tables: {', '.join(sorted(tables)[:5])}), "
@@ -379,11 +270,15 @@ class Store:
         """VACUUM with the new page size; skipped (harmlessly) if another process has the file open."""
         raw = self.engine.raw_connection()
         try:
-            for statement in ("PRAGMA journal_mode=DELETE", f"PRAGMA page_size={PAGE_SIZE}", "VACUUM",
-                              "PRAGMA journal_mode=WAL"):
-                raw.driver_connection.execute(statement)
+            for statement in (
+                "PRAGMA journal_mode=DELETE",
+                f"PRAGMA page_size={PAGE_SIZE}",
+                "VACUUM",
+                "PRAGMA journal_mode=WAL",
+            ):
+                cast(sqlite3.Connection, raw.driver_connection).execute(statement)
         except sqlite3.OperationalError:
-            raw.driver_connection.execute("PRAGMA journal_mode=WAL")
+            cast(sqlite3.Connection, raw.driver_connection).execute("PRAGMA journal_mode=WAL")
         finally:
             raw.close()
 
@@ -431,7 +326,7 @@ class Store:
         with self._guard(), self.engine.connect() as conn, _gc_paused():
             # The raw sqlite3 cursor and C-level construction: 1M states in ~1.5 s instead of ~4 s through Row objects
             # and a Python loop (measured, docs/performance.md); the collector has nothing to find in fresh tuples.
-            rows = conn.connection.driver_connection.execute(sql, params).fetchall()
+            rows = _sqlite(conn).execute(sql, params).fetchall()
             return dict(zip(map(operator.itemgetter(1), rows), map(_new_state, rows)))
 
     def skipped_states(self, under: str | None = None) -> dict[str, Skip]:
@@ -469,15 +364,17 @@ class Store:
         with self._guard(), self.engine.begin() as conn:
             for key, value in changes.manifest.items():
                 self._put(conn, key, value)
-            self._forget_skips(conn, [c.path for c in changes.new] + [m.path for m in changes.moved]
-                               + changes.unskipped)
+            self._forget_skips(
+                conn, [c.path for c in changes.new] + [m.path for m in changes.moved] + changes.unskipped
+            )
             new_ids = self._insert_images(conn, changes.new, now)
             self._replace_images(conn, changes.replaced, now)
             self._move_images(conn, changes.moved)
             self._delete_images(conn, changes.deleted)
             self._record_skips(conn, changes.skipped, now)
-            generation = self._bump(conn, "images") if changes.touches_images else self._get(
-                conn, "images_generation", 0)
+            generation = (
+                self._bump(conn, "images") if changes.touches_images else self._get(conn, "images_generation", 0)
+            )
             return new_ids, generation
 
     def _insert_images(self, conn: sa.Connection, images: Sequence[NewImage], now: float) -> list[int]:
@@ -486,7 +383,9 @@ class Store:
         first = self._next_image_id(conn)
         ids = list(range(first, first + len(images)))
         conn.execute(sa.insert(images_t), [dict(_image_values(img, now), id=i) for i, img in zip(ids, images)])
-        conn.execute(sa.insert(image_vectors_t), [{"id": i, "vector": _blob(img.vector)} for i, img in zip(ids, images)])
+        conn.execute(
+            sa.insert(image_vectors_t), [{"id": i, "vector": _blob(img.vector)} for i, img in zip(ids, images)]
+        )
         return ids
 
     @staticmethod
@@ -500,20 +399,30 @@ class Store:
         if not replaced:
             return
         by_id = images_t.c.id == sa.bindparam("b_id")
-        values = {k: sa.bindparam(k) for k in ("path", "size", "mtime_ns", "content_hash", "width", "height",
-                                                "indexed_at", "format", "taken_at")}
-        conn.execute(sa.update(images_t).where(by_id).values(values),
-                     [dict(_image_values(img, now), b_id=i) for i, img in replaced.items()])
-        conn.execute(sa.update(image_vectors_t).where(image_vectors_t.c.id == sa.bindparam("b_id")).values(
-            vector=sa.bindparam("vector")), [{"b_id": i, "vector": _blob(img.vector)} for i, img in replaced.items()])
+        values: dict[str, sa.BindParameter] = {
+            k: sa.bindparam(k)
+            for k in ("path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at", "format", "taken_at")
+        }
+        conn.execute(
+            sa.update(images_t).where(by_id).values(values),
+            [dict(_image_values(img, now), b_id=i) for i, img in replaced.items()],
+        )
+        conn.execute(
+            sa.update(image_vectors_t)
+            .where(image_vectors_t.c.id == sa.bindparam("b_id"))
+            .values(vector=sa.bindparam("vector")),
+            [{"b_id": i, "vector": _blob(img.vector)} for i, img in replaced.items()],
+        )
 
     @staticmethod
     def _move_images(conn: sa.Connection, moved: Sequence[Moved]) -> None:
         if moved:
-            query = sa.update(images_t).where(images_t.c.id == sa.bindparam("b_id")).values(
-                path=sa.bindparam("path"), size=sa.bindparam("size"), mtime_ns=sa.bindparam("mtime_ns"))
-            conn.execute(query, [{"b_id": m.id, "path": m.path, "size": m.size, "mtime_ns": m.mtime_ns}
-                                 for m in moved])
+            query = (
+                sa.update(images_t)
+                .where(images_t.c.id == sa.bindparam("b_id"))
+                .values(path=sa.bindparam("path"), size=sa.bindparam("size"), mtime_ns=sa.bindparam("mtime_ns"))
+            )
+            conn.execute(query, [{"b_id": m.id, "path": m.path, "size": m.size, "mtime_ns": m.mtime_ns} for m in moved])
 
     @staticmethod
     def _delete_images(conn: sa.Connection, ids: Sequence[int]) -> None:
@@ -531,18 +440,16 @@ class Store:
     @staticmethod
     def _record_skips(conn: sa.Connection, skips: Sequence[Skip], now: float) -> None:
         if skips:
-            conn.execute(sa.insert(skipped_t).prefix_with("OR REPLACE"), [
-                dict(path=s.path, size=s.size, mtime_ns=s.mtime_ns, reason=s.reason, seen_at=now) for s in skips])
-
-    def forget_skipped(self, paths: Iterable[str]) -> None:
-        with self._guard(), self.engine.begin() as conn:
-            self._forget_skips(conn, list(paths))
+            conn.execute(
+                sa.insert(skipped_t).prefix_with("OR REPLACE"),
+                [dict(path=s.path, size=s.size, mtime_ns=s.mtime_ns, reason=s.reason, seen_at=now) for s in skips],
+            )
 
     def images_by_id(self, ids: Sequence[int]) -> dict[int, ImageRow]:
         ids = list(ids)
         found: dict[int, ImageRow] = {}
         with self._guard(), self.engine.connect() as conn:
-            cursor = conn.connection.driver_connection  # raw: this runs once per search, ~0.3 ms less than Core
+            cursor = _sqlite(conn)  # raw: this runs once per search, ~0.3 ms less than Core
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 sql = f"SELECT {_ROW_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
@@ -554,39 +461,42 @@ class Store:
         taken is EXIF DateTimeOriginal, else mtime. The version changes whenever any of these fields does."""
         sql = "SELECT id, path, width, height, COALESCE(taken_at, mtime_ns * 1e-9), format FROM images ORDER BY id"
         with self._guard(), self.engine.connect() as conn, _gc_paused():
-            raw = conn.connection.driver_connection
+            raw = _sqlite(conn)
             return _filter_version(raw), raw.execute(sql).fetchall()
 
     def duplicate_rows(self) -> list[tuple]:
         """(id, path, size, width, height, content_hash) of every image."""
         sql = "SELECT id, path, size, width, height, content_hash FROM images"
         with self._guard(), self.engine.connect() as conn:
-            return conn.connection.driver_connection.execute(sql).fetchall()
+            return _sqlite(conn).execute(sql).fetchall()
 
     def filter_version(self) -> tuple:
         """Changes whenever an image's filter fields may have: checked before every filtered search."""
         with self._guard(), self.engine.connect() as conn:
-            return _filter_version(conn.connection.driver_connection)
+            return _filter_version(_sqlite(conn))
 
     def missing_details(self, under: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of rows whose format and date were never read (stored before schema v3)."""
-        sql, params = "SELECT id, path FROM images WHERE format IS NULL", ()
+        sql, params = "SELECT id, path FROM images WHERE format IS NULL", cast(tuple[str, ...], ())
         if under is not None:
             sql, params = sql + " AND path >= ? AND path < ?", (under, under + "\U0010ffff")
         with self._guard(), self.engine.connect() as conn:
-            return conn.connection.driver_connection.execute(sql, params).fetchall()
+            return _sqlite(conn).execute(sql, params).fetchall()
 
     def set_details(self, details: Sequence[tuple[int, str, float | None]]) -> None:
         """Store (id, format, taken_at) read from files, without touching vectors or the index's generation."""
         if not details:
             return
         with self._guard(), self.engine.begin() as conn:
-            conn.execute(sa.update(images_t).where(images_t.c.id == sa.bindparam("b_id")).values(
-                format=sa.bindparam("format"), taken_at=sa.bindparam("taken_at")),
-                [{"b_id": i, "format": f, "taken_at": t} for i, f, t in details])
+            conn.execute(
+                sa.update(images_t)
+                .where(images_t.c.id == sa.bindparam("b_id"))
+                .values(format=sa.bindparam("format"), taken_at=sa.bindparam("taken_at")),
+                [{"b_id": i, "format": f, "taken_at": t} for i, f, t in details],
+            )
             self._bump(conn, "details")
 
-    def vectors(self, table: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def vectors(self, table: str, ids: Sequence[int] | np.ndarray) -> dict[int, np.ndarray]:
         """{id: vector} of the given images or texts; ids not stored are left out."""
         t = _VECTOR_TABLES[table]
         with self._guard(), self.engine.connect() as conn:
@@ -599,8 +509,11 @@ class Store:
 
     def skipped(self) -> list[Skip]:
         with self._guard(), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(skipped_t.c.path, skipped_t.c.size, skipped_t.c.mtime_ns,
-                                          skipped_t.c.reason).order_by(skipped_t.c.path))
+            rows = conn.execute(
+                sa.select(skipped_t.c.path, skipped_t.c.size, skipped_t.c.mtime_ns, skipped_t.c.reason).order_by(
+                    skipped_t.c.path
+                )
+            )
             return [Skip(*r) for r in rows]
 
     def delete_rows(self, table: str, ids: Sequence[int]) -> int:
@@ -616,16 +529,17 @@ class Store:
         """Ids of images (or texts) whose vectors were written before ``before`` (epoch seconds)."""
         sql = f"SELECT id FROM {table} WHERE {_STAMP_COLUMN[table]} < ?"
         with self._guard(), self.engine.connect() as conn:
-            return {r[0] for r in conn.connection.driver_connection.execute(sql, (before,))}
+            return {r[0] for r in _sqlite(conn).execute(sql, (before,))}
 
     def count_written_before(self, table: str, before: float) -> int:
         sql = f"SELECT count(*) FROM {table} WHERE {_STAMP_COLUMN[table]} < ?"
         with self._guard(), self.engine.connect() as conn:
-            return conn.connection.driver_connection.execute(sql, (before,)).fetchone()[0]
+            return _sqlite(conn).execute(sql, (before,)).fetchone()[0]
 
     # -- texts ----------------------------------------------------------------------------------
-    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str | None,
-                  manifest: dict | None = None) -> tuple[list[int], int]:
+    def add_texts(
+        self, texts: Sequence[str], vectors: np.ndarray, source: str | None, manifest: dict | None = None
+    ) -> tuple[list[int], int]:
         now = time.time()
         with self._guard(), self.engine.begin() as conn:
             for key, value in (manifest or {}).items():
@@ -633,23 +547,31 @@ class Store:
             first = (conn.exec_driver_sql("SELECT max(id) FROM texts").scalar() or 0) + 1
             ids = list(range(first, first + len(texts)))
             if ids:
-                conn.execute(sa.insert(texts_t), [dict(id=i, text=t, source=source, added_at=now, vector=_blob(v))
-                                                  for i, t, v in zip(ids, texts, vectors)])
+                conn.execute(
+                    sa.insert(texts_t),
+                    [
+                        dict(id=i, text=t, source=source, added_at=now, vector=_blob(v))
+                        for i, t, v in zip(ids, texts, vectors)
+                    ],
+                )
             return ids, self._bump(conn, "texts")
 
     def texts_written_before(self, before: float) -> list[tuple[int, str]]:
         """(id, text) of texts whose vectors were written before ``before``."""
         with self._guard(), self.engine.connect() as conn:
             sql = "SELECT id, text FROM texts WHERE added_at < ? ORDER BY id"
-            return [tuple(r) for r in conn.connection.driver_connection.execute(sql, (before,))]
+            return [tuple(r) for r in _sqlite(conn).execute(sql, (before,))]
 
     def replace_text_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> int:
         """New vectors for stored texts (same ids), stamped now; returns the texts' generation after it."""
         now = time.time()
         with self._guard(), self.engine.begin() as conn:
-            conn.execute(sa.update(texts_t).where(texts_t.c.id == sa.bindparam("b_id")).values(
-                vector=sa.bindparam("vector"), added_at=now),
-                [{"b_id": int(i), "vector": _blob(v)} for i, v in zip(ids, vectors)])
+            conn.execute(
+                sa.update(texts_t)
+                .where(texts_t.c.id == sa.bindparam("b_id"))
+                .values(vector=sa.bindparam("vector"), added_at=now),
+                [{"b_id": int(i), "vector": _blob(v)} for i, v in zip(ids, vectors)],
+            )
             return self._bump(conn, "texts")
 
     def texts_by_id(self, ids: Sequence[int]) -> dict[int, sa.Row]:
@@ -693,8 +615,9 @@ class Store:
             n = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
             ids, vectors = np.empty(n, np.int64), np.empty((n, dim), np.float32)
             result = conn.execution_options(yield_per=_READ_CHUNK).execute(
-                sa.select(t.c.id, t.c.vector).order_by(t.c.id))
-            flat = memoryview(vectors.reshape(-1)).cast("B")
+                sa.select(t.c.id, t.c.vector).order_by(t.c.id)
+            )
+            flat = memoryview(vectors.reshape(-1)).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
             row_bytes = dim * 4
             for i, (row_id, blob) in enumerate(result):
                 ids[i] = row_id
@@ -709,29 +632,34 @@ class Store:
         name = _VECTOR_TABLES[table].name
         with self._guard(), self.engine.connect() as conn:
             generation = self._get(conn, f"{table}_generation", 0)
-            raw = conn.connection.driver_connection
+            raw = _sqlite(conn)
             ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {name} ORDER BY id")), np.int64)
-            picked = ids if sample_size >= len(ids) else np.sort(
-                np.random.default_rng(seed).choice(ids, sample_size, replace=False))
+            picked = (
+                ids
+                if sample_size >= len(ids)
+                else np.sort(np.random.default_rng(seed).choice(ids, sample_size, replace=False))
+            )
             sample = np.empty((len(picked), dim), np.float32)
             for start in range(0, len(picked), _IN_LIMIT):
                 part = picked[start : start + _IN_LIMIT].tolist()
-                rows = raw.execute(f"SELECT vector FROM {name} WHERE id IN ({','.join('?' * len(part))}) ORDER BY id",
-                                   part).fetchall()
+                rows = raw.execute(
+                    f"SELECT vector FROM {name} WHERE id IN ({','.join('?' * len(part))}) ORDER BY id", part
+                ).fetchall()
                 sample[start : start + len(rows)] = _vectors_of(rows, dim)
             yield generation, len(ids), sample, _chunks(raw.execute(f"SELECT id, vector FROM {name} ORDER BY id"), dim)
 
-    def changes_since(self, table: str, dim: int, since: float) -> "Changed":
+    def changes_since(self, table: str, dim: int, since: float) -> Changed:
         """What a long-lived reader needs to catch up, from one snapshot: the generation, every id, and the
         (id, vector) of rows written at or after ``since`` (new or re-embedded; see ``Changed``)."""
         with self._guard(), self.engine.connect() as conn, _gc_paused():
             generation, newest = self._newest_write(conn, table)
-            raw = conn.connection.driver_connection
+            raw = _sqlite(conn)
             ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {table}")), np.int64)
             rows = raw.execute(_WRITTEN_SINCE_SQL[table], (since,)).fetchall()
         vectors = _vectors_of(rows, dim)
-        return Changed(generation, ids, np.array([r[0] for r in rows], np.int64), vectors,
-                       since if newest is None else newest)
+        return Changed(
+            generation, ids, np.array([r[0] for r in rows], np.int64), vectors, since if newest is None else newest
+        )
 
     def newest_write(self, table: str) -> tuple[int, float]:
         """(generation, time of the newest row write) from one snapshot: where a reader's catch-up starts."""
@@ -761,8 +689,15 @@ def _filter_version(raw: sqlite3.Connection) -> tuple[int, int]:
 
 def _image_values(img: NewImage, now: float) -> dict:
     return dict(
-        path=img.path, size=img.size, mtime_ns=img.mtime_ns, content_hash=img.content_hash,
-        width=img.width, height=img.height, indexed_at=now, format=img.format, taken_at=img.taken_at,
+        path=img.path,
+        size=img.size,
+        mtime_ns=img.mtime_ns,
+        content_hash=img.content_hash,
+        width=img.width,
+        height=img.height,
+        indexed_at=now,
+        format=img.format,
+        taken_at=img.taken_at,
     )
 
 

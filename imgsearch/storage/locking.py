@@ -12,10 +12,10 @@ import contextlib
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import CollectionError
+from ..errors import CollectionError
 
 LOCK_NAME = ".lock"  # the lock file in a collection's folder
 
@@ -44,9 +44,11 @@ def writer_lock(path: Path, wait: float = 0.0, on_wait: Callable[[], None] | Non
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:  # a read-only disk, a folder the user may not write
-            raise CollectionError(f"cannot write to {path.parent}: {exc.strerror or exc}; only reading commands "
-                                  "(query, info, skipped, serve) work there. Index into a collection on a writable "
-                                  "disk, or fix the folder's permissions") from None
+            raise CollectionError(
+                f"cannot write to {path.parent}: {exc.strerror or exc}; only reading commands "
+                "(query, info, skipped, serve) work there. Index into a collection on a writable "
+                "disk, or fix the folder's permissions"
+            ) from None
         try:
             _acquire(fd, path, wait, on_wait)
             yield
