@@ -145,15 +145,44 @@ def test_keyboard_navigation(browser, gallery):
     assert errors == []
 
 
-def test_paging_keeps_the_dom_small(browser, gallery):
-    """The grid loads pages as it scrolls (60 at a time) and thumbnails lazily: a big collection never puts
-    thousands of images in the page at once."""
-    served, _ = gallery
-    page, _ = _page(browser, served.url)
+@pytest.fixture(scope="module")
+def big_gallery(tmp_path_factory, tiny_embedder, serve_env):
+    """More photos than two pages hold (150: pages of 60), for paging as a user scrolls."""
+    import imgsearch
+
+    many = sorted((COCO_MINI / "val2017").glob("*.jpg"))[:150]
+    if len(many) < 150:
+        pytest.skip(f"150 shared photos needed under {COCO_MINI}")
+    root = tmp_path_factory.mktemp("big_gallery")
+    photos = root / "photos"
+    photos.mkdir()
+    for src in many:
+        shutil.copy(src, photos / src.name)
+    with imgsearch.open(root / "coll", embedder=tiny_embedder) as engine:
+        engine.index_folder(photos)
+    served = Served(root / "coll", env=serve_env)
+    yield served
+    served.stop()
+
+
+def test_paging_loads_a_page_at_a_time_as_the_user_scrolls(browser, big_gallery):
+    """The grid holds one page (60) until the user scrolls near its end, then the next, and stops at the last;
+    thumbnails load lazily, so a big collection never fetches thousands of images at once."""
+    page, errors = _page(browser, big_gallery.url)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/images?" in r.url else None)
     page.wait_for_selector("#grid .tile")
-    assert page.evaluate("PAGE") == 60
-    lazy = page.evaluate("[...document.querySelectorAll('#grid .tile img')].every(i => i.loading === 'lazy')")
-    assert lazy
+    tiles = "document.querySelectorAll('#grid .tile').length"
+    assert page.evaluate(tiles) == 60
+    assert page.evaluate("[...document.querySelectorAll('#grid .tile img')].every(i => i.loading === 'lazy')")
+    for shown in (120, 150):
+        page.mouse.wheel(0, 20000)  # a real scroll: the page's own listener decides to load more
+        page.wait_for_function(f"{tiles} >= {shown}")
+        assert page.evaluate(tiles) == shown
+    page.mouse.wheel(0, 20000)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('150 images')")
+    assert [u.split("offset=")[1].split("&")[0] for u in asked] == ["0", "60", "120"]  # none after the last page
+    assert page.evaluate(tiles) == 150 and errors == []
 
 
 def test_a_missing_collection_explains_itself(browser, tmp_path):
