@@ -176,31 +176,52 @@ def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+# A stage with no progress to count (loading a model, exporting it on its first run) still shows its time passing,
+# or it looks frozen: 0.1's bar sat at "loading model: 0% 0/956 [00:00<?]" through an 85 s first export.
+TICK_SECONDS = 1.0
+
+
 @contextmanager
-def _progress_bar(description: str, unit: str, enabled: bool = True):
-    """A progress bar on stderr, drawn only for a person: not when stderr is a file or a pipe."""
+def _progress_bar(description: str, unit: str, enabled: bool = True, tick: float = TICK_SECONDS):
+    """A progress bar on stderr, drawn only for a person: not when stderr is a file or a pipe. Redrawn every
+    ``tick`` seconds, so its elapsed time moves while a stage has nothing to count yet."""
+    import threading
+
     from tqdm import tqdm
 
     enabled = enabled and sys.stderr.isatty()
     shown: dict = {"stage": description, "bar": None}  # the bar appears with the first progress, not before
+    lock, stop = threading.Lock(), threading.Event()
+
+    def ticking() -> None:
+        while not stop.wait(tick):
+            with lock:
+                shown["bar"].refresh()
+
+    ticker = threading.Thread(target=ticking, name="imgsearch-progress", daemon=True)
 
     def update(done: int, total: int, stage: str | None = None) -> None:
         if not enabled:
             return
-        bar = shown["bar"]
-        if bar is None:
-            bar = shown["bar"] = tqdm(desc=stage or description, unit=unit, file=sys.stderr, dynamic_ncols=True)
-        elif stage and shown["stage"] != stage:
-            bar.set_description(stage, refresh=False)
-            bar.reset(total)  # the rate and the time left count from this stage's start, not the model's loading
-        shown["stage"] = stage or shown["stage"]
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        with lock:
+            bar = shown["bar"]
+            if bar is None:
+                bar = shown["bar"] = tqdm(desc=stage or description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+                ticker.start()
+            elif stage and shown["stage"] != stage:
+                bar.set_description(stage, refresh=False)
+                bar.reset(total)  # the rate and the time left count from this stage's start, not the model's loading
+            shown["stage"] = stage or shown["stage"]
+            bar.total = total
+            bar.n = done
+            bar.refresh()
 
     try:
         yield update
     finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join()
         if shown["bar"] is not None:
             shown["bar"].close()
 

@@ -151,6 +151,8 @@ def _embed_plan(
     batches, recipe = _embedded(target, entries, settings, report)
     ready = time.monotonic()
     report.model_seconds = ready - loading
+    if progress:  # the bar's rate and time left count from here: the first batch is embedding's, not loading's
+        progress(0, len(entries), "embedding")
     stamp = target.models.stored() is None  # stamped with the first batch: a failed start leaves no trace
     done, noted = 0, False
     for batch in batches:
