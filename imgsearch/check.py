@@ -167,7 +167,7 @@ def _export(model) -> list[Finding]:
     from .errors import ExportDamagedError
     from .inference import backends
 
-    export = backends.find_export(model) if backends.onnxruntime_installed() else None
+    export = backends.runnable_export(model)
     if export is None:
         return [Finding("export", True, "none cached (the next run that needs one makes it)")]
     from .inference.onnx import OnnxTowers

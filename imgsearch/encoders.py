@@ -134,7 +134,7 @@ def for_query(model: ModelConfig, export: OnnxExport | None) -> Plan:
 
 def query_encoder(model: ModelConfig) -> tuple[Any, Plan]:
     """(the torch-free query encoder, or None when torch must encode; the plan, with its reason)."""
-    export = backends.find_export(model) if backends.onnxruntime_installed() else None
+    export = backends.runnable_export(model)
     plan = for_query(model, export)
     if plan.runner == "torch" or export is None:
         return None, plan

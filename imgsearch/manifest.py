@@ -145,7 +145,7 @@ class ModelRecord:
         open_clip's tables (``clip.models.recipe_for``; a checkpoint that cannot be tied to a tag is refused)."""
         from .inference import backends
 
-        export = backends.find_export(self.model) if backends.onnxruntime_installed() else None
+        export = backends.runnable_export(self.model)
         if export is not None and "recipe" in export.meta:
             return export.meta["recipe"]
         if self._loaded() is not None:

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL, write_image
+from conftest import TINY_MODEL, run_cli, write_image
 
 TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
 
 
 def run(*args, ok=True, env_index=None):
-    env = dict(os.environ, **({"IMGSEARCH_INDEX": str(env_index)} if env_index else {}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", *map(str, args)], capture_output=True, text=True, timeout=300, env=env
-    )
+    proc = run_cli(*args, env={"IMGSEARCH_INDEX": str(env_index)} if env_index else None)
     if ok:
         assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -92,7 +89,6 @@ def test_every_command_has_help_and_is_documented():
 
 
 def test_version_and_python_dash_m():
-    import subprocess
     import sys
 
     import imgsearch
@@ -106,7 +102,6 @@ def test_version_and_python_dash_m():
 
 def test_an_error_before_any_work_prints_no_progress_bar_on_a_terminal(tmp_path):
     """On a real terminal (a pty), `index /nonexistent` prints the error alone: no empty bar, no blank line."""
-    import os
     import pty
     import subprocess
     import sys

@@ -1,7 +1,6 @@
 """The evaluation pipeline end to end on real COCO photos and captions, with the tiny model."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ from imgsearch.errors import DatasetError
 from imgsearch.evaluation.datasets import load_dataset
 from imgsearch.evaluation.retrieval import evaluate, format_table
 
-from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
+from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL, run_cli
 
 ANNOTATIONS = SHARED_DATA / "annotations"
 
@@ -90,30 +89,26 @@ def test_ivf_path_is_reported_with_its_settings(small_set, tiny_embedder):
     assert "ivf 2/" in format_table(report)
 
 
+def _eval(small_set, *flags: str):
+    """`imgsearch eval coco` on the small set with the tiny model's random weights, as a user runs it."""
+    return run_cli(
+        "eval",
+        "coco",
+        "--images",
+        COCO_MINI,
+        "--annotations",
+        small_set,
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        "none",
+        *flags,
+    )
+
+
 def test_cli_eval_writes_a_json_report(small_set, tmp_path):
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgsearch.cli",
-            "eval",
-            "coco",
-            "--images",
-            str(COCO_MINI),
-            "--annotations",
-            str(small_set),
-            "--model",
-            TINY_MODEL,
-            "--pretrained",
-            "none",
-            "--json-out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _eval(small_set, "--json-out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "R@1" in proc.stdout and json.loads(out.read_text())["n_images"] == 30
 
@@ -141,53 +136,11 @@ def test_evaluation_decodes_images_exactly_as_the_reference_protocol(small_set, 
 def test_eval_runs_the_protocols_fp32_unless_told_and_says_what_ran(small_set, tmp_path, flags, backend):
     """0.1 evaluated with whatever `auto` picked (OpenVINO bf16 here), moving hit counts off CLIP_benchmark's, and
     never said so; a faster backend now runs only when asked for, and the report names it."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgsearch",
-            "eval",
-            "coco",
-            "--images",
-            str(COCO_MINI),
-            "--annotations",
-            str(small_set),
-            "--model",
-            TINY_MODEL,
-            "--pretrained",
-            "none",
-            "--json",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _eval(small_set, "--json", *flags)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["backend"] == backend and report["recipe"]["tag"] is None
-    table = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgsearch",
-            "eval",
-            "coco",
-            "--images",
-            str(COCO_MINI),
-            "--annotations",
-            str(small_set),
-            "--model",
-            TINY_MODEL,
-            "--pretrained",
-            "none",
-            "--precision",
-            "fp9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    table = _eval(small_set, "--precision", "fp9")
     assert table.returncode == 2 and "--precision: unknown precision 'fp9'" in table.stderr
 
 

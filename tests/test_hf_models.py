@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import standins
-from conftest import COCO_MINI, write_image
+from conftest import COCO_MINI, run_cli, write_image
 
 pytest.importorskip("transformers")
 CAPTIONS = (
@@ -27,9 +27,7 @@ OTHER_LANGUAGES = ["Un chien qui court sur la plage", "Ein Hund_im Schnee!!", "æ
 
 
 def _run(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "imgsearch", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def _env(tmp_path: Path, **extra) -> dict:

@@ -284,6 +284,11 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def runnable_export(model: ModelConfig) -> OnnxExport | None:
+    """The model's cached export when ONNX Runtime is here to run it, else None."""
+    return find_export(model) if onnxruntime_installed() else None
+
+
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
