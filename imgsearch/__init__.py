@@ -13,8 +13,24 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time the names below load on first use
     from .api import Collection, open
-    from .config import IndexConfig, IndexingConfig, ModelConfig
-    from .errors import ImgsearchError
+    from .config import IndexingConfig, ModelConfig, VectorIndexConfig
+    from .errors import (
+        BadInputError,
+        CollectionDamagedError,
+        CollectionError,
+        CollectionNotFoundError,
+        DatasetError,
+        DiskFullError,
+        EmptyCollectionError,
+        ExportDamagedError,
+        ImgsearchError,
+        InvalidEmbeddingsError,
+        ModelLoadError,
+        ModelMismatchError,
+        NotFoundError,
+        TooLargeError,
+        UnsupportedMediaError,
+    )
     from .results import CollectionInfo, DuplicateGroup, DuplicateImage, ImageHit, IndexReport, SkippedFile, TextHit
     from .search import Filters, Query, Term
 
@@ -22,10 +38,24 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names b
 _HOMES = {
     "Collection": "api",
     "open": "api",
-    "IndexConfig": "config",
+    "VectorIndexConfig": "config",
     "IndexingConfig": "config",
     "ModelConfig": "config",
     "ImgsearchError": "errors",
+    "ModelLoadError": "errors",
+    "ModelMismatchError": "errors",
+    "CollectionNotFoundError": "errors",
+    "CollectionError": "errors",
+    "CollectionDamagedError": "errors",
+    "EmptyCollectionError": "errors",
+    "BadInputError": "errors",
+    "DatasetError": "errors",
+    "DiskFullError": "errors",
+    "InvalidEmbeddingsError": "errors",
+    "NotFoundError": "errors",
+    "TooLargeError": "errors",
+    "UnsupportedMediaError": "errors",
+    "ExportDamagedError": "errors",
     "CollectionInfo": "results",
     "DuplicateGroup": "results",
     "DuplicateImage": "results",
@@ -39,7 +69,20 @@ _HOMES = {
 }
 
 
+# Renamed names: still found, with a warning, for one release (CHANGELOG.md).
+_RENAMED = {"IndexConfig": "VectorIndexConfig"}
+
+
 def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(
+            f"imgsearch.{name} is now imgsearch.{_RENAMED[name]}; the old name goes in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(_RENAMED[name])
     if name == "__version__":  # one version, the package's own (pyproject.toml)
         from importlib.metadata import version
 
@@ -58,10 +101,24 @@ def __dir__() -> list[str]:
 __all__ = [
     "Collection",
     "open",
-    "IndexConfig",
+    "VectorIndexConfig",
     "IndexingConfig",
     "ModelConfig",
     "ImgsearchError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "CollectionNotFoundError",
+    "CollectionError",
+    "CollectionDamagedError",
+    "EmptyCollectionError",
+    "BadInputError",
+    "DatasetError",
+    "DiskFullError",
+    "InvalidEmbeddingsError",
+    "NotFoundError",
+    "TooLargeError",
+    "UnsupportedMediaError",
+    "ExportDamagedError",
     "CollectionInfo",
     "ImageHit",
     "IndexReport",

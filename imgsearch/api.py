@@ -22,14 +22,16 @@ from . import encoders, indexing, stale
 from .config import (
     DEFAULT_EXCLUDES,
     DUPLICATE_THRESHOLD,
-    IndexConfig,
     IndexingConfig,
     ModelConfig,
+    VectorIndexConfig,
     collection_path,
 )
 from .errors import (
     BadInputError,
+    CollectionError,
     CollectionNotFoundError,
+    DiskFullError,
     ExportDamagedError,
 )
 from .manifest import ModelRecord
@@ -47,7 +49,7 @@ Progress = Callable[..., None]  # (done, total[, stage])
 def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for users
     path: str | os.PathLike | None = None,
     model: ModelConfig | None = None,
-    index_config: IndexConfig = IndexConfig(),
+    index_config: VectorIndexConfig = VectorIndexConfig(),
     device: str | None = None,
     embedder=None,
     backend: str | None = None,
@@ -81,11 +83,20 @@ def open(  # noqa: A001 - mirrors sqlite3.connect / open: the natural name for u
 
 
 class Collection:
+    """One collection: a folder holding a SQLite database (the truth: metadata and vectors) and FAISS files
+    derived from it. Made by ``imgsearch.open``; use it in a ``with`` block, or call ``close``.
+
+    Index with ``index_folder``; search with ``search`` (text, image, or a ``Query`` of both, with ``Filters``),
+    ``search_text``, ``search_image``, ``search_vector``; image -> text with ``add_texts`` and ``describe``; look
+    after it with ``info``, ``check``, ``skipped``, ``prune``, ``duplicates``. ``len(collection)``: its images.
+    Errors are ``imgsearch.ImgsearchError`` subclasses (``imgsearch.errors``), each saying how to fix it.
+    """
+
     def __init__(
         self,
         folder: Path,
         model: ModelConfig | None = None,
-        index_config=IndexConfig(),
+        index_config=VectorIndexConfig(),
         device: str | None = None,
         backend: str | None = None,
         wait: float = 0.0,
@@ -117,6 +128,18 @@ class Collection:
         self._damage: list[str] = []  # damaged cached exports met (and removed) by this handle
 
     # -- plumbing -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        if not self.exists:
+            return f"<imgsearch.Collection {str(self.folder)!r} (not created yet)>"
+        return f"<imgsearch.Collection {str(self.folder)!r}: {len(self)} images>"
+
+    def __len__(self) -> int:
+        """How many images the collection holds (0 before it exists)."""
+        return self._store_for().count("images") if self.exists else 0
+
+    def __bool__(self) -> bool:
+        return True  # a collection is a handle, true even while empty (len() says how many images)
+
     def __enter__(self) -> Collection:
         return self
 
@@ -124,6 +147,7 @@ class Collection:
         self.close()
 
     def close(self) -> None:
+        """Release the database; the handle opens it again if used (``with`` closes it for you)."""
         # Writers save their index under the writer lock before returning. A reader that had to rebuild or catch
         # up saves only under that lock and only while the store is at its generation (SyncedIndex.save_if_free),
         # so a reader racing an indexer cannot put an old index under a current stamp.
@@ -138,9 +162,11 @@ class Collection:
     def _missing(self) -> CollectionNotFoundError:
         return CollectionNotFoundError(
             f"no collection at {self.folder}",
-            cli_hint="build one with `imgsearch index DIR`, or point at an existing one with --index PATH "
+            cli_hint="build one with `imgsearch index DIR`, or point at an existing one with --collection PATH "
             "(or $IMGSEARCH_INDEX)",
             api_hint="build one with Collection.index_folder(DIR), or open the folder of an existing one",
+            web_hint="build one on the server's machine with `imgsearch index DIR`; this page finds it without a "
+            "restart",
         )
 
     def require_existing(self) -> None:
@@ -166,15 +192,36 @@ class Collection:
         """One writer at a time per collection (readers are never blocked)."""
         if not create and not self.exists:
             raise self._missing()
+        made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]  # what mkdir makes, deepest first
         self.folder.mkdir(parents=True, exist_ok=True)
-        with writer_lock(self.folder / LOCK_NAME, self.wait, self.on_wait):
-            if self._store is None or self._store.read_only:
-                self.close()
-                self._store = Store(self.folder / DB_NAME)
-                for synced in self._indexes.values():
-                    synced.store = self._store
-            remove_leftovers(self.folder)  # only a writer saves, so any temporary file is a dead save's
-            yield self._store
+        try:
+            with writer_lock(self.folder / LOCK_NAME, self.wait, self.on_wait):
+                new = not self.exists
+                if self._store is None or self._store.read_only:
+                    self.close()
+                    self._store = Store(self.folder / DB_NAME)
+                    for synced in self._indexes.values():
+                        synced.store = self._store
+                remove_leftovers(self.folder)  # only a writer saves, so any temporary file is a dead save's
+                try:
+                    yield self._store
+                except BaseException:
+                    if new and self._store.is_empty():
+                        self._discard_new()  # a first run that failed (or was stopped) before storing anything
+                    raise
+        finally:
+            if made and not self.exists:
+                with contextlib.suppress(OSError):
+                    for folder in made:
+                        folder.rmdir()  # only while empty: nothing of anyone else's goes
+
+    def _discard_new(self) -> None:
+        """Remove the database and lock a failed first run made, under the lock (a process waiting for it locks the
+        file that next has its name: ``locking.writer_lock``): "nothing behind", as the README says."""
+        self.close()
+        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", LOCK_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / name).unlink()
 
     # -- the model ------------------------------------------------------------------------------
     @property
@@ -199,7 +246,24 @@ class Collection:
     def _query_choice(self) -> tuple[Any, encoders.Plan]:
         if self._light is None:
             self._light = encoders.query_encoder(self.model)
+            self._remember_model()
         return self._light
+
+    def _remember_model(self) -> None:
+        """A checkpoint a reader found at a new path is written down, as ``index`` does, so that the next command
+        finds it without being told again; skipped while another process writes, or where nothing can be written
+        (the next reader tries again)."""
+        if not self._models.changed():
+            return
+        try:
+            with writer_lock(self.folder / LOCK_NAME, 0.0):
+                store = Store(self.folder / DB_NAME)
+                try:
+                    self._models.note_changes(store)
+                finally:
+                    store.close()
+        except (CollectionError, DiskFullError):
+            pass
 
     @property
     def embedder(self):
@@ -305,6 +369,7 @@ class Collection:
         return self.add_texts(lines, source=path.name, progress=progress)
 
     def clear_texts(self, source: str | None = None) -> int:
+        """Remove the texts (only those added from ``source``, when given); returns how many."""
         with self._writing() as store:
             removed = store.clear_texts(source)
             if self._dim():
@@ -338,6 +403,7 @@ class Collection:
     def search_vector(
         self, vector: np.ndarray, k: int = 10, filters: Filters | None = None, offset: int = 0
     ) -> list[ImageHit]:
+        """Images nearest to a vector of the collection's model (L2-normalised, as the model's embeddings are)."""
         self.require_searchable("images", k)
         return self._engine.image_hits(vector, k, filters or Filters(), offset)
 
@@ -394,6 +460,7 @@ class Collection:
 
     # -- inspection -----------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
+        """What the collection holds: model, counts, index structure, size on disk, backends, warnings."""
         store, model, dim = self._store_for(), self.model, self._dim()
         index = self._synced("images").index if dim else None
         disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
@@ -430,4 +497,5 @@ class Collection:
         )
 
     def skipped(self) -> list[SkippedFile]:
+        """Files that could not be indexed, with the reason for each."""
         return [SkippedFile(s.path, s.reason) for s in self._store_for().skipped()]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import BadInputError
 
-# Where collections live unless --index / IMGSEARCH_INDEX says otherwise: the platform's per-user data folder
+# Where collections live unless --collection / IMGSEARCH_INDEX says otherwise: the platform's per-user data folder
 # (see data_dir), so that a collection is found from any working directory.
 COLLECTION_ENV = "IMGSEARCH_INDEX"
 SERVER_ENV = "IMGSEARCH_SERVER"  # the URL of a running `imgsearch serve` for queries ("off": never use one)
@@ -45,8 +45,16 @@ def check_backend(name: str) -> str:
     return check_choice("backend", name, BACKENDS)
 
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+# Camera RAW files, by extension: LibRaw (rawpy) reads them all, preferring the camera's embedded preview.
+RAW_EXTENSIONS = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef", ".srw"}
+    | {".x3f", ".3fr", ".iiq", ".erf", ".mrw", ".raw", ".rwl", ".kdc", ".dcr", ".mos"}
+)
+# Files that are rendered photos, as a camera or a phone writes them beside its RAW files.
+RENDERED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".heic", ".heif"})
+IMAGE_EXTENSIONS = (
+    frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"})
+    | RAW_EXTENSIONS
 )
 
 
@@ -93,7 +101,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class IndexConfig:
+class VectorIndexConfig:
     # Below this many vectors an exact (Flat) index is both exact and fast (~5 ms at 50k x 512).
     # Past it the index is rebuilt as IVF; 50k also leaves >= 39 training points per list.
     ivf_threshold: int = 50_000

@@ -8,16 +8,24 @@ and a non-zero exit code. Every message says what was wrong and how to fix it.
 class ImgsearchError(Exception):
     """Base class for every error a user can cause.
 
-    ``cli_hint`` / ``api_hint``: how to fix it, in the words of the command line and of Python; str(exc)
-    carries the API's, and the CLI prints ``for_cli()``.
+    ``cli_hint`` / ``api_hint`` / ``web_hint``: how to fix it, in the words of the command line, of Python and of
+    the web gallery; str(exc) carries the API's, the CLI prints ``for_cli()`` and the gallery ``for_web()``. Without
+    its own hint, a wording is the neutral facts of the message alone.
     """
 
-    def __init__(self, message: str, *, cli_hint: str | None = None, api_hint: str | None = None):
+    def __init__(
+        self, message: str, *, cli_hint: str | None = None, api_hint: str | None = None, web_hint: str | None = None
+    ):
         super().__init__(f"{message}; {api_hint}" if api_hint else message)
+        self.message = message
         self.cli_text = f"{message}; {cli_hint}" if cli_hint else str(self)
+        self.web_text = f"{message}; {web_hint}" if web_hint else message
 
     def for_cli(self) -> str:
         return getattr(self, "cli_text", str(self))
+
+    def for_web(self) -> str:
+        return getattr(self, "web_text", getattr(self, "message", str(self)))
 
 
 class ModelLoadError(ImgsearchError):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import IMAGE_EXTENSIONS
+from .config import IMAGE_EXTENSIONS, RAW_EXTENSIONS, RENDERED_EXTENSIONS
 from .records import FileEntry, ImageDetails, ScanProblem, format_name
 
 _HASH_CHUNK = 1 << 20
@@ -55,8 +55,32 @@ def register_optional_formats() -> tuple[str, ...]:
     return tuple(enabled)
 
 
+HEIF_MISSING = (
+    "a HEIC/HEIF photo, which needs pillow-heif to be read: install it with `pip install pillow-heif`; "
+    "the next index run retries it"
+)
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_raw_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in RAW_EXTENSIONS
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO-BMFF file of a HEIF brand (an iPhone's HEIC, an AVIF...), by its ``ftyp`` box."""
+    return data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim")
+
+
+def retry_now(reason: str) -> bool:
+    """Whether a file skipped for want of a package may be read now that the package is here."""
+    if reason == HEIF_MISSING:
+        return "heic" in register_optional_formats()
+    from . import raw as camera_raw
+
+    return reason == camera_raw.MISSING and camera_raw.available()
 
 
 def is_url(text: str) -> bool:
@@ -81,7 +105,7 @@ def load_query_image(source: str | os.PathLike, min_side: int = 0, max_pixels: i
     if isinstance(source, str) and is_url(source):
         from .fetch import fetch
 
-        return decode_image(fetch(source), min_side, max_pixels)
+        return decode_image(fetch(source), min_side, max_pixels, raw=is_raw_name(source.split("?")[0]))
     path = Path(source).expanduser()
     if not os.path.lexists(path):
         raise ImageSkipped(f"file not found: {source}")
@@ -112,20 +136,36 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
             continue
         rel = os.path.relpath(dirpath, root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded(d, rel, excludes))
-        for name in sorted(filenames):
-            if is_image_name(name) and not name.startswith(".") and not _excluded(name, rel, excludes):
-                path = os.path.join(dirpath, name)
-                if not _utf8(path):
-                    yield ScanProblem(
-                        _printable(path),
-                        "its name is not valid UTF-8 (shown with \\x escapes), so "
-                        "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`",
-                    )
-                    continue
-                entry = _stat_entry(path, seen_files, inside)
-                if entry is not None:
-                    yield entry
+        wanted = [n for n in sorted(filenames) if is_image_name(n) and not n.startswith(".")]
+        wanted = [n for n in wanted if not _excluded(n, rel, excludes)]
+        rendered = _rendered_by_stem(wanted)
+        for name in wanted:
+            path = os.path.join(dirpath, name)
+            twin = rendered.get(os.path.splitext(name)[0].lower()) if is_raw_name(name) else None
+            if twin is not None:
+                yield ScanProblem(path, RAW_TWIN.format(twin=twin))
+                continue
+            if not _utf8(path):
+                yield ScanProblem(
+                    _printable(path),
+                    "its name is not valid UTF-8 (shown with \\x escapes), so "
+                    "it cannot be stored; rename it, e.g. `convmv -f latin1 -t utf8 --notest FILE`",
+                )
+                continue
+            entry = _stat_entry(path, seen_files, inside)
+            if entry is not None:
+                yield entry
     yield from _folder_problems(unlistable)
+
+
+# Why a RAW file with the camera's own JPEG (or HEIC) beside it is left out: the same photo twice would crowd
+# every result, and the rendered file is what the photographer kept (Lightroom and Immich stack the pair likewise).
+RAW_TWIN = "left out: {twin} beside it is the same photo as the camera rendered it, and is indexed instead"
+
+
+def _rendered_by_stem(names: list[str]) -> dict[str, str]:
+    """Rendered photos (JPEG, HEIC) of a folder by their lower-case name without extension."""
+    return {os.path.splitext(n)[0].lower(): n for n in names if os.path.splitext(n)[1].lower() in RENDERED_EXTENSIONS}
 
 
 def _utf8(path: str) -> bool:
@@ -202,7 +242,7 @@ def read_details(path: str) -> tuple[str | None, float | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                return _format(img), _taken_at(img)
+                return _format(img), exif_taken_at(img)
     except Exception:  # noqa: BLE001 - any failure only means "unknown"; the file was indexed before
         return None, None
 
@@ -211,7 +251,7 @@ def _format(img: Image.Image) -> str | None:
     return format_name(img.format)
 
 
-def _taken_at(img: Image.Image) -> float | None:
+def exif_taken_at(img: Image.Image) -> float | None:
     """EXIF DateTimeOriginal as epoch seconds: with its OffsetTimeOriginal when present, else local time."""
     try:
         exif = img.getexif().get_ifd(0x8769)
@@ -238,13 +278,13 @@ def load_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> L
     ``min_side``: the decoded image keeps both sides at least this long (the model input size).
     Raises ImageSkipped with a reason for anything that is not a readable, sane image.
     """
-    return decode_image(read_file(path), min_side, max_pixels)
+    return decode_image(read_file(path), min_side, max_pixels, raw=is_raw_name(path))
 
 
 def load_reference_image(path: str, min_side: int = 0, max_pixels: int = 128_000_000) -> LoadedImage:
     """Decode exactly as the CLIP_benchmark protocol does: full size, ``Image.convert("RGB")``, no EXIF rotation
     (``min_side`` is ignored). For evaluation, so that published numbers can be reproduced."""
-    return decode_image(read_file(path), 0, max_pixels, reference=True)
+    return decode_image(read_file(path), 0, max_pixels, reference=True, raw=is_raw_name(path))
 
 
 def loader(decode: str = "fast"):
@@ -268,14 +308,23 @@ def prepared(path: str, load, transform, min_side: int, max_pixels: int):
         return None, None, skip_reason(exc)
 
 
-def decode_image(data: bytes, min_side: int = 0, max_pixels: int = 128_000_000, reference: bool = False) -> LoadedImage:
-    """``load_image`` (or, with ``reference``, ``load_reference_image``) for bytes already in memory."""
+def decode_image(
+    data: bytes, min_side: int = 0, max_pixels: int = 128_000_000, reference: bool = False, raw: bool = False
+) -> LoadedImage:
+    """``load_image`` (or, with ``reference``, ``load_reference_image``) for bytes already in memory. ``raw``: the
+    bytes are a camera RAW file's (known by its name: many are TIFFs to Pillow, which would read a thumbnail)."""
+    if raw:
+        from . import raw as camera_raw
+
+        return LoadedImage(*camera_raw.decode(data, min_side, max_pixels))
     register_optional_formats()
     try:
         return _decode_reference(data, max_pixels) if reference else _decode(data, min_side, max_pixels)
     except ImageSkipped:
         raise
     except UnidentifiedImageError:
+        if _is_heif(data) and "heic" not in register_optional_formats():
+            raise ImageSkipped(HEIF_MISSING) from None
         raise ImageSkipped("not an image Pillow can read (unknown or unsupported format)") from None
     except Image.DecompressionBombError as exc:
         raise ImageSkipped(f"decompression bomb: {exc}") from None
@@ -303,18 +352,21 @@ def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
         # Pillow still raises DecompressionBombError past twice that.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageSkipped(
-                    f"decompression bomb: {width}x{height} = {width * height:,} pixels "
-                    f"exceeds the limit of {max_pixels:,}"
-                )
-            if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
-                raise ImageSkipped(
-                    f"its proportions ({width}x{height}) are beyond {MAX_ASPECT}:1; scaled to a model's input it "
-                    f"would be {MAX_ASPECT}x too large to embed (crop it into pieces to index them)"
-                )
+            guard_size(img.size[0], img.size[1], max_pixels)
             yield img
+
+
+def guard_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse a decompression bomb, and proportions no model input can take, before any pixel is decoded."""
+    if width * height > max_pixels:
+        raise ImageSkipped(
+            f"decompression bomb: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}"
+        )
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise ImageSkipped(
+            f"its proportions ({width}x{height}) are beyond {MAX_ASPECT}:1; scaled to a model's input it "
+            f"would be {MAX_ASPECT}x too large to embed (crop it into pieces to index them)"
+        )
 
 
 def _decode_reference(data: bytes, max_pixels: int) -> LoadedImage:
@@ -338,7 +390,7 @@ def _details(img: Image.Image, data: bytes) -> ImageDetails:
     width, height = img.size
     if img.getexif().get(0x0112, 1) in _TRANSPOSED:
         width, height = height, width
-    return ImageDetails(width, height, bytes_hash(data), _format(img), _taken_at(img))
+    return ImageDetails(width, height, bytes_hash(data), _format(img), exif_taken_at(img))
 
 
 def jpeg_header(data: bytes, max_pixels: int) -> tuple[ImageDetails, int] | None:

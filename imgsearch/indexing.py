@@ -17,8 +17,8 @@ import numpy as np
 
 from . import images as imgs
 from . import stale
-from .config import IndexingConfig
-from .errors import CollectionError, ExportDamagedError
+from .config import IMAGE_EXTENSIONS, IndexingConfig
+from .errors import BadInputError, CollectionError, ExportDamagedError
 from .manifest import ModelRecord
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
 from .records import Changes, EmbeddedBatch, FileEntry, NewImage, Skip
@@ -49,6 +49,11 @@ def run(
     target.models.note_changes(store)  # also refuses a model other than the collection's, up front
     stale_before = target.models.stale_before(store)
     plan = plan_run(store, root, excludes, stale_before, rehash)
+    if _nothing_there(plan):
+        raise BadInputError(
+            f"no image files under {root}: nothing to index (imgsearch reads {' '.join(sorted(IMAGE_EXTENSIONS))}; "
+            "hidden files and excluded names are left out)"
+        )
     report = report_for(root, plan)
     report.reembedded_why = "; ".join((store.get(stale.STALE_KEY) or {}).get("why", [])) or None
     report.backfilled = backfill_details(store, root, progress)  # rows from before schema v3
@@ -70,6 +75,13 @@ def run(
             synced.save()
         report.seconds = time.monotonic() - started
     return report
+
+
+def _nothing_there(plan: Plan) -> bool:
+    """The folder holds no image file, and the collection knew none under it: a mistyped or wrong folder (0.1
+    reported "0 added ... 0 skipped" and created an empty collection)."""
+    found = plan.unchanged or plan.new or plan.changed or plan.moved or plan.copies or plan.touched
+    return not (found or plan.known_paths or plan.problems or plan.still_skipped or plan.gone_skips)
 
 
 def prune(target: Target, store: Store, dry_run: bool) -> list[str]:
@@ -228,6 +240,7 @@ def plan_run(
         store.skipped_states(prefix),
         stale,
         _hash_or_none if rehash else None,
+        imgs.retry_now,
     )
     sizes = store.known_sizes() if plan.new else set()
     hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}

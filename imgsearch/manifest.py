@@ -65,7 +65,7 @@ class ModelRecord:
             raise ModelMismatchError(
                 f"{self.folder} was built with {built.label}, not {asked.label} (vectors of two models "
                 "cannot be compared)",
-                cli_hint=f"leave --model/--pretrained out to use {built.name}, or pass --index NEW_PATH to start a "
+                cli_hint=f"leave --model/--pretrained out to use {built.name}, or pass --collection NEW_PATH to start a "
                 "separate collection for the other model",
                 api_hint="open it with model=None to use its own model, or open another folder for the other model",
             )
@@ -85,7 +85,7 @@ class ModelRecord:
             raise ModelMismatchError(
                 f"{offered} is not the checkpoint {self.folder} was built with ({built.pretrained}): "
                 "their contents differ, and vectors of two models cannot be compared",
-                cli_hint="pass the same checkpoint file (it may have moved), or --index NEW_PATH for another model",
+                cli_hint="pass the same checkpoint file (it may have moved), or --collection NEW_PATH for another model",
                 api_hint="open it with the same checkpoint file (it may have moved), or open another folder",
             )
         raise ModelLoadError(
@@ -109,14 +109,21 @@ class ModelRecord:
             entry["checkpoint"] = checkpoints.fingerprint(model.pretrained)
         return entry
 
-    def note_changes(self, store: Store) -> None:
-        """A checkpoint found at a new path, or tied to its tag for the first time, is remembered."""
-        stored, model = self.stored(), self.model
-        if stored and (
+    def changed(self) -> bool:
+        """A checkpoint found at a new path, or tied to its tag for the first time: worth writing down."""
+        stored = self.stored()
+        if not stored:
+            return False
+        model = self.model
+        return bool(
             stored.get("checkpoint")
             and model.pretrained != stored["pretrained"]
             or model.pretrained_as != stored.get("pretrained_as")
-        ):
+        )
+
+    def note_changes(self, store: Store) -> None:
+        """Under the writer lock: remember what ``changed`` found."""
+        if self.changed():
             store.put("model", self._entry())
 
     def stale_before(self, store: Store) -> float | None:

@@ -46,11 +46,13 @@ def make_plan(
     skipped: dict[str, Skip],
     stale: AbstractSet[int] = frozenset(),
     rehash: Callable[[str], str | None] | None = None,
+    retry: Callable[[str], bool] = lambda reason: False,
 ) -> Plan:
     """Sort the scanned files against the stored rows of the same folder. ``stale``: ids of rows whose vectors
     must be made again (an earlier imgsearch made them wrongly): an unchanged one is re-embedded in place.
     ``rehash``: a content hash function; given, a file with its stored size and mtime is hashed anyway, and is
-    changed when its content is (`index --rehash`: `touch -r` can give new content the old time)."""
+    changed when its content is (`index --rehash`: `touch -r` can give new content the old time). ``retry``: given a
+    skip's reason, whether an unchanged skipped file is tried again (the package it needed is installed now)."""
     plan, seen, blind_spots = Plan(), set(), []
     for item in scanned:
         seen.add(item.path)
@@ -60,7 +62,7 @@ def make_plan(
                 blind_spots.append(os.path.join(item.path, ""))
         elif item.path in known:
             _classify_known(plan, known[item.path], item, stale, rehash)
-        elif item.path in skipped and _same_file(skipped[item.path], item):
+        elif item.path in skipped and _same_file(skipped[item.path], item) and not retry(skipped[item.path].reason):
             plan.still_skipped += 1
         else:
             plan.new.append(item)

@@ -9,9 +9,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .config import RAW_EXTENSIONS
+
 # Stored format names (Pillow's, lower-case) and what users may call them.
-FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heif", "avif")
+FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heif", "avif", "raw")
 FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "mpo": "jpeg", "tif": "tiff", "heic": "heif"}
+FORMAT_ALIASES |= {ext[1:]: "raw" for ext in RAW_EXTENSIONS}
 
 
 def format_name(name: str | None) -> str | None:

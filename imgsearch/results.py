@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 class _AsDict:
@@ -20,6 +22,16 @@ class ImageHit(_AsDict):
     size: int | None = None  # bytes
     taken_at: float | None = None  # epoch seconds: EXIF DateTimeOriginal, else the file's modification time
     format: str | None = None  # "jpeg", "png"...
+
+    @property
+    def file(self) -> Path:
+        """``path`` as a ``pathlib.Path``."""
+        return Path(self.path)
+
+    @property
+    def taken(self) -> dt.datetime | None:
+        """``taken_at`` as a local ``datetime`` (as the camera's clock wrote it, or the file's time)."""
+        return None if self.taken_at is None else dt.datetime.fromtimestamp(self.taken_at)
 
 
 @dataclass(frozen=True)

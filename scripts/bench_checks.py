@@ -31,13 +31,13 @@ def best(fn, repeat: int = 3) -> float:
 
 
 def faiss_file(folder: Path, n: int, dim: int = 512) -> None:
-    from imgsearch.config import IndexConfig
+    from imgsearch.config import VectorIndexConfig
     from imgsearch.storage.vector_index import VectorIndex, file_crc
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = VectorIndex.build(dim, np.arange(n), vectors, IndexConfig())
+    index = VectorIndex.build(dim, np.arange(n), vectors, VectorIndexConfig())
     del vectors
     path = folder / "images.faiss"
     index.save(path)

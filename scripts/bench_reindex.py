@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import make_data  # noqa: E402 - same seeded generator as the search benchmark
 
 import imgsearch  # noqa: E402
-from imgsearch.config import IndexConfig, IndexingConfig  # noqa: E402
+from imgsearch.config import IndexingConfig, VectorIndexConfig  # noqa: E402
 from imgsearch.records import Changes, NewImage  # noqa: E402
 from imgsearch.storage.store import Store  # noqa: E402
 from imgsearch.storage.vector_index import VectorIndex  # noqa: E402
@@ -114,7 +114,7 @@ def ivf_study(vectors: np.ndarray, queries: np.ndarray, per_list: list[int]) -> 
     for t in per_list:
         index, seconds = timed(
             lambda t=t: VectorIndex.build(
-                vectors.shape[1], np.arange(len(vectors)), vectors, IndexConfig(train_per_list=t)
+                vectors.shape[1], np.arange(len(vectors)), vectors, VectorIndexConfig(train_per_list=t)
             )
         )
         found = index.search(queries, 10).ids
@@ -125,7 +125,7 @@ def ivf_study(vectors: np.ndarray, queries: np.ndarray, per_list: list[int]) -> 
                 "nlist": index.nlist,
                 "build_s": round(seconds, 1),
                 "recall@10": round(float(recall), 4),
-                "nprobe": IndexConfig().nprobe,
+                "nprobe": VectorIndexConfig().nprobe,
             }
         )
         print(json.dumps({"n": len(vectors), **rows[-1]}), flush=True)

@@ -11,9 +11,9 @@ queries from the same clusters. Ground truth: exact top-10 by a chunked scan of 
 
 Structures, built the way imgsearch builds them (VectorIndex.build_from: trained on a random sample of
 training_size(N) vectors, then every vector added in chunks):
-- "ivf": IVF-Flat (imgsearch's structure below IndexConfig.compact_threshold); only where its 2 KB/vector fits RAM;
-- "compact": IVF-PQ fast scan (IndexConfig.compact_bytes of 4-bit codes, at most compact_max_lists lists), each query's top
-  IndexConfig.rerank candidates re-scored exactly against the full vectors (here: the float16 file, memory-mapped);
+- "ivf": IVF-Flat (imgsearch's structure below VectorIndexConfig.compact_threshold); only where its 2 KB/vector fits RAM;
+- "compact": IVF-PQ fast scan (VectorIndexConfig.compact_bytes of 4-bit codes, at most compact_max_lists lists), each query's top
+  VectorIndexConfig.rerank candidates re-scored exactly against the full vectors (here: the float16 file, memory-mapped);
 - any --factory spec (faiss index_factory, "{lists}" filled in), re-ranked the same way, for comparison.
 RAM is the resident-memory growth of a fresh process loading the saved index (and its bytes per vector); disk is the
 saved file. --sqlite also writes the vectors into an imgsearch store (its own write path) and times fetching each
@@ -41,7 +41,7 @@ from bench_reopen import fake_files  # noqa: E402
 from bench_search import clustered_unit_vectors  # noqa: E402 - the same distribution as the search benchmark
 
 import imgsearch  # noqa: E402
-from imgsearch.config import IndexConfig  # noqa: E402
+from imgsearch.config import VectorIndexConfig  # noqa: E402
 from imgsearch.storage.store import Store  # noqa: E402
 from imgsearch.storage.vector_index import VectorIndex, ivf_lists, structure_for, training_sample, training_size  # noqa: E402
 
@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--structures", nargs="+", default=["ivf", "compact"], choices=["ivf", "compact"])
     p.add_argument("--factory", nargs="*", default=[], help="extra faiss index_factory specs, '{lists}' filled in")
     p.add_argument("--ivf-max", type=int, default=2_000_000, help="largest N built as IVF-Flat (2 KB/vector of RAM)")
-    p.add_argument("--nprobe", type=int, nargs="+", default=[IndexConfig().nprobe])
-    p.add_argument("--rerank", type=int, nargs="+", default=[IndexConfig().rerank])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[VectorIndexConfig().nprobe])
+    p.add_argument("--rerank", type=int, nargs="+", default=[VectorIndexConfig().rerank])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--sqlite", action="store_true", help="also compare re-ranking from SQLite (writes a store)")
     p.add_argument(
@@ -109,7 +109,7 @@ def from_file(data: np.ndarray):
     return exact
 
 
-def build(structure: str, data: np.ndarray, config: IndexConfig) -> VectorIndex:
+def build(structure: str, data: np.ndarray, config: VectorIndexConfig) -> VectorIndex:
     n = len(data)
     if structure in ("ivf", "compact"):
         config = replace(config, compact_threshold=n + 1 if structure == "ivf" else 1)
@@ -154,7 +154,7 @@ def latencies(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> dic
 
 def measure(structure: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, args, work: Path) -> None:
     started = time.perf_counter()
-    index = build(structure, data, IndexConfig())
+    index = build(structure, data, VectorIndexConfig())
     build_s = time.perf_counter() - started
     path = work / "index.faiss"
     index.save(path)
@@ -196,7 +196,7 @@ def compare_sources(index: VectorIndex, data: np.ndarray, queries: np.ndarray, w
     write_s = write_store(work / "imgsearch.db", data)
     store = Store(work / "imgsearch.db", read_only=True)
     index.exact = None
-    candidates = [index.search(q, IndexConfig().rerank).ids[0] + 1 for q in queries]  # store ids start at 1
+    candidates = [index.search(q, VectorIndexConfig().rerank).ids[0] + 1 for q in queries]  # store ids start at 1
     exact_file = from_file(data)
     timings = {"sqlite": [], "float16_file": []}
     for ids in candidates:
@@ -229,7 +229,7 @@ def measure_collection(data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     coll = work / "collection"
     coll.mkdir()
     write_s = write_store(coll / "imgsearch.db", data)
-    config = IndexConfig(compact_threshold=min(len(data), IndexConfig().compact_threshold))
+    config = VectorIndexConfig(compact_threshold=min(len(data), VectorIndexConfig().compact_threshold))
     engine = imgsearch.open(coll, index_config=config)
     started = time.perf_counter()
     engine.search_vector(queries[0], k=10)  # no index yet: built by streaming the store, saved with its float16 rows
@@ -279,7 +279,7 @@ def main(argv=None) -> None:
                     {
                         "n": n,
                         "data_and_truth_s": round(time.perf_counter() - started, 1),
-                        "default_structure": structure_for(n, IndexConfig()),
+                        "default_structure": structure_for(n, VectorIndexConfig()),
                     }
                 ),
                 flush=True,

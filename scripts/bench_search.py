@@ -1,4 +1,4 @@
-"""Search speed and recall: IVF (the IndexConfig defaults past 50k vectors) against exact Flat search.
+"""Search speed and recall: IVF (the VectorIndexConfig defaults past 50k vectors) against exact Flat search.
 
     python scripts/bench_search.py                       # 200k x 512, about a minute on 2 cores
     python scripts/bench_search.py --n 50000 --repeat 1  # quicker
@@ -6,7 +6,7 @@
 Data: seeded synthetic unit vectors around --clusters random centres, varying mostly within a
 --intrinsic-dimensional subspace (so nearest neighbours have structure for IVF to exploit, as in
 CLIP embeddings); queries are fresh draws from the same distribution. Both indexes are built
-through imgsearch.storage.vector_index.VectorIndex: one with IndexConfig() (IVF, 4*sqrt(N) lists), one forced
+through imgsearch.storage.vector_index.VectorIndex: one with VectorIndexConfig() (IVF, 4*sqrt(N) lists), one forced
 flat (ivf_threshold above N); below 50k vectors the IVF one is forced (ivf_threshold = N). The
 IVF index is built once, saved, and reopened with each --nprobe value.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 from imgsearch.storage.vector_index import VectorIndex
 
 K = 10
@@ -82,7 +82,7 @@ def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     return database, queries
 
 
-def build(vectors: np.ndarray, config: IndexConfig) -> tuple[VectorIndex, float]:
+def build(vectors: np.ndarray, config: VectorIndexConfig) -> tuple[VectorIndex, float]:
     start = time.perf_counter()
     index = VectorIndex.build(vectors.shape[1], np.arange(len(vectors)), vectors, config)
     return index, time.perf_counter() - start
@@ -117,10 +117,10 @@ def print_row(name: str, nprobe: str, build_s: str, single: float, batched: floa
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     database, queries = make_data(args)
-    default = IndexConfig()
+    default = VectorIndexConfig()
     print(
         f"{args.n:,} x {args.dim} unit vectors in {args.clusters} clusters (seed {args.seed}), "
-        f"{args.queries} queries, k={K}; median of {args.repeat}; IndexConfig defaults: "
+        f"{args.queries} queries, k={K}; median of {args.repeat}; VectorIndexConfig defaults: "
         f"ivf_threshold {default.ivf_threshold:,}, nprobe {default.nprobe}, "
         f"lists {default.ivf_lists_factor}*sqrt(N)\n"
     )

@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from imgsearch.config import IndexConfig, ModelConfig
+from imgsearch.config import ModelConfig, VectorIndexConfig
 from imgsearch.errors import (
     BadInputError,
     CollectionNotFoundError,
     EmptyCollectionError,
     ModelLoadError,
     ModelMismatchError,
+    NotFoundError,
 )
 
 from conftest import COCO_MINI, TINY_MODEL, stamp_of, write_image
@@ -116,7 +117,7 @@ def test_ivf_switch_keeps_search_correct_and_survives_reopen(tmp_path, tiny_mode
     folder = tmp_path / "many"
     for i in range(60):
         write_image(folder / f"{i}.png", seed=100 + i, size=(32, 32))
-    config = IndexConfig(ivf_threshold=40, nprobe=1000)
+    config = VectorIndexConfig(ivf_threshold=40, nprobe=1000)
     with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=config) as engine:
         engine.index_folder(folder)
         info = engine.info()
@@ -156,7 +157,7 @@ def test_collection_remembers_its_model_and_refuses_another(tmp_path, tiny_model
         with pytest.raises(ModelMismatchError, match=f"built with {TINY_MODEL}.*open it with model=None") as caught:
             engine.search("a dog")
     assert "--" not in str(caught.value)  # API errors give API advice, the CLI its flags
-    assert "--index NEW_PATH" in caught.value.for_cli()
+    assert "--collection NEW_PATH" in caught.value.for_cli()
 
 
 def test_missing_and_empty_collections_say_what_to_do(tmp_path, tiny_model, photo_dir):
@@ -223,3 +224,36 @@ def test_real_coco_photos_index_and_self_retrieve(tmp_path, tiny_model):
         assert report.added == 40 and not report.skipped
         for src in sorted(subset.iterdir())[:5]:
             assert engine.search(src, k=1)[0].path == str(src)
+
+
+def test_a_collection_reads_well_in_a_notebook(engine, photo_dir):
+    """0.1's Collection had no docstring, repr or len; hits gave a str path and a float epoch; only
+    ImgsearchError was exported."""
+    import datetime as dt
+    import inspect
+    import json
+    from pathlib import Path
+
+    assert "not created yet" in repr(engine) and len(engine) == 0 and bool(engine)
+    engine.index_folder(photo_dir)
+    assert len(engine) == 10 and repr(engine).endswith(": 10 images>")
+    hit = engine.search("a dog", k=1)[0]
+    assert hit.file == Path(hit.path) and hit.file.exists()
+    assert isinstance(hit.taken, dt.datetime) and abs(hit.taken.timestamp() - hit.taken_at) < 1e-3
+    assert json.loads(json.dumps(hit.to_dict())) == hit.to_dict()  # still plain JSON
+    public = [n for n, f in inspect.getmembers(imgsearch.Collection, callable) if not n.startswith("_")]
+    assert {"search", "close", "info", "skipped", "clear_texts", "search_vector"} <= set(public)
+    assert imgsearch.Collection.__doc__ and [n for n in public if not getattr(imgsearch.Collection, n).__doc__] == []
+    assert imgsearch.NotFoundError is NotFoundError and "EmptyCollectionError" in dir(imgsearch)
+
+
+def test_the_renamed_vector_index_settings_still_answer_to_their_old_name():
+    import warnings
+
+    import imgsearch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = imgsearch.IndexConfig
+    assert old is imgsearch.VectorIndexConfig
+    assert [w.category for w in caught] == [DeprecationWarning] and "VectorIndexConfig" in str(caught[0].message)

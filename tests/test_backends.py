@@ -193,7 +193,7 @@ def test_torch_backend_queries_do_not_use_the_export(tmp_path, tiny_model, photo
         assert engine.info().query_backend == "torch"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_vit_b_32_backends_agree_with_torch_fp32(tmp_path, monkeypatch, coco_captions):
     """The real architecture (random weights: the same compute): its export's checks, and every CPU backend's
     vectors on real photos and captions against torch fp32, within each one's quality guard."""

@@ -78,7 +78,7 @@ def test_every_choice_is_open_clips_own_tag_and_repository():
         assert cfg["hf_hub"] == choice.hf_hub, choice
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["MobileCLIP2-S0", "convnext_base_w", "ViT-B-32"])
 def test_the_recorded_costs_are_what_torch_counts(name):
     from model_costs import image_gflops

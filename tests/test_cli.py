@@ -10,6 +10,8 @@ import pytest
 
 from conftest import TINY_MODEL, run_cli, write_image
 
+pytestmark = pytest.mark.e2e  # real processes, browsers or clusters: the end-to-end tier
+
 TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
 
 
@@ -89,7 +91,6 @@ def test_every_command_has_help_and_is_documented():
 
 
 def test_version_and_python_dash_m():
-    import sys
 
     import imgsearch
 
@@ -104,7 +105,6 @@ def test_an_error_before_any_work_prints_no_progress_bar_on_a_terminal(tmp_path)
     """On a real terminal (a pty), `index /nonexistent` prints the error alone: no empty bar, no blank line."""
     import pty
     import subprocess
-    import sys
 
     leader, follower = pty.openpty()
     proc = subprocess.run(
@@ -130,48 +130,53 @@ def test_an_error_before_any_work_prints_no_progress_bar_on_a_terminal(tmp_path)
     assert "img/s" not in text and "0img" not in text
 
 
-def test_the_summary_rate_is_the_embeddings_own_and_the_model_load_is_said_apart(tmp_path, tiny_model, capsys):
-    """0.1 divided by the whole run: 80 photos after an 84 s first export read "0.8 images/s" when the model
-    embedded 5 a second."""
-    import imgsearch
-    from imgsearch.cli import _print_index_report
-    from imgsearch.results import IndexReport
-
-    _print_index_report(IndexReport("/photos", added=80, seconds=100.0, model_seconds=84.0, embed_seconds=16.0))
-    out = capsys.readouterr().out
-    assert "(5.0 images/s embedding" in out and "model ready in 84.0s" in out and "in 100.0s" in out
-
-    for i in range(6):
-        write_image(tmp_path / "photos" / f"p{i}.png", i)
-    calls: list[tuple[int, str | None]] = []
-    with imgsearch.open(tmp_path / "coll", model=tiny_model) as engine:
-        report = engine.index_folder(
-            tmp_path / "photos", progress=lambda done, total, stage=None: calls.append((done, stage))
-        )
-    assert report.embedded == 6 and report.model_seconds > 0 and report.embed_seconds > 0
-    assert report.model_seconds + report.embed_seconds <= report.seconds
-    stages = [stage for _, stage in calls]
-    assert stages.index("loading model") < stages.index("embedding")
-    assert calls[stages.index("embedding")][0] == 0  # the bar's clock restarts before the first batch, not after
+def test_the_collection_folder_is_named_collection_and_its_old_name_still_works(tmp_path):
+    """0.1 called the collection folder `--index`, one of five things "index" meant; `--collection` is its name now
+    and the old one is kept, so scripts written for 0.1 keep working."""
+    photos = tmp_path / "photos"
+    write_image(photos / "a.jpg", 1)
+    coll = tmp_path / "coll"
+    run("index", photos, "--collection", coll, *TINY, "--quiet")
+    about = json.loads(run("info", "--index", coll, "--json").stdout)
+    assert about["images"] == 1 and Path(about["path"]) == coll
+    assert "--collection" in run("query", "--help").stdout
 
 
-def test_a_stage_with_nothing_to_count_still_shows_its_time_passing(monkeypatch):
-    """0.1's bar sat at `loading model: 0%| 0/956 [00:00<?]` through an 85 s first export: it looked frozen."""
-    import io
-    import time
+def test_queries_that_find_nothing_or_fewer_say_why(built, tmp_path):
+    """0.1 answered `--in` a folder the collection does not hold, and `-k 5000` on 10 images, without a word; and
+    its hint for a missing --image file was Python's ("call search_text")."""
+    coll, photos = built
+    missing = run("query", "--image", tmp_path / "nothere.jpg", "--index", coll, ok=False)
+    assert missing.returncode == 1 and "query image not found" in missing.stderr
+    assert "search_text" not in missing.stderr and "check the file's path" in missing.stderr
+    elsewhere = run("query", "a dog", "--index", coll, "--in", tmp_path / "Pictures" / "2023", ok=False)
+    assert elsewhere.returncode == 1, elsewhere.stderr
+    assert f"is under {tmp_path / 'Pictures' / '2023'}" in elsewhere.stderr and str(photos) in elsewhere.stderr
+    every = run("query", "a dog", "--index", coll, "-k", "5000")
+    assert len(every.stdout.splitlines()) == 10
+    assert "10 results, fewer than --top 5000: the collection holds 10 images, and all are shown" in every.stderr
+    paths = run("query", "a dog", "--index", coll, "-k", "3", "--paths").stdout.splitlines()
+    assert len(paths) == 3 and all(Path(p).is_relative_to(photos) for p in paths)  # rclip's -f: paths alone, for xargs
+    assert run("query", "a dog", "--index", coll, "-k", "3", "-f").stdout.splitlines() == paths
 
-    from imgsearch import cli
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    with cli._progress_bar("scanning", "img", tick=0.05) as progress:
-        progress(0, 10, "loading model")  # and nothing more, as while a model loads
-        deadline = time.monotonic() + 30  # the elapsed time is the wall clock's: wait until it reads 00:01
-        while "00:01" not in terminal.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    drawn = terminal.getvalue()
-    assert "loading model" in drawn and "0/10 [00:01" in drawn
+def test_a_first_run_that_fails_leaves_nothing_behind(tmp_path, photo_dir):
+    """0.1 left an empty imgsearch.db and .lock, after which `info` printed "None dimensions" and `dupes`,
+    `skipped`, `prune` and `texts clear` reported success on a collection that was never made."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    coll = tmp_path / "data" / "imgsearch" / "default"
+    failed = run("index", photo_dir, "--collection", coll, "--model", TINY_MODEL, "--pretrained", broken, ok=False)
+    assert failed.returncode == 1 and "error" in failed.stderr
+    assert not (tmp_path / "data").exists()  # not the collection, nor the folders made for it
+    for command in (["info"], ["dupes"], ["skipped"], ["prune"], ["texts", "clear"]):
+        again = run(*command, "--collection", coll, ok=False)
+        assert again.returncode == 1 and "no collection at" in again.stderr, command
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no photos here")
+    nothing = run("index", empty, "--collection", coll, *TINY, ok=False)
+    assert nothing.returncode == 1 and f"no image files under {empty}" in nothing.stderr
+    assert not (tmp_path / "data").exists()
+    bare = run("index", ok=False)
+    assert bare.returncode == 2 and "give the folder to index, e.g. `imgsearch index ~/Pictures`" in bare.stderr

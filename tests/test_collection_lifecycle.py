@@ -21,6 +21,7 @@ import imgsearch
 from imgsearch.config import IndexingConfig
 from imgsearch.errors import BadInputError, CollectionError, DiskFullError
 from imgsearch.storage import vector_index as index_module
+from imgsearch.storage.locking import LOCK_NAME, writer_lock
 from imgsearch.storage.store import SCHEMA_VERSION
 
 from conftest import COCO_MINI, TINY_MODEL, run_cli, tmpfs, write_image
@@ -75,6 +76,7 @@ def test_a_v1_collection_from_the_previous_release_is_upgraded_in_place(tmp_path
     assert set(moved) == set(old) and all(np.array_equal(moved[i], old[i][1]) for i in old)
 
 
+@pytest.mark.e2e
 def test_read_commands_never_write_and_foreign_databases_are_refused_untouched(tmp_path, engine, photo_dir):
     foreign = tmp_path / "other"
     foreign.mkdir()
@@ -102,6 +104,7 @@ def test_read_commands_never_write_and_foreign_databases_are_refused_untouched(t
 @pytest.mark.parametrize(
     "bad", [["--model", "ViT-B-32-typo"], ["--pretrained", "/nowhere/ckpt.bin"], ["--device", "gpu"]]
 )
+@pytest.mark.e2e
 def test_a_failed_first_run_leaves_no_stamp_and_the_corrected_command_works(tmp_path, photo_dir, bad):
     coll = tmp_path / "c"
     args = ["index", photo_dir, "--index", coll, "--model", TINY_MODEL, "--pretrained", "none"]
@@ -127,6 +130,7 @@ def test_a_collection_stamped_by_a_failed_run_of_the_old_release_is_not_bricked(
         assert engine.index_folder(photo_dir, FAST).added == 10
 
 
+@pytest.mark.e2e
 def test_the_default_model_offline_fails_fast_in_a_few_lines(tmp_path, photo_dir):
     for n, env in enumerate(({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"})):  # cached only; no host
         started = time.monotonic()
@@ -140,6 +144,7 @@ def test_the_default_model_offline_fails_fast_in_a_few_lines(tmp_path, photo_dir
         assert retry.returncode == 0 and "10 added" in retry.stdout, retry.stderr
 
 
+@pytest.mark.e2e
 def test_a_moved_checkpoint_is_recognised_by_content(tmp_path, photo_dir):
     import open_clip
     import torch
@@ -161,7 +166,12 @@ def test_a_moved_checkpoint_is_recognised_by_content(tmp_path, photo_dir):
     assert lost.returncode == 1 and "no longer there" in lost.stderr and "--pretrained PATH" in lost.stderr
     found = run_cli("query", "a dog", "--index", coll, "--pretrained", moved)
     assert found.returncode == 0 and found.stdout.count("\n") == 10, found.stderr
+    again = run_cli("query", "a dog", "--index", coll)  # remembered, as `index` remembers it (0.1 forgot)
+    assert again.returncode == 0 and again.stdout == found.stdout, again.stderr
     torch.save({k: v + 1 for k, v in model.state_dict().items()}, tmp_path / "other.pt")
+    other = run_cli("query", "a dog", "--index", coll, "--pretrained", tmp_path / "other.pt")
+    assert other.returncode == 1 and "vectors of two models cannot be compared" in other.stderr
+    moved.rename(tmp_path / "gone.pt")  # the remembered file gone too: another file is not taken for it
     other = run_cli("query", "a dog", "--index", coll, "--pretrained", tmp_path / "other.pt")
     assert other.returncode == 1 and "contents differ" in other.stderr
 
@@ -240,6 +250,7 @@ def test_image_queries_by_url_with_a_size_limit(engine, photo_dir, monkeypatch):
         server.shutdown()
 
 
+@pytest.mark.e2e
 def test_commands_other_than_index_refuse_a_missing_collection(tmp_path):
     for args in (["texts", "clear"], ["texts", "add", __file__], ["info"], ["prune"]):
         proc = run_cli(*args, "--index", tmp_path / "typo")
@@ -247,6 +258,7 @@ def test_commands_other_than_index_refuse_a_missing_collection(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.e2e
 def test_help_keeps_its_defaults_and_no_bar_is_drawn_without_a_terminal(tmp_path, photo_dir):
     help_text = run_cli("index", "--help").stdout
     assert "[default: ViT-B-32]" in help_text and "<bool>" not in help_text
@@ -281,6 +293,7 @@ def test_the_writer_lock_is_not_inherited_by_children(tmp_path):
         proc.kill()
 
 
+@pytest.mark.e2e
 def test_decode_workers_die_with_a_killed_indexer(tmp_path):
     folder = tmp_path / "many"
     for i in range(300):
@@ -382,6 +395,7 @@ def test_a_failed_save_removes_its_temporary_file(engine, photo_dir, monkeypatch
     assert not list(engine.folder.glob("*.tmp"))
 
 
+@pytest.mark.e2e
 def test_a_second_writer_waits_with_a_message_or_fails_at_once_with_no_wait(tmp_path, photo_dir):
     """Scheduled runs that collide: the CLI waits for the first writer by default; --no-wait fails fast."""
     coll = tmp_path / "c"
@@ -467,3 +481,63 @@ def test_a_no_change_run_still_repairs_a_stale_index_file(tmp_path, tiny_model, 
     with imgsearch.open(tmp_path / "c") as engine:
         assert engine.index_folder(photo_dir).unchanged == 10
     assert (tmp_path / "c" / "images.faiss").exists()
+
+
+_HOLDER = (
+    "import sys; from pathlib import Path; from imgsearch.storage.locking import writer_lock\n"
+    "with writer_lock(Path(sys.argv[1]), float('inf'), lambda: print('waiting', flush=True)):\n"
+    "    print('locked', flush=True); sys.stdin.readline()\n"
+)
+
+
+def _holder(lock: Path) -> subprocess.Popen:
+    """Another process taking the writer lock (waiting for it if need be); it says 'waiting' and 'locked' on its
+    stdout, and lets go at a line on its stdin."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_process_waiting_on_a_lock_its_holder_removed_locks_the_file_that_has_the_name(tmp_path):
+    """A failed first run removes what it made, its lock included: a process that waited on the removed file must
+    not believe it holds the lock while a third locks the new file."""
+
+    lock = tmp_path / "c" / LOCK_NAME
+    lock.parent.mkdir()
+    with writer_lock(lock):
+        waiter = _holder(lock)
+        try:
+            assert waiter.stdout.readline().strip() == "waiting"
+            lock.unlink()  # as Collection._discard_new does, under the lock
+        except BaseException:
+            waiter.kill()
+            raise
+    try:
+        assert waiter.stdout.readline().strip() == "locked"
+        with pytest.raises(CollectionError, match="another imgsearch process is writing"):
+            with writer_lock(lock):
+                pass
+    finally:
+        waiter.communicate("\n", timeout=60)
+
+
+def test_a_query_while_the_first_index_runs_says_so(tmp_path):
+    """0.1 said "no images yet; add some with imgsearch index DIR" while that very command was running."""
+    from imgsearch.errors import EmptyCollectionError
+    from imgsearch.storage.store import Store
+
+    coll = tmp_path / "c"
+    coll.mkdir()
+    Store(coll / "imgsearch.db").close()  # what a first run has made before its first batch is stored
+    with imgsearch.open(coll) as collection, pytest.raises(EmptyCollectionError, match="no images") as idle:
+        collection.search("a dog")
+    assert "index_folder" in str(idle.value) and "adding" not in str(idle.value)
+    writer = _holder(coll / LOCK_NAME)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        with imgsearch.open(coll) as collection, pytest.raises(EmptyCollectionError) as busy:
+            collection.search("a dog")
+        assert "another process is adding the first ones now" in str(busy.value)
+        assert "imgsearch index" in busy.value.for_cli()
+    finally:
+        writer.communicate("\n", timeout=60)

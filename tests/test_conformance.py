@@ -29,7 +29,7 @@ NEEDS = {
 
 def _params():
     for family in conformance.FAMILIES:
-        marks = [pytest.mark.slow] if family.slow else []
+        marks = [pytest.mark.e2e]  # each builds a model and exports it: minutes apiece
         for package, families in NEEDS.items():
             if family.family in families:
                 marks.append(

@@ -65,6 +65,7 @@ def test_a_damaged_image_tower_is_found_removed_and_made_again(built, photo_dir,
     assert again is not None and again.passed  # made again by the run that found it
 
 
+@pytest.mark.e2e
 def test_a_damaged_text_tower_gives_way_to_torch_for_a_query_with_a_warning(built, photo_dir):
     coll, export = built
     data = export.folder / "text.onnx.data"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 from imgsearch.errors import CollectionDamagedError
 
 from conftest import write_image
@@ -40,7 +40,7 @@ def coll(tmp_path, tiny_model):
     return folder, photos
 
 
-def _search(folder, photos, config=IndexConfig()):
+def _search(folder, photos, config=VectorIndexConfig()):
     from PIL import Image
 
     with imgsearch.open(folder, index_config=config) as engine:
@@ -70,7 +70,7 @@ def test_a_faiss_file_is_loaded_only_as_its_stamp_describes_it(tmp_path, kind):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3000, 32), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    config = IndexConfig(ivf_threshold=100 if kind == "ivf" else 50_000, train_per_list=39)
+    config = VectorIndexConfig(ivf_threshold=100 if kind == "ivf" else 50_000, train_per_list=39)
     index = VectorIndex.build(32, np.arange(3000), vectors, config)
     assert index.kind == kind
     path = tmp_path / "images.faiss"
@@ -112,7 +112,7 @@ def test_damaged_float16_rows_are_read_from_the_store(tmp_path, tiny_model):
     photos = tmp_path / "photos"
     for i in range(60):
         write_image(photos / f"p{i:02d}.png", i)
-    config = IndexConfig(ivf_threshold=20, compact_threshold=30, compact_bytes=4, rerank=60)
+    config = VectorIndexConfig(ivf_threshold=20, compact_threshold=30, compact_bytes=4, rerank=60)
     with imgsearch.open(tmp_path / "coll", model=tiny_model, index_config=config) as engine:
         engine.index_folder(photos)
         assert engine._synced("images").index.kind == "compact"
@@ -123,8 +123,12 @@ def test_damaged_float16_rows_are_read_from_the_store(tmp_path, tiny_model):
 
         got = [(h.path, round(h.score, 5)) for h in engine.search_image(Image.open(photos / "p07.png"), k=10)]
         assert engine._synced("images").half.mismatched > 0  # found, and read from SQLite instead
-    assert [p for p, _ in got] == [p for p, _ in expected]  # float32 from SQLite: scores within float16's rounding
+    # float32 from SQLite: the same scores within float16's rounding, so the same results but for near-ties
+    # swapping places (they do on a CPU without AVX-512); garbled rows moved 64 of 80 ids and their scores
     assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
+    before = dict(expected)
+    assert all(abs(before[p] - s) <= 1e-3 for p, s in got if p in before)
+    assert len(set(before) & {p for p, _ in got}) >= 8
 
 
 def test_a_stamp_from_before_02_vouches_for_nothing(coll):

@@ -31,6 +31,7 @@ def _build(collection, photos, n=6):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.e2e
 def test_a_collection_on_a_read_only_disk_answers_queries(disk, tmp_path):
     """0.1: every read command failed there ("unable to open database file": WAL needs its -shm file)."""
     _build(disk / "coll", tmp_path / "photos")
@@ -44,6 +45,7 @@ def test_a_collection_on_a_read_only_disk_answers_queries(disk, tmp_path):
     assert len(index.stderr.strip().splitlines()) == 1 and "Read-only file system" in index.stderr
 
 
+@pytest.mark.e2e
 def test_unfinished_writes_on_a_read_only_disk_are_refused_with_a_reason(disk, tmp_path):
     """SQLite's immutable mode would ignore a write-ahead log: a writer's last commits, unseen. The folder was copied
     while a writer held commits in its log; on a read-only disk that is one line saying what to do, not a query
@@ -65,6 +67,7 @@ def test_unfinished_writes_on_a_read_only_disk_are_refused_with_a_reason(disk, t
     assert "unfinished writes in imgsearch.db-wal" in query.stderr and "writable" in query.stderr
 
 
+@pytest.mark.e2e
 def test_queries_work_on_a_full_disk(disk, tmp_path):
     _build(disk / "coll", tmp_path / "photos")
     filler = disk / "filler"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import imgsearch.storage.vector_index as index_module
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 from imgsearch.errors import DatasetError, InvalidEmbeddingsError
 from imgsearch.evaluation.datasets import load_dataset
 from imgsearch.evaluation.retrieval import evaluate_embeddings
@@ -18,7 +18,7 @@ from imgsearch.evaluation.retrieval import evaluate_embeddings
 from conftest import COCO_MINI, SHARED_DATA, TINY_MODEL
 
 
-def both_paths(images, texts, owner, config=IndexConfig()):
+def both_paths(images, texts, owner, config=VectorIndexConfig()):
     t2i, i2t = evaluate_embeddings(
         np.asarray(images, np.float32), np.asarray(texts, np.float32), np.asarray(owner), config
     )
@@ -175,6 +175,7 @@ def two_images(tmp_path, coco_captions):
     return path
 
 
+@pytest.mark.e2e
 def test_eval_json_works_and_says_why_no_published_numbers(two_images, tmp_path):
     checkpoint = tmp_path / "weights.bin"
     checkpoint.write_bytes(b"x")  # never loaded: --pretrained none below; the file case is the reference rule

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from imgsearch.config import IndexConfig, IndexingConfig
+from imgsearch.config import IndexingConfig, VectorIndexConfig
 from imgsearch.errors import DatasetError
 from imgsearch.evaluation.datasets import load_dataset
 from imgsearch.evaluation.retrieval import evaluate, format_table
@@ -83,7 +83,7 @@ def test_pipeline_reports_every_field_and_exact_equals_flat_index(small_set, tin
 
 def test_ivf_path_is_reported_with_its_settings(small_set, tiny_embedder):
     data = load_dataset("coco", small_set, COCO_MINI)
-    report = evaluate(data, tiny_embedder, IndexConfig(ivf_threshold=10, nprobe=2))
+    report = evaluate(data, tiny_embedder, VectorIndexConfig(ivf_threshold=10, nprobe=2))
     assert report.image_to_text.index_kind == "ivf" and report.image_to_text.nprobe == 2
     assert all(0.0 <= v <= 1.0 for v in vars(report.image_to_text.index).values())
     assert "ivf 2/" in format_table(report)
@@ -106,6 +106,7 @@ def _eval(small_set, *flags: str):
     )
 
 
+@pytest.mark.e2e
 def test_cli_eval_writes_a_json_report(small_set, tmp_path):
     out = tmp_path / "report.json"
     proc = _eval(small_set, "--json-out", str(out))
@@ -132,6 +133,7 @@ def test_evaluation_decodes_images_exactly_as_the_reference_protocol(small_set, 
     assert np.einsum("ij,ij->i", fast, reference).min() < 0.99999  # the fast decode is not the reference one
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, backend", [((), "torch fp32"), (("--backend", "onnx"), "onnx fp32")])
 def test_eval_runs_the_protocols_fp32_unless_told_and_says_what_ran(small_set, tmp_path, flags, backend):
     """0.1 evaluated with whatever `auto` picked (OpenVINO bf16 here), moving hit counts off CLIP_benchmark's, and
@@ -144,7 +146,7 @@ def test_eval_runs_the_protocols_fp32_unless_told_and_says_what_ran(small_set, t
     assert table.returncode == 2 and "--precision: unknown precision 'fp9'" in table.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_eval_equals_clip_benchmarks_hit_counts(tmp_path):
     pytest.importorskip("clip_benchmark")
     from pathlib import Path

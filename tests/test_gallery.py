@@ -12,6 +12,8 @@ import pytest
 
 from conftest import COCO_MINI, Served, index_captioned
 
+pytestmark = pytest.mark.e2e  # real processes, browsers or clusters: the end-to-end tier
+
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 PHOTOS = sorted((COCO_MINI / "val2017").glob("*.jpg"))[:24]

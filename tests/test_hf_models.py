@@ -17,6 +17,8 @@ import pytest
 import standins
 from conftest import COCO_MINI, run_cli, write_image
 
+pytestmark = pytest.mark.e2e  # real processes, browsers or clusters: the end-to-end tier
+
 pytest.importorskip("transformers")
 CAPTIONS = (
     [c for e in json.loads((COCO_MINI / "coco_mini_captions.json").read_text()) for c in e["caption"]]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 from imgsearch.storage.vector_index import VectorIndex, ivf_lists
 
 
@@ -38,7 +38,7 @@ def test_ivf_past_threshold_with_high_recall_against_exact():
     centers = rng.normal(size=(50, 32))
     vectors, queries = _unit(rng, 6000, centers=centers), _unit(rng, 100, centers=centers)
     ids = np.arange(6000) * 3 + 7  # ids are row ids, not positions
-    config = IndexConfig(ivf_threshold=2000, nprobe=8)
+    config = VectorIndexConfig(ivf_threshold=2000, nprobe=8)
     index = VectorIndex.build(32, ids, vectors, config)
     assert index.kind == "ivf" and index.nlist == ivf_lists(6000, config) == round(config.ivf_lists_factor * 6000**0.5)
     assert not index.is_exact
@@ -46,13 +46,13 @@ def test_ivf_past_threshold_with_high_recall_against_exact():
     want, _ = _brute_force(vectors, ids, queries, 10)
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)])
     assert 0.8 <= recall < 1.0 + 1e-9
-    full = VectorIndex(index._index, IndexConfig(ivf_threshold=2000, nprobe=10_000))
+    full = VectorIndex(index._index, VectorIndexConfig(ivf_threshold=2000, nprobe=10_000))
     np.testing.assert_array_equal(full.search(queries, 10).ids, want)  # nprobe = nlist is exact
 
 
 def test_below_threshold_stays_flat_and_rebuild_is_signalled():
     rng = np.random.default_rng(2)
-    config = IndexConfig(ivf_threshold=100)
+    config = VectorIndexConfig(ivf_threshold=100)
     index = VectorIndex.build(32, np.arange(99), _unit(rng, 99), config)
     assert index.kind == "flat" and not index.needs_rebuild()
     index.add(np.array([99]), _unit(rng, 1))
@@ -61,7 +61,7 @@ def test_below_threshold_stays_flat_and_rebuild_is_signalled():
 
 def test_ivf_shrunk_far_below_threshold_asks_for_rebuild():
     rng = np.random.default_rng(3)
-    config = IndexConfig(ivf_threshold=1000)
+    config = VectorIndexConfig(ivf_threshold=1000)
     index = VectorIndex.build(32, np.arange(2000), _unit(rng, 2000), config)
     assert index.kind == "ivf" and not index.needs_rebuild()
     index.remove(range(1600))
@@ -72,7 +72,7 @@ def test_ivf_shrunk_far_below_threshold_asks_for_rebuild():
 def test_remove_ids_then_search_never_returns_them(threshold):
     rng = np.random.default_rng(4)
     vectors = _unit(rng, 300)
-    index = VectorIndex.build(32, np.arange(300), vectors, IndexConfig(ivf_threshold=threshold, nprobe=1000))
+    index = VectorIndex.build(32, np.arange(300), vectors, VectorIndexConfig(ivf_threshold=threshold, nprobe=1000))
     assert index.remove([5, 6, 7, 999]) == 3
     hits = index.search(vectors[5:8], 5)
     assert not set(hits.ids.ravel()) & {5, 6, 7}

@@ -17,11 +17,13 @@ OWNERS = {
     "torch": ("clip",),
     "open_clip": ("clip",),
     "transformers": ("clip",),
-    "sqlalchemy": ("storage.store",),
+    "sqlalchemy": ("storage.store", "storage.tables"),
     "faiss": ("storage.vector_index",),
     "onnxruntime": ("inference.onnx",),
     "openvino": ("inference.openvino",),
     "tokenizers": ("inference.tokenizer",),
+    "rawpy": ("raw",),
+    "pillow_heif": ("images",),
     "fastapi": ("server",),
     "starlette": ("server",),
     "uvicorn": ("server",),
@@ -38,8 +40,14 @@ NEVER = {
     "records": ("*",),
     "results": ("*",),
 }
-# ...except these: results may name the error type and config's frozen classes; records the results' records.
-ALLOWED_LEAF_IMPORTS = {"config": {"errors"}, "results": {"errors"}, "records": {"errors", "results"}, "errors": set()}
+# ...except these: results may name the error type and config's frozen classes; records the results' records
+# and config's lists of file extensions.
+ALLOWED_LEAF_IMPORTS = {
+    "config": {"errors"},
+    "results": {"errors"},
+    "records": {"errors", "results", "config"},
+    "errors": set(),
+}
 
 
 def _module_name(path: Path) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 from imgsearch.evaluation.retrieval import (
     Metrics,
     Outcomes,
@@ -130,7 +130,7 @@ def test_ivf_index_ranks_never_beat_exact_recall_at_full_probe():
     images, texts = _unit(rng, 300), _unit(rng, 600)
     owner = rng.integers(0, 300, 600)
     exact = Metrics.from_outcomes(exact_outcomes(texts, images, owner, np.arange(300)))
-    full = VectorIndex.build(16, np.arange(300), images, IndexConfig(ivf_threshold=100, nprobe=10_000))
+    full = VectorIndex.build(16, np.arange(300), images, VectorIndexConfig(ivf_threshold=100, nprobe=10_000))
     assert full.kind == "ivf"
     np.testing.assert_allclose(
         astuple(Metrics.from_outcomes(index_outcomes(full, texts, owner, np.arange(300)))), astuple(exact)

@@ -20,6 +20,8 @@ from imgsearch.errors import BadInputError
 
 from conftest import SHARED_DATA
 
+pytestmark = pytest.mark.e2e  # real processes, browsers or clusters: the end-to-end tier
+
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install -e '.[ray]'")
 
 PHOTOS = SHARED_DATA / "coco_mini"

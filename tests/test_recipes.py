@@ -28,6 +28,7 @@ def test_a_tag_runs_with_its_own_recipe():
     assert (mobile.mean, mobile.std, mobile.interpolation) == ((0.0,) * 3, (1.0,) * 3, "bilinear")
 
 
+@pytest.mark.e2e
 def test_openais_weights_are_built_with_quickgelu():
     import open_clip
 
@@ -96,7 +97,7 @@ def test_the_cli_refuses_an_ambiguous_checkpoint_before_loading_anything(tmp_pat
     assert result.exit_code == 1 and "--pretrained-as TAG" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_checkpoint_file_runs_like_its_tag(tmp_path, monkeypatch):
     """The README's offline route: the same weights from a file give the same vectors as by tag, with the tag's
     preprocessing (MobileCLIP: mean 0, std 1, bilinear), where imgsearch 0.1 used OpenAI's."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch.config import IndexConfig, IndexingConfig
+from imgsearch.config import IndexingConfig, VectorIndexConfig
 from imgsearch.storage.locking import LOCK_NAME, writer_lock
 from imgsearch.storage.store import Store
 from imgsearch.storage.synced import SyncedIndex
@@ -152,6 +152,7 @@ def _kill_once_rows_exceed(proc: subprocess.Popen, db: Path, floor: int, timeout
     pytest.fail(f"imgsearch index added nothing in {timeout}s; stderr: {proc.communicate()[1]}")
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_run_leaves_a_consistent_collection_that_the_next_run_completes(tmp_path, tiny_model):
     folder, coll = tmp_path / "photos", tmp_path / "coll"
     # A first, finished run leaves an index file and stamp that the killed run will make stale.
@@ -203,6 +204,7 @@ def test_kill_9_mid_run_leaves_a_consistent_collection_that_the_next_run_complet
     assert_each_finds_itself(coll, photos)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend, batch", [("torch", 8), ("auto", 1)])
 def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model, backend, batch):
     """SIGINT (Ctrl-C) to the real CLI: exit 130 with a resume hint, work so far kept, consistent. ``auto`` runs
@@ -261,7 +263,7 @@ def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model
 # -- reopening after a crash: the saved index is caught up, not rebuilt, and saved for the next reader ----
 
 
-def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_config=IndexConfig()) -> list[str]:
+def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_config=VectorIndexConfig()) -> list[str]:
     """A finished run, then a run that adds, deletes and re-embeds files and dies before any index save (the
     store holds everything, the FAISS file and its stamp are the first run's). Returns the photos now present."""
     photos = make_photos(folder, 40)
@@ -279,9 +281,9 @@ def _crashed_second_run(coll: Path, folder: Path, model, monkeypatch, index_conf
 
 
 STRUCTURES = {
-    "flat": IndexConfig(),
-    "ivf": IndexConfig(ivf_threshold=20, nprobe=1000),
-    "compact": IndexConfig(ivf_threshold=20, compact_threshold=30, nprobe=1000),
+    "flat": VectorIndexConfig(),
+    "ivf": VectorIndexConfig(ivf_threshold=20, nprobe=1000),
+    "compact": VectorIndexConfig(ivf_threshold=20, compact_threshold=30, nprobe=1000),
 }
 
 

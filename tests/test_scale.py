@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch.config import IndexConfig, IndexingConfig
+from imgsearch.config import IndexingConfig, VectorIndexConfig
 from imgsearch.storage.locking import LOCK_NAME, writer_lock
 from imgsearch.storage.synced import SyncedIndex
 from imgsearch.storage.vector_index import VectorIndex, structure_for, training_size
 
 from conftest import same_state
 
-COMPACT = IndexConfig(ivf_threshold=500, compact_threshold=1000, nprobe=10_000)  # every list probed
+COMPACT = VectorIndexConfig(ivf_threshold=500, compact_threshold=1000, nprobe=10_000)  # every list probed
 
 
 def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_a_collection_past_the_threshold_is_compact_and_ranks_like_an_exact_one(
 
     folder = tmp_path / "photos"
     make_photos(folder, 80)
-    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    compact = VectorIndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
     probe = clustered(1, dim=32, seed=5)[0]  # a fixed query vector: the encoder plays no part in the comparison
 
     def check(engine):
@@ -137,7 +137,7 @@ def test_streamed_rebuild_matches_the_store(tmp_path, tiny_model):
     from test_resume import make_photos
 
     make_photos(tmp_path / "photos", 60)
-    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    compact = VectorIndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
     with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=compact) as engine:
         engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0))
         store = engine._store_for()
@@ -165,7 +165,7 @@ def test_a_saved_compact_collection_keeps_float16_rows_stamped_with_its_index(tm
     from test_resume import make_photos
 
     make_photos(tmp_path / "photos", 60)
-    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    compact = VectorIndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
     with imgsearch.open(tmp_path / "c", model=tiny_model, index_config=compact) as engine:
         engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0, batch_size=16))
         store = engine._store_for()
@@ -186,7 +186,7 @@ def test_float16_rows_a_crash_left_stale_are_never_used(tmp_path, tiny_model, mo
     from conftest import write_image
 
     photos = make_photos(tmp_path / "photos", 60)
-    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    compact = VectorIndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
     coll = tmp_path / "c"
     with imgsearch.open(coll, model=tiny_model, index_config=compact) as engine:
         engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0))
@@ -214,7 +214,7 @@ def test_float16_rows_without_a_matching_stamp_are_not_trusted(tmp_path, tiny_mo
     from test_resume import make_photos
 
     make_photos(tmp_path / "photos", 60)
-    compact = IndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
+    compact = VectorIndexConfig(ivf_threshold=20, compact_threshold=40, nprobe=10_000)
     coll = tmp_path / "c"
     with imgsearch.open(coll, model=tiny_model, index_config=compact) as engine:
         engine.index_folder(tmp_path / "photos", IndexingConfig(workers=0))

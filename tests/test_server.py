@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import imgsearch
-from imgsearch.config import IndexConfig
+from imgsearch.config import VectorIndexConfig
 
 from conftest import COCO_MINI, TINY_MODEL, Served, index_captioned
 
@@ -202,7 +202,7 @@ def test_files_are_served_only_by_indexed_id(site, tmp_path):
             assert data == photo.read_bytes()  # an extra parameter changes nothing
             continue
         assert response.status in (400, 404, 422), (raw, response.status)
-        assert set(json.loads(data)) == {"error", "detail"}, raw
+        assert set(json.loads(data)) == {"error", "detail", "cli"}, raw
     # An indexed file replaced by a link to something outside: the link is never followed to serve it.
     victim = photos / "victim.jpg"
     victim_id = _id_of(server, victim)
@@ -236,12 +236,13 @@ def test_errors_are_json_with_status_and_no_traceback(site):
         assert status == expected, (path, status, data)
         assert headers["Content-Type"] == "application/json", path
         parsed = json.loads(data)
-        assert set(parsed) == {"error", "detail"} and parsed["detail"], path
+        assert set(parsed) == {"error", "detail", "cli"} and parsed["detail"], path
         assert "Traceback" not in data.decode() and 'File "' not in data.decode(), path
     status, spec = server.json("/api/openapi.json")
     assert status == 200 and "/api/search" in spec["paths"] and "/api/images/{image_id}/file" in spec["paths"]
 
 
+@pytest.mark.e2e
 def test_the_server_sees_a_concurrent_index_run_without_restart(site, tmp_path):
     server, coll, photos = site
     new = photos / "new"
@@ -281,6 +282,7 @@ def test_the_server_sees_a_concurrent_index_run_without_restart(site, tmp_path):
         assert _ids(body["results"]) == [h.id for h in engine.search(f"id:{_id_of(server, Path(added[0]))}", k=100)]
 
 
+@pytest.mark.e2e
 def test_cli_query_goes_through_the_running_server(site, tmp_path):
     server, coll, photos = site
     # In-process this cannot work: neither the tiny model's config nor its cached ONNX export is found.
@@ -326,6 +328,7 @@ def test_a_stale_discovery_file_falls_back_to_in_process(site, tmp_path):
     assert len(proc.stdout.splitlines()) == 2
 
 
+@pytest.mark.e2e
 def test_other_addresses_need_a_token_and_every_request_carries_it(site, tmp_path, serve_env):
     _, coll, _ = site
     refused = subprocess.run(
@@ -388,7 +391,7 @@ def test_a_live_reader_catches_up_like_a_fresh_load(tmp_path, tiny_embedder, ivf
     photos = tmp_path / "photos"
     for i in range(40):
         write_image(photos / f"p{i}.png", seed=i)
-    config = IndexConfig(ivf_threshold=20 if ivf else 10_000, nprobe=64)
+    config = VectorIndexConfig(ivf_threshold=20 if ivf else 10_000, nprobe=64)
     writer = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config)
     writer.index_folder(photos)
     reader = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config, live=True)
@@ -420,7 +423,7 @@ def test_a_live_reader_takes_the_writers_retrained_index_once_it_outgrows_its_ow
     photos = tmp_path / "photos"
     for i in range(10):
         write_image(photos / f"p{i}.png", seed=i)
-    config = IndexConfig(ivf_threshold=30)
+    config = VectorIndexConfig(ivf_threshold=30)
     writer = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config)
     writer.index_folder(photos)
     reader = imgsearch.open(tmp_path / "coll", embedder=tiny_embedder, index_config=config, live=True)

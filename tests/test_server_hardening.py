@@ -105,6 +105,7 @@ def test_uploads_are_images_from_our_own_origin(site):
     assert status == 200 and len(json.loads(body)["results"]) == 1
 
 
+@pytest.mark.e2e
 def test_stalled_connections_are_closed_and_health_keeps_answering(site, serve_env):
     """0.1 held 400 incomplete requests open for good; 300 of them, with 256 file descriptors, made /api/health
     time out. Each socket here sends half a request head and waits: the server must close it by itself."""
@@ -130,6 +131,21 @@ def test_stalled_connections_are_closed_and_health_keeps_answering(site, serve_e
         for sock in stalled:
             sock.close()
         server.stop()
+
+
+def test_errors_are_worded_for_the_page_and_for_the_command_line(site):
+    """0.1 told the gallery's reader to use `--image` and `img:` (which the server then refused) and showed
+    `--after:` for a date typed in the page."""
+    server, _, _ = site
+    status, body = server.json("/api/search", {"q": "beach.jpg"})
+    assert status == 400 and "drop it on the page" in body["detail"], body
+    assert "--image" not in body["detail"] and "img:" not in body["detail"]
+    assert "--image beach.jpg" in body["cli"]
+    status, body = server.json("/api/search", {"q": "a dog", "after": "2023-13"})
+    assert status == 400 and body["detail"].startswith("after: cannot read '2023-13'"), body
+    assert body["cli"].startswith("--after: cannot read")
+    status, body = server.json("/api/search", {"q": "img:/etc/passwd"})
+    assert status == 400 and "drop the image on the page" in body["detail"] and "POST" not in body["detail"]
 
 
 def test_bad_parameters_are_4xx_that_say_what_is_wrong(site):
@@ -185,6 +201,7 @@ def test_uploads_that_would_explode_are_refused_with_a_reason(site, tmp_path):
     assert status == 400 and "exceeds the limit of 40,000,000" in body["detail"]
 
 
+@pytest.mark.e2e
 def test_the_token_cookie_is_the_servers_own_and_leaves_the_address(tmp_path, tiny_model, serve_env):
     photos = tmp_path / "photos"
     write_image(photos / "a.png", 1)
@@ -258,6 +275,7 @@ def test_the_cli_sends_nothing_to_a_listener_that_is_not_the_collections_server(
         impostor.shutdown()
 
 
+@pytest.mark.e2e
 def test_a_copied_collection_is_not_answered_by_the_originals_server(site, tmp_path):
     server, coll, _ = site
     copy = tmp_path / "copy"

@@ -103,3 +103,16 @@ def test_a_fresh_schema_equals_an_upgraded_one(tmp_path):
         shutil.copy(old, upgraded)
         Store(upgraded).close()
         assert _schema(upgraded) == _schema(fresh), old
+
+
+def test_the_tables_the_store_reads_through_are_the_ones_the_migrations_make(tmp_path):
+    """The store reads and writes through SQLAlchemy's table definitions, while migrations create the tables from
+    frozen DDL: a column in one and not the other would fail only at the first write that names it."""
+    from imgsearch.storage import tables
+
+    Store(tmp_path / "fresh.db").close()
+    made = _schema(tmp_path / "fresh.db")
+    for table in tables._md.sorted_tables:
+        columns, _, _ = made[table.name]
+        assert [c[0] for c in columns] == [c.name for c in table.columns], table.name
+        assert [bool(c[2]) for c in columns if not c[4]] == [not c.nullable for c in table.columns if not c.primary_key]

@@ -129,10 +129,11 @@ def _write_towers(model: ClipModel, folder, pixels: torch.Tensor, tokens: torch.
 
 def _int8_check(staged, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict:
     """Quantize the image tower to int8 and judge it against torch fp32 (cosine bound MIN_COSINE_INT8)."""
+    from ..inference.backends import int8_saturates
     from ..inference.onnx import OnnxTowers, quantize_int8
 
     try:
-        quantize_int8(staged.image_path, staged.image_int8_path)
+        quantize_int8(staged.image_path, staged.image_int8_path, reduce_range=int8_saturates())
         images = OnnxTowers(staged, threads=1, int8=True, verify=False).encode_image(pixels)
     except Exception as exc:  # an op the quantizer cannot handle: fp32 paths still work
         staged.image_int8_path.unlink(missing_ok=True)

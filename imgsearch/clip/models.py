@@ -232,7 +232,11 @@ def _closest(wanted: str, choices: list[str]) -> str:
         return "it has no published weights (pass a checkpoint file, or none)"
     near = difflib.get_close_matches(wanted, choices, n=5, cutoff=0.3)
     rest = [c for c in choices if c not in near]
-    return f"closest: {', '.join(near)}; all: {', '.join(rest)}" if near else f"available: {', '.join(choices)}"
+    shown, more = rest[:8], len(rest) - 8
+    others = ", ".join(shown) + (
+        f" and {more} more (`imgsearch models`, open_clip.list_pretrained())" if more > 0 else ""
+    )
+    return f"closest: {', '.join(near)}; others: {others}" if near else f"available: {others}"
 
 
 # -- checks before anything is built --------------------------------------------------------------------------

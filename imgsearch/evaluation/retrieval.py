@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import checkpoints
-from ..config import IndexConfig, IndexingConfig
+from ..config import IndexingConfig, VectorIndexConfig
 from ..errors import DatasetError, InvalidEmbeddingsError
 from ..storage.vector_index import VectorIndex
 from . import reference
@@ -226,7 +226,7 @@ def embed_dataset(
     return images, np.concatenate(texts) if texts else np.zeros((0, embedder.dim), np.float32)
 
 
-def _direction(queries, gallery, query_labels, gallery_labels, config: IndexConfig) -> DirectionResult:
+def _direction(queries, gallery, query_labels, gallery_labels, config: VectorIndexConfig) -> DirectionResult:
     exact = Metrics.from_outcomes(exact_outcomes(queries, gallery, query_labels, gallery_labels))
     index = VectorIndex.build(gallery.shape[1], np.arange(len(gallery)), gallery, config)
     approx = Metrics.from_outcomes(index_outcomes(index, queries, query_labels, gallery_labels))
@@ -235,7 +235,10 @@ def _direction(queries, gallery, query_labels, gallery_labels, config: IndexConf
 
 
 def evaluate_embeddings(
-    images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray, index_config: IndexConfig = IndexConfig()
+    images: np.ndarray,
+    texts: np.ndarray,
+    caption_image: np.ndarray,
+    index_config: VectorIndexConfig = VectorIndexConfig(),
 ) -> tuple[DirectionResult, DirectionResult]:
     """(text->image, image->text) results for given embeddings: the metric core, without a model."""
     check_finite("image", images)
@@ -250,7 +253,7 @@ def evaluate_embeddings(
 def evaluate(
     dataset: RetrievalDataset,
     embedder,
-    index_config: IndexConfig = IndexConfig(),
+    index_config: VectorIndexConfig = VectorIndexConfig(),
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> EvalReport:

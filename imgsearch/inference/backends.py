@@ -305,6 +305,13 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def int8_saturates() -> bool:
+    """Whether this is an x86 CPU without VNNI, where ONNX Runtime's u8 x s8 products saturate (its docs: quantize
+    with reduce_range there)."""
+    flags = cpu_flags()
+    return "sse2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 

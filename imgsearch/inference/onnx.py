@@ -33,9 +33,11 @@ def externalise(path) -> None:
     os.chmod(path.with_name(f"{path.name}.data"), path.stat().st_mode & 0o777)  # onnx writes it owner-only
 
 
-def quantize_int8(source, target) -> None:
+def quantize_int8(source, target, reduce_range: bool = False) -> None:
     """An int8 copy of a tower: MatMul/Gemm weights quantized per tensor, activations quantized on the fly
-    (ONNX Runtime's dynamic quantization; VNNI where the CPU has it). Needs no calibration data."""
+    (ONNX Runtime's dynamic quantization; VNNI where the CPU has it). Needs no calibration data. ``reduce_range``:
+    7-bit weights, for x86 CPUs without VNNI, whose int8 products saturate otherwise (measured on an AVX2-only
+    EPYC: the tiny model's ranking error 1.9 of its spread, against 0.3 allowed; within bounds with it)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -44,7 +46,13 @@ def quantize_int8(source, target) -> None:
     before = root.level
     root.setLevel(max(before, logging.ERROR))  # its per-node chatter goes to the root logger, for this call only
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            reduce_range=reduce_range,
+        )
     finally:
         root.setLevel(before)
 

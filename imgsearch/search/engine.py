@@ -21,6 +21,7 @@ from PIL import Image
 from .. import images as imgs
 from ..errors import BadInputError, CollectionDamagedError, EmptyCollectionError, NotFoundError
 from ..results import DuplicateGroup, ImageHit, TextHit
+from ..storage.locking import LOCK_NAME, held_elsewhere
 from ..storage.store import DB_NAME, Store
 from ..storage.synced import SyncedIndex
 from ..storage.vector_index import IdFilter, similar_pairs
@@ -100,8 +101,17 @@ class SearchEngine:
         if k < 1:
             raise BadInputError(f"k must be at least 1, got {k}")
         if not self.sources.dim() or self.sources.synced(table).index.ntotal == 0:
-            hint = "imgsearch index DIR" if table == "images" else "imgsearch texts add FILE"
-            raise EmptyCollectionError(f"no {table} in {self.sources.folder} yet; add some with `{hint}`")
+            if held_elsewhere(self.sources.folder / LOCK_NAME):
+                raise EmptyCollectionError(
+                    f"no {table} in {self.sources.folder} yet: another process is adding the first ones now",
+                    cli_hint="ask again once a first batch is stored (an `imgsearch index` stores one every few seconds)",
+                    api_hint="search again once the writer has stored a first batch",
+                )
+            raise EmptyCollectionError(
+                f"no {table} in {self.sources.folder} yet",
+                cli_hint=f"add some with `{'imgsearch index DIR' if table == 'images' else 'imgsearch texts add FILE'}`",
+                api_hint=f"add some with {'index_folder' if table == 'images' else 'add_texts'}",
+            )
 
     def query_vector(self, query: str | ImageQuery | Query) -> np.ndarray:
         query = as_query(query)
@@ -144,6 +154,12 @@ class SearchEngine:
         if self._selection is not None and self._selection[:2] == (version, filters):
             return self._selection[2]
         columns = self._image_columns(version)
+        unknown = columns.folders_without_images(filters.folders)
+        if unknown:  # a mistyped or never-indexed folder: 0.1 answered it with no results and no word
+            raise NotFoundError(
+                f"no image in {self.sources.folder} is under {', '.join(unknown)}; its images are under "
+                f"{columns.describe_folders()}"
+            )
         chosen = IdFilter(columns.select(filters))
         self._selection = (cast(tuple, self._columns)[0], filters, chosen)
         return chosen
@@ -164,9 +180,12 @@ class SearchEngine:
     def _image_vector(self, image: ImageQuery) -> np.ndarray:
         if isinstance(image, Image.Image):
             return self.sources.encode("embed_images", image)
-        hint = "; to search for these words as text, call search_text" if isinstance(image, str) else ""
         if not (isinstance(image, str) and imgs.is_url(image)) and not os.path.exists(os.path.expanduser(image)):
-            raise BadInputError(f"query image not found: {image}{hint}")
+            raise BadInputError(
+                f"query image not found: {image}",
+                cli_hint="check the file's path",
+                api_hint="to search for these words as text, call search_text" if isinstance(image, str) else None,
+            )
         try:
             loaded = imgs.load_query_image(image, min_side=self.sources.image_size())  # as when indexed
         except imgs.ImageSkipped as exc:

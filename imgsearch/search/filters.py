@@ -22,14 +22,14 @@ ORIENTATIONS = ("landscape", "portrait", "square")
 _DATE_FORMS = ("%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 
 
-def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float | None:
+def parse_date(text: str | float | dt.date | None, field: str = "date") -> float | None:
     """Seconds since the epoch at the start of a date given as YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]
     (local time, like EXIF dates and file times), a datetime/date, or already a number (``"@1700000000"``
     as text: seconds since the epoch, as GNU date writes them)."""
     if text is None:
         return None
     if isinstance(text, (int, float)) or (isinstance(text, str) and text.startswith("@")):
-        return _seconds(text, flag)
+        return _seconds(text, field)
     if isinstance(text, dt.datetime):
         return text.timestamp()
     if isinstance(text, dt.date):
@@ -39,22 +39,35 @@ def parse_date(text: str | float | dt.date | None, flag: str = "date") -> float 
             return dt.datetime.strptime(text.strip(), form).timestamp()
         except ValueError:
             continue
-    raise BadInputError(
-        f"{flag}: cannot read {text!r} as a date; write YYYY, YYYY-MM, YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (local time)"
+    raise _bad(
+        field, f"cannot read {text!r} as a date; write YYYY, YYYY-MM, YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (local time)"
     )
 
 
-def _seconds(value: str | float, flag: str) -> float:
+def _seconds(value: str | float, field: str) -> float:
     """Seconds since the epoch, given as a number or "@SECONDS": finite, and a date a calendar holds."""
     try:
         seconds = float(value[1:] if isinstance(value, str) else value)
         dt.datetime.fromtimestamp(seconds)  # NaN, inf and 1e400 (inf) fail here too, as do years past 9999
     except (ValueError, OverflowError, OSError):
-        raise BadInputError(
-            f"{flag}: {value!r} is not a time: give @SECONDS since the epoch (a finite number "
-            "between years 1 and 9999) or a date"
+        raise _bad(
+            field,
+            f"{value!r} is not a time: give @SECONDS since the epoch (a finite number between years 1 and 9999) "
+            "or a date",
         ) from None
     return seconds
+
+
+_OPTIONS = {"formats": "format"}  # a filter's command-line option, where it is not the field's name
+
+
+def _bad(field: str, text: str) -> BadInputError:
+    """A filter's error, naming the filter as Python does (``after: ...``) and as the command line does
+    (``--after: ...``)."""
+    error = BadInputError(f"{field}: {text}")
+    if field != "date":
+        error.cli_text = f"--{_OPTIONS.get(field, field).replace('_', '-')}: {text}"
+    return error
 
 
 def _folder(path: str | os.PathLike) -> str:
@@ -86,28 +99,28 @@ class Filters:
         put = object.__setattr__
         folders = (self.folders,) if isinstance(self.folders, (str, os.PathLike)) else self.folders
         put(self, "folders", tuple(_folder(f) for f in folders if str(f).strip()))  # names may hold commas
-        put(self, "after", parse_date(self.after, "--after"))
-        put(self, "before", parse_date(self.before, "--before"))
+        put(self, "after", parse_date(self.after, "after"))
+        put(self, "before", parse_date(self.before, "before"))
         put(self, "formats", tuple(sorted({self._format(f) for f in _split(self.formats)})))
         for name in ("min_width", "min_height"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
-                raise BadInputError(f"--{name.replace('_', '-')} must be a whole number of pixels >= 1, got {value}")
+                raise _bad(name, f"must be a whole number of pixels >= 1, got {value}")
         if self.orientation is not None:
             put(self, "orientation", self.orientation.lower())
             if self.orientation not in ORIENTATIONS:
-                raise BadInputError(f"--orientation: unknown {self.orientation!r}; use {', '.join(ORIENTATIONS)}")
+                raise _bad("orientation", f"unknown {self.orientation!r}; use {', '.join(ORIENTATIONS)}")
         after, before = cast("float | None", self.after), cast("float | None", self.before)  # read above
         if after is not None and before is not None and after >= before:
-            raise BadInputError("--after must be earlier than --before: no image can be taken in between")
+            error = BadInputError("after must be earlier than before: no image can be taken in between")
+            error.cli_text = "--after must be earlier than --before: no image can be taken in between"
+            raise error
 
     @staticmethod
     def _format(name: str) -> str:
         found = format_name(name)
         if found is None:
-            raise BadInputError(
-                f"--format: unknown format {name!r}; use some of {', '.join(FORMATS)} (or jpg, tif, heic)"
-            )
+            raise _bad("formats", f"unknown format {name!r}; use some of {', '.join(FORMATS)} (or jpg, tif, heic)")
         return found
 
     def __bool__(self) -> bool:
@@ -168,6 +181,20 @@ class ImageColumns:
         keep = np.flatnonzero(self._passing(filters))
         order = np.lexsort((-self.ids[keep], -self.taken[keep]))
         return self.ids[keep[order]]
+
+    def folders_without_images(self, wanted: Sequence[str]) -> list[str]:
+        """Those of ``wanted`` under which no image of the collection lies."""
+        return [f for f in wanted if not any(_under(d, (f,)) for d in self.folders)]
+
+    def describe_folders(self, most: int = 3) -> str:
+        """The outermost folders holding the collection's images, for a message: "/a, /b and 4 more"."""
+        outer: list[str] = []
+        for folder in sorted(self.folders, key=lambda d: d.split(os.sep)):  # a folder's subfolders follow it
+            if not (outer and _under(folder, (outer[-1],))):
+                outer.append(folder)
+        outer = outer or ["(none)"]
+        more = f" and {len(outer) - most} more" if len(outer) > most else ""
+        return ", ".join(outer[:most]) + more
 
     def _passing(self, filters: Filters) -> np.ndarray:
         keep = np.ones(len(self.ids), bool)

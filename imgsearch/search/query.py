@@ -8,7 +8,7 @@ Written form (``Query.parse``):
 
 - terms are joined by ``+`` or ``-`` standing alone between spaces: ``beach + sunset - people``;
   a hyphen inside a word (``t-shirt``) is part of the word;
-- ``2*red car`` weights a term (any positive number, ``0.5*night``);
+- ``2*red car`` weights a term (any positive number, ``0.5*night``); rclip's ``2:red car`` means the same;
 - ``img:PATH`` (or ``img:URL``) is an image term, ``id:N`` an indexed image, ``text:...`` literal text;
 - double quotes keep operators and prefixes literal: ``"rock + roll" - guitar``, ``img:"my + photo.jpg"``.
 """
@@ -32,6 +32,8 @@ MAX_WEIGHT = 1000.0  # beyond it a weight means nothing more (the sum is renorma
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
 _TOKENS = re.compile(r'"(?P<quoted>[^"]*)"|(?P<unclosed>")|(?<!\S)(?P<op>[+-])(?!\S)|(?P<plain>[^"\s]+|\s+)')
 _WEIGHT = re.compile(r"^\s*(?P<w>\d+(?:\.\d*)?|\.\d+)\s*\*\s*")
+# rclip's form of a weight, "2:cat": a number and a colon before a word (so "10:30 meeting" stays text).
+_RCLIP_WEIGHT = re.compile(r"^\s*(?P<w>\d+(?:\.\d*)?|\.\d+):(?=[^\d\s:])")
 _PREFIX = re.compile(r"^\s*(?P<p>[A-Za-z][A-Za-z0-9_-]*):(?=\S|$)")
 
 
@@ -140,6 +142,8 @@ def _finish(terms: list, pieces: list, sign: float, op: str | None, text: str, b
 def _term(pieces: list[tuple[bool, str]], sign: float, bare_images: bool) -> Term:
     pieces = _merged(pieces)
     weight, pieces = _leading(_WEIGHT, pieces)
+    if weight is None:
+        weight, pieces = _leading(_RCLIP_WEIGHT, pieces)
     prefix, pieces = _leading(_PREFIX, pieces)
     value = "".join(p for _, p in pieces).strip()
     quoted = any(q for q, _ in pieces)
@@ -183,8 +187,13 @@ def _bare(value: str, quoted: bool, weight: float, bare_images: bool) -> Term:
         if bare_images:
             return Term.image(value, weight)
         raise BadInputError(
-            f"{value!r} looks like an image file name; to search with the image write img:{value} (on the command "
-            f'line also --image {value}), to search for the words quote them ("{value}")'
+            f"{value!r} looks like an image file name",
+            cli_hint=f"to search with the image write img:{value} or --image {value}; to search for the words, quote "
+            f'them ("{value}")',
+            api_hint=f"to search with the image write img:{value} or pass it as Term.image; to search for the words, "
+            f'quote them ("{value}")',
+            web_hint=f"to search with an image, drop it on the page or choose it with the image button; to search for "
+            f'the words, quote them ("{value}")',
         )
     return Term.text(value, weight)
 

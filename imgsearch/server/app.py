@@ -221,15 +221,17 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def _error(status: int, error: str, detail: str, cli: str | None = None) -> JSONResponse:
+    """``detail``: for the page's reader; ``cli``: the same in the command line's words, which `imgsearch query`
+    prints when it asked the server."""
+    return JSONResponse({"error": error, "detail": detail, "cli": cli or detail}, status_code=status)
 
 
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ImgsearchError)
     async def library_error(request: Request, exc: ImgsearchError) -> JSONResponse:
         status, name = next((code, name) for kind, code, name in _STATUS if isinstance(exc, kind))
-        return _error(status, name, exc.for_cli())  # the command-line hint: a server user runs commands
+        return _error(status, name, exc.for_web(), exc.for_cli())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -72,7 +72,8 @@ class Client:
 
 def _as_error(exc: urllib.error.HTTPError, url: str) -> ImgsearchError:
     try:
-        detail = json.loads(exc.read()).get("detail") or exc.reason
+        body = json.loads(exc.read())
+        detail = body.get("cli") or body.get("detail") or exc.reason
     except (ValueError, AttributeError, OSError):
         detail = exc.reason
     if exc.code == 401:

@@ -221,9 +221,9 @@ class SearchService:
         terms = list(Query.parse(q).terms) if q and q.strip() else []
         if any(t.kind == "image" for t in terms):
             raise BadInputError(
-                "image terms (img:...) name files on the server and are not accepted over HTTP; "
-                "upload the image instead (POST it as the request body), or use id:N for an "
-                "indexed image"
+                "image terms (img:...) name files on the server and are not accepted over HTTP",
+                cli_hint="upload the image instead (POST it as the request body), or use id:N for an indexed image",
+                web_hint="drop the image on the page or choose it with the image button",
             )
         if upload is not None:
             terms.append(Term.image(self._decoded(upload)))
@@ -287,4 +287,4 @@ class SearchService:
 
 
 def _index_flag(config: ServeConfig) -> str:
-    return f" --index {config.index}" if config.index else ""
+    return f" --collection {config.index}" if config.index else ""

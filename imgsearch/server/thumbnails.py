@@ -40,7 +40,7 @@ class Cache:
         cached = self.path(row.content_hash, size)
         if cached.exists():
             return cached
-        data = make(read(), size)
+        data = make(read(), size, raw=imgs.is_raw_name(row.path))
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f"{cached.name}.{os.getpid()}.{id(data)}.tmp")
@@ -51,10 +51,10 @@ class Cache:
         return cached
 
 
-def make(data: bytes, size: int) -> bytes:
-    """A JPEG at most size x size, upright, from an image file's bytes."""
+def make(data: bytes, size: int, raw: bool = False) -> bytes:
+    """A JPEG at most size x size, upright, from an image file's bytes (``raw``: a camera RAW file's)."""
     try:
-        img = imgs.decode_image(data, min_side=size).image  # upright RGB; JPEGs shrunk in the decoder
+        img = imgs.decode_image(data, min_side=size, raw=raw).image  # upright RGB; JPEGs shrunk in the decoder
     except imgs.ImageSkipped as exc:
         raise BadInputError(f"cannot make a thumbnail: {exc}") from None
     img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)

@@ -41,22 +41,71 @@ def writer_lock(path: Path, wait: float = 0.0, on_wait: Callable[[], None] | Non
             raise _busy(path)
         _held.add(key)
     try:
+        while True:
+            fd = _open(path)
+            try:
+                _acquire(fd, path, wait, on_wait)
+            except BaseException:
+                os.close(fd)
+                raise
+            if _still_named(fd, path):
+                break
+            # Its holder removed the file while this process waited (a failed first run leaves nothing behind):
+            # a lock on the removed file excludes no one, so lock the file that now has the name.
+            os.close(fd)
+            on_wait = None
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:  # a read-only disk, a folder the user may not write
-            raise CollectionError(
-                f"cannot write to {path.parent}: {exc.strerror or exc}; only reading commands "
-                "(query, info, skipped, serve) work there. Index into a collection on a writable "
-                "disk, or fix the folder's permissions"
-            ) from None
-        try:
-            _acquire(fd, path, wait, on_wait)
             yield
         finally:
             os.close(fd)  # closing releases the record lock
     finally:
         with _held_guard:
             _held.discard(key)
+
+
+def _open(path: Path) -> int:
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # the folder went with a failed first run while this process waited
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # a read-only disk, a folder the user may not write
+        raise CollectionError(
+            f"cannot write to {path.parent}: {exc.strerror or exc}; only reading commands "
+            "(query, info, skipped, serve) work there. Index into a collection on a writable "
+            "disk, or fix the folder's permissions"
+        ) from None
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether the locked file is still the one at ``path``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the writer lock now (a question for messages: the answer can change at once)."""
+    with _held_guard:
+        if str(path.resolve()) in _held:
+            return False  # this process holds it; and closing any descriptor of the file would release its lock
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock at once
 
 
 def _acquire(fd: int, path: Path, wait: float, on_wait) -> None:

@@ -1,4 +1,4 @@
-"""Metadata and vectors in SQLite: the only module that imports SQLAlchemy.
+"""Metadata and vectors in SQLite, through SQLAlchemy (with ``tables``, the only modules that import it).
 
 The database is the collection's source of truth (vectors included), so the
 FAISS files are a cache that can always be rebuilt. Each batch of changes is one
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import json
 import operator
-import os
 import sqlite3
 import time
 import uuid
@@ -29,65 +27,17 @@ from urllib.parse import quote
 import numpy as np
 import sqlalchemy as sa
 
-from ..errors import CollectionDamagedError, CollectionError, DiskFullError
+from ..errors import CollectionError, DiskFullError
 from ..records import Changes, ImageRow, ImageState, Moved, NewImage, Skip
+from . import sqlite as sqlite_policy
 from .migrations import COMPACTING, MIGRATIONS
+from .sqlite import PAGE_SIZE
+from .tables import COUNTED, VECTOR_TABLES, image_vectors_t, images_t, meta_t, skipped_t, texts_t
 
 SCHEMA_VERSION = 3
-DB_NAME = "imgsearch.db"  # in the collection's folder
-# New databases use 16 KiB pages: a 2 KiB vector row then wastes ~10% of a page instead of half.
-PAGE_SIZE = 16384
 _READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
-_STREAM_CHUNK = 65536  # rows per chunk when streaming every vector into an index
+DB_NAME = "imgsearch.db"  # in the collection's folder
 _IN_LIMIT = 900  # ids per "IN (...)" (SQLite allows 999 parameters in older builds)
-
-_md = sa.MetaData()
-meta_t = sa.Table("meta", _md, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text))
-images_t = sa.Table(
-    "images",
-    _md,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False, unique=True),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("mtime_ns", sa.Integer, nullable=False),
-    sa.Column("content_hash", sa.String(32), nullable=False, index=True),
-    sa.Column("width", sa.Integer),
-    sa.Column("height", sa.Integer),
-    sa.Column("indexed_at", sa.Float, nullable=False),
-    # v3: Pillow's format name ("jpeg", "png"...), NULL until read (rows from before v3 are back-filled by
-    # the next index run, from the file's header); EXIF DateTimeOriginal in epoch seconds, NULL without one.
-    sa.Column("format", sa.String(8)),
-    sa.Column("taken_at", sa.Float),
-    sqlite_autoincrement=True,  # ids are never reused: a deleted image's id never names another
-)
-image_vectors_t = sa.Table(
-    "image_vectors",
-    _md,
-    sa.Column("id", sa.Integer, primary_key=True),  # = images.id
-    sa.Column("vector", sa.LargeBinary, nullable=False),
-)
-texts_t = sa.Table(
-    "texts",
-    _md,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("source", sa.Text),
-    sa.Column("added_at", sa.Float, nullable=False),
-    sa.Column("vector", sa.LargeBinary, nullable=False),
-)
-skipped_t = sa.Table(
-    "skipped",
-    _md,
-    sa.Column("path", sa.Text, primary_key=True),
-    sa.Column("size", sa.Integer),
-    sa.Column("mtime_ns", sa.Integer),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("seen_at", sa.Float, nullable=False),
-)
-# Where each table's vectors live: (table holding them, id column).
-_VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t}
-_COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
-
 
 _new_state = functools.partial(tuple.__new__, ImageState)  # ImageState from a row tuple, without Python frames
 
@@ -110,69 +60,11 @@ _WRITTEN_SINCE_SQL = {
     "texts": "SELECT id, vector FROM texts WHERE added_at >= ?",
 }
 _ROW_COLUMNS = ", ".join(ImageRow._fields)
-_FILTER_VERSION_SQL = "SELECT key, value FROM meta WHERE key IN ('images_generation', 'details_generation')"
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _sqlite(conn: sa.Connection) -> sqlite3.Connection:
     """The pysqlite connection under SQLAlchemy's: the hot reads run on it directly (a third of Core's cost)."""
     return cast(sqlite3.Connection, conn.connection.driver_connection)
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    vector = np.ascontiguousarray(vector, dtype=np.float32)
-    if not np.isfinite(vector).all():  # callers filter these out (indexing.batch_changes): a bug if one gets here
-        raise ValueError("refusing to store a vector with NaN or infinite values")
-    return vector.tobytes()
-
-
-def _on_connect(dbapi_conn, _record) -> None:
-    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below issues BEGIN itself
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no effect once the database holds a table
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
-    cur.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
-
-
-def _unfinished_wal(path: Path) -> bool:
-    """Whether the database has a write-ahead log with commits not yet in the file."""
-    wal = path.with_name(path.name + "-wal")
-    return wal.exists() and wal.stat().st_size > 0
-
-
-def _immutable(path: Path) -> str:
-    """``&immutable=1`` for a database on a read-only file system, where no one can write it and SQLite could not
-    make the shared-memory file WAL mode reads through ("unable to open database file" in 0.1). A write-ahead log
-    left with commits in it would then be ignored, so that is refused instead of read wrongly."""
-    try:
-        read_only_disk = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
-    except OSError:
-        return ""
-    if not read_only_disk:
-        return ""
-    if _unfinished_wal(path):
-        raise CollectionError(
-            f"{path} is on a read-only disk with unfinished writes in {path.name}-wal, which SQLite cannot read there; "
-            "open the collection once where its folder can be written (or copy the folder to a writable disk)"
-        )
-    return "&immutable=1"
-
-
-def _on_connect_read_only(dbapi_conn, _record) -> None:
-    dbapi_conn.isolation_level = None
-    dbapi_conn.execute("PRAGMA busy_timeout=10000")
 
 
 def _on_begin(conn: sa.Connection) -> None:
@@ -188,12 +80,12 @@ class Store:
         if not read_only and self.path.exists():
             Store(self.path, read_only=True).close()  # refuse a foreign database before writing to it
         try:
-            self._open(_immutable(self.path) if read_only else "")
+            self._open(sqlite_policy.immutable(self.path) if read_only else "")
         except DiskFullError:
             # A reader on a full disk: SQLite could not make the shared-memory file a WAL database is read through
             # (0.1 failed every query there). With no write-ahead log left, the file is all there is, and no writer
             # can change it without space: it is read as immutable.
-            if not read_only or _unfinished_wal(self.path):
+            if not read_only or sqlite_policy.unfinished_wal(self.path):
                 raise
             self._open("&immutable=1")
 
@@ -205,7 +97,9 @@ class Store:
         )
         # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
         self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
-        sa.event.listen(self.engine, "connect", _on_connect_read_only if self.read_only else _on_connect)
+        sa.event.listen(
+            self.engine, "connect", sqlite_policy.on_connect_read_only if self.read_only else sqlite_policy.on_connect
+        )
         sa.event.listen(self.engine, "begin", _on_begin)
         try:
             self._check_schema()
@@ -261,7 +155,7 @@ class Store:
         if row is None:
             raise CollectionError(
                 f"{self.path} is a SQLite database of another application (tables: {', '.join(sorted(tables)[:5])}), "
-                "not an imgsearch collection; it was left untouched. Pass --index with a new or existing "
+                "not an imgsearch collection; it was left untouched. Pass --collection with a new or existing "
                 "imgsearch collection folder"
             )
         return json.loads(row[0])
@@ -283,7 +177,7 @@ class Store:
             raw.close()
 
     def _guard(self):
-        return _translated_errors(self.path)
+        return sqlite_policy.translated_errors(self.path)
 
     # -- key/value meta -------------------------------------------------------------------------
     @staticmethod
@@ -323,7 +217,7 @@ class Store:
         if under is not None:  # a range on the unique path index: no LIKE, no escaping
             sql += " WHERE path >= ? AND path < ?"
             params = (under, under + "\U0010ffff")
-        with self._guard(), self.engine.connect() as conn, _gc_paused():
+        with self._guard(), self.engine.connect() as conn, sqlite_policy.gc_paused():
             # The raw sqlite3 cursor and C-level construction: 1M states in ~1.5 s instead of ~4 s through Row objects
             # and a Python loop (measured, docs/performance.md); the collector has nothing to find in fresh tuples.
             rows = _sqlite(conn).execute(sql, params).fetchall()
@@ -384,7 +278,8 @@ class Store:
         ids = list(range(first, first + len(images)))
         conn.execute(sa.insert(images_t), [dict(_image_values(img, now), id=i) for i, img in zip(ids, images)])
         conn.execute(
-            sa.insert(image_vectors_t), [{"id": i, "vector": _blob(img.vector)} for i, img in zip(ids, images)]
+            sa.insert(image_vectors_t),
+            [{"id": i, "vector": sqlite_policy.blob(img.vector)} for i, img in zip(ids, images)],
         )
         return ids
 
@@ -411,7 +306,7 @@ class Store:
             sa.update(image_vectors_t)
             .where(image_vectors_t.c.id == sa.bindparam("b_id"))
             .values(vector=sa.bindparam("vector")),
-            [{"b_id": i, "vector": _blob(img.vector)} for i, img in replaced.items()],
+            [{"b_id": i, "vector": sqlite_policy.blob(img.vector)} for i, img in replaced.items()],
         )
 
     @staticmethod
@@ -460,9 +355,9 @@ class Store:
         """(version, rows of (id, path, width, height, taken, format)) for every image, from one snapshot;
         taken is EXIF DateTimeOriginal, else mtime. The version changes whenever any of these fields does."""
         sql = "SELECT id, path, width, height, COALESCE(taken_at, mtime_ns * 1e-9), format FROM images ORDER BY id"
-        with self._guard(), self.engine.connect() as conn, _gc_paused():
+        with self._guard(), self.engine.connect() as conn, sqlite_policy.gc_paused():
             raw = _sqlite(conn)
-            return _filter_version(raw), raw.execute(sql).fetchall()
+            return sqlite_policy.filter_version(raw), raw.execute(sql).fetchall()
 
     def duplicate_rows(self) -> list[tuple]:
         """(id, path, size, width, height, content_hash) of every image."""
@@ -473,7 +368,7 @@ class Store:
     def filter_version(self) -> tuple:
         """Changes whenever an image's filter fields may have: checked before every filtered search."""
         with self._guard(), self.engine.connect() as conn:
-            return _filter_version(_sqlite(conn))
+            return sqlite_policy.filter_version(_sqlite(conn))
 
     def missing_details(self, under: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of rows whose format and date were never read (stored before schema v3)."""
@@ -498,7 +393,7 @@ class Store:
 
     def vectors(self, table: str, ids: Sequence[int] | np.ndarray) -> dict[int, np.ndarray]:
         """{id: vector} of the given images or texts; ids not stored are left out."""
-        t = _VECTOR_TABLES[table]
+        t = VECTOR_TABLES[table]
         with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.vector).where(t.c.id.in_([int(i) for i in ids])))
             return {r[0]: np.frombuffer(r[1], np.float32) for r in rows}
@@ -550,7 +445,7 @@ class Store:
                 conn.execute(
                     sa.insert(texts_t),
                     [
-                        dict(id=i, text=t, source=source, added_at=now, vector=_blob(v))
+                        dict(id=i, text=t, source=source, added_at=now, vector=sqlite_policy.blob(v))
                         for i, t, v in zip(ids, texts, vectors)
                     ],
                 )
@@ -570,7 +465,7 @@ class Store:
                 sa.update(texts_t)
                 .where(texts_t.c.id == sa.bindparam("b_id"))
                 .values(vector=sa.bindparam("vector"), added_at=now),
-                [{"b_id": int(i), "vector": _blob(v)} for i, v in zip(ids, vectors)],
+                [{"b_id": int(i), "vector": sqlite_policy.blob(v)} for i, v in zip(ids, vectors)],
             )
             return self._bump(conn, "texts")
 
@@ -589,17 +484,21 @@ class Store:
             return removed
 
     # -- shared ---------------------------------------------------------------------------------
+    def is_empty(self) -> bool:
+        """No image, text or skip record: a collection that stores nothing yet."""
+        return not any(self.has_rows(table) for table in COUNTED)
+
     def count(self, table: str) -> int:
         with self._guard(), self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(_COUNTED[table])).scalar_one()
+            return conn.execute(sa.select(sa.func.count()).select_from(COUNTED[table])).scalar_one()
 
     def has_rows(self, table: str) -> bool:
         with self._guard(), self.engine.connect() as conn:
-            return conn.execute(sa.select(_COUNTED[table]).limit(1)).first() is not None
+            return conn.execute(sa.select(COUNTED[table]).limit(1)).first() is not None
 
     def first_vector_size(self, table: str) -> int | None:
         """Dimension of the stored vectors (without loading the model), or None when there are none."""
-        t = _VECTOR_TABLES[table]
+        t = VECTOR_TABLES[table]
         with self._guard(), self.engine.connect() as conn:
             size = conn.execute(sa.select(sa.func.length(t.c.vector)).limit(1)).scalar()
         return size // 4 if size else None
@@ -609,7 +508,7 @@ class Store:
 
         Read in chunks into one preallocated array: peak memory is the vectors plus one chunk.
         """
-        t = _VECTOR_TABLES[table]
+        t = VECTOR_TABLES[table]
         with self._guard(), self.engine.connect() as conn:
             generation = self._get(conn, f"{table}_generation", 0)
             n = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
@@ -629,7 +528,7 @@ class Store:
         """For building an index too large to hold as float32 (a compact one), from one snapshot: yields
         (generation, count, a random sample of ``sample_size`` vectors, an iterator of (ids, vectors) chunks in
         id order). The chunks must be consumed inside the ``with``."""
-        name = _VECTOR_TABLES[table].name
+        name = VECTOR_TABLES[table].name
         with self._guard(), self.engine.connect() as conn:
             generation = self._get(conn, f"{table}_generation", 0)
             raw = _sqlite(conn)
@@ -645,18 +544,23 @@ class Store:
                 rows = raw.execute(
                     f"SELECT vector FROM {name} WHERE id IN ({','.join('?' * len(part))}) ORDER BY id", part
                 ).fetchall()
-                sample[start : start + len(rows)] = _vectors_of(rows, dim)
-            yield generation, len(ids), sample, _chunks(raw.execute(f"SELECT id, vector FROM {name} ORDER BY id"), dim)
+                sample[start : start + len(rows)] = sqlite_policy.vectors_of(rows, dim)
+            yield (
+                generation,
+                len(ids),
+                sample,
+                sqlite_policy.chunks(raw.execute(f"SELECT id, vector FROM {name} ORDER BY id"), dim),
+            )
 
     def changes_since(self, table: str, dim: int, since: float) -> Changed:
         """What a long-lived reader needs to catch up, from one snapshot: the generation, every id, and the
         (id, vector) of rows written at or after ``since`` (new or re-embedded; see ``Changed``)."""
-        with self._guard(), self.engine.connect() as conn, _gc_paused():
+        with self._guard(), self.engine.connect() as conn, sqlite_policy.gc_paused():
             generation, newest = self._newest_write(conn, table)
             raw = _sqlite(conn)
             ids = np.fromiter((r[0] for r in raw.execute(f"SELECT id FROM {table}")), np.int64)
             rows = raw.execute(_WRITTEN_SINCE_SQL[table], (since,)).fetchall()
-        vectors = _vectors_of(rows, dim)
+        vectors = sqlite_policy.vectors_of(rows, dim)
         return Changed(
             generation, ids, np.array([r[0] for r in rows], np.int64), vectors, since if newest is None else newest
         )
@@ -672,21 +576,6 @@ class Store:
         return self._get(conn, f"{table}_generation", 0), None if newest is None else float(newest)
 
 
-def _vectors_of(rows: Sequence[tuple], dim: int) -> np.ndarray:
-    """Rows whose last column is a vector blob, as one (n, dim) float32 array."""
-    return np.frombuffer(b"".join(r[-1] for r in rows), np.float32).reshape(len(rows), dim)
-
-
-def _chunks(cursor: sqlite3.Cursor, dim: int):
-    while rows := cursor.fetchmany(_STREAM_CHUNK):
-        yield np.fromiter((r[0] for r in rows), np.int64, len(rows)), _vectors_of(rows, dim)
-
-
-def _filter_version(raw: sqlite3.Connection) -> tuple[int, int]:
-    found = dict(raw.execute(_FILTER_VERSION_SQL).fetchall())
-    return int(found.get("images_generation", 0)), int(found.get("details_generation", 0))
-
-
 def _image_values(img: NewImage, now: float) -> dict:
     return dict(
         path=img.path,
@@ -699,37 +588,3 @@ def _image_values(img: NewImage, now: float) -> dict:
         format=img.format,
         taken_at=img.taken_at,
     )
-
-
-class _translated_errors:
-    """SQLite failures a user can cause or meet become ImgsearchErrors with a fix."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or not isinstance(exc, (sa.exc.DBAPIError, sqlite3.Error)):
-            return False
-        text = str(getattr(exc, "orig", exc))
-        if "disk is full" in text or "disk I/O error" in text:
-            cause = "no space left" if "full" in text else "a disk error (is the disk full?)"
-            raise DiskFullError(
-                f"{cause} writing {self.path} (SQLite: {text}); free some space and run the command again: "
-                "what was saved before is intact"
-            ) from None
-        if "malformed" in text:
-            raise CollectionDamagedError(
-                f"{self.path} is damaged (SQLite: {text}); `imgsearch check` says what can be repaired, and "
-                "`imgsearch check --repair` rebuilds what can be rebuilt (or move the file away and index again)"
-            ) from None
-        if "not a database" in text:
-            raise CollectionError(
-                f"{self.path} is not an imgsearch collection (not a SQLite database: {text}); pass --index with a "
-                "collection folder, or move this file away"
-            ) from None
-        if "readonly" in text or "unable to open" in text:
-            raise CollectionError(f"cannot open {self.path}: {text}; check the folder's permissions") from None
-        return False

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..config import IndexConfig
+from ..config import VectorIndexConfig
 from ..errors import CollectionError, DiskFullError
 from .halfvectors import HalfVectors
 from .locking import LOCK_NAME, writer_lock
@@ -47,7 +47,7 @@ class Stamp(NamedTuple):
 class SyncedIndex:
     """The FAISS index of one table ("images" or "texts") of a collection."""
 
-    def __init__(self, store: Store, table: str, folder: Path, dim: int, config: IndexConfig, live: bool = False):
+    def __init__(self, store: Store, table: str, folder: Path, dim: int, config: VectorIndexConfig, live: bool = False):
         """``live``: will ``catch_up`` (a long-lived reader); costs one more read when the index opens."""
         self.store, self.table, self.dim, self.config, self.live = store, table, dim, config, live
         self.file = folder / f"{table}.faiss"

@@ -2,7 +2,7 @@
 
 Inner product over L2-normalised float32 vectors (= cosine similarity); the ids
 in the index are the metadata row ids. Three structures, by collection size
-(``structure_for``): exact (Flat) while small, IVF-Flat past ``IndexConfig.ivf_threshold``,
+(``structure_for``): exact (Flat) while small, IVF-Flat past ``VectorIndexConfig.ivf_threshold``,
 compact (IVF with product-quantised codes, candidates re-scored with the full vectors
 the caller keeps) past ``compact_threshold``. The caller rebuilds when
 ``needs_rebuild`` says so.
@@ -23,7 +23,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
-from ..config import IndexConfig
+from ..config import VectorIndexConfig
 
 # faiss is a SWIG module: its classes change with the index type behind a pointer, which no stub describes.
 faiss: Any = _faiss
@@ -128,19 +128,19 @@ ExactVectors = Callable[[np.ndarray], "dict[int, np.ndarray]"]
 _RERANK_BATCH = 64
 
 
-def structure_for(n: int, config: IndexConfig) -> str:
+def structure_for(n: int, config: VectorIndexConfig) -> str:
     """ "flat", "ivf" or "compact": the index structure for n vectors."""
     if n < config.ivf_threshold:
         return "flat"
     return "compact" if n >= config.compact_threshold else "ivf"
 
 
-def ivf_lists(n: int, config: IndexConfig, compact: bool = False) -> int:
+def ivf_lists(n: int, config: VectorIndexConfig, compact: bool = False) -> int:
     lists = max(1, int(round(config.ivf_lists_factor * math.sqrt(n))))
     return min(lists, config.compact_max_lists) if compact else lists
 
 
-def training_size(n: int, config: IndexConfig) -> int:
+def training_size(n: int, config: VectorIndexConfig) -> int:
     """How many of the n vectors the structure for n trains on (a random sample; 0 for Flat)."""
     structure = structure_for(n, config)
     if structure == "flat":
@@ -157,7 +157,9 @@ def training_sample(vectors: np.ndarray, size: int) -> np.ndarray:
 class VectorIndex:
     """A faiss index with ids, that knows whether it is exact and when it should be rebuilt."""
 
-    def __init__(self, index: faiss.Index, config: IndexConfig = IndexConfig(), exact: ExactVectors | None = None):
+    def __init__(
+        self, index: faiss.Index, config: VectorIndexConfig = VectorIndexConfig(), exact: ExactVectors | None = None
+    ):
         """``exact``: full vectors by id, which a compact index re-scores its candidates with (without it, a
         compact index ranks by its approximate codes)."""
         self._index = index
@@ -170,7 +172,7 @@ class VectorIndex:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def empty(cls, dim: int, config: IndexConfig = IndexConfig()) -> VectorIndex:
+    def empty(cls, dim: int, config: VectorIndexConfig = VectorIndexConfig()) -> VectorIndex:
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), config)
 
     @classmethod
@@ -179,7 +181,7 @@ class VectorIndex:
         dim: int,
         ids: np.ndarray,
         vectors: np.ndarray,
-        config: IndexConfig = IndexConfig(),
+        config: VectorIndexConfig = VectorIndexConfig(),
         exact: ExactVectors | None = None,
     ) -> VectorIndex:
         """The right index for len(ids) vectors (``structure_for``), trained here on a sample of them."""
@@ -194,7 +196,7 @@ class VectorIndex:
         n: int,
         sample: np.ndarray,
         chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-        config: IndexConfig = IndexConfig(),
+        config: VectorIndexConfig = VectorIndexConfig(),
         exact: ExactVectors | None = None,
     ) -> VectorIndex:
         """Build from a stream: the structure for n vectors, trained on ``sample`` (``training_size(n)`` of them,
@@ -213,7 +215,7 @@ class VectorIndex:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, config: IndexConfig = IndexConfig(), exact: ExactVectors | None = None
+        cls, path: str | os.PathLike, config: VectorIndexConfig = VectorIndexConfig(), exact: ExactVectors | None = None
     ) -> VectorIndex:
         return cls(faiss.read_index(str(path)), config, exact)
 
@@ -223,7 +225,7 @@ class VectorIndex:
         path: str | os.PathLike,
         size: int,
         crc: int,
-        config: IndexConfig = IndexConfig(),
+        config: VectorIndexConfig = VectorIndexConfig(),
         exact: ExactVectors | None = None,
     ) -> VectorIndex | None:
         """The saved index, only if the file is ``size`` bytes with CRC-32 ``crc``; else None. One open file is
@@ -475,7 +477,7 @@ def similar_pairs(
     if n < exact_below:
         index = faiss.IndexFlatIP(dim)
     else:
-        config = IndexConfig()
+        config = VectorIndexConfig()
         lists = ivf_lists(n, config)
         index = _trained_ivf(training_sample(vectors, min(n, lists * config.train_per_list)), lists, config)
         index.nprobe = min(nprobe, index.nlist)
@@ -491,14 +493,14 @@ def similar_pairs(
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
 
 
-def _trained_ivf(sample: np.ndarray, nlist: int, config: IndexConfig) -> faiss.Index:
+def _trained_ivf(sample: np.ndarray, nlist: int, config: VectorIndexConfig) -> faiss.Index:
     dim = sample.shape[1]
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     _train(ivf, sample, config)
     return ivf
 
 
-def _trained_compact(sample: np.ndarray, nlist: int, config: IndexConfig) -> faiss.Index:
+def _trained_compact(sample: np.ndarray, nlist: int, config: VectorIndexConfig) -> faiss.Index:
     """IVF with 4-bit product-quantisation codes scanned by SIMD (faiss's "fast scan"): 2 * ``compact_bytes``
     slices of the vector, 16 centroids each. Measured against 8-bit codes of the same size (docs/scale.md): the
     same recall after re-ranking, built 2.7x faster."""
@@ -509,7 +511,7 @@ def _trained_compact(sample: np.ndarray, nlist: int, config: IndexConfig) -> fai
     return ivf
 
 
-def _train(ivf: faiss.Index, sample: np.ndarray, config: IndexConfig) -> None:
+def _train(ivf: faiss.Index, sample: np.ndarray, config: VectorIndexConfig) -> None:
     ivf.cp.niter = config.kmeans_iterations
     if gpu_count():
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))

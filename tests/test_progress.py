@@ -1,0 +1,53 @@
+"""The command line's output, in-process: the progress bar and the index summary (the CLI as a process is
+tests/test_cli.py, in the end-to-end tier)."""
+
+import sys
+
+from conftest import write_image
+
+
+def test_the_summary_rate_is_the_embeddings_own_and_the_model_load_is_said_apart(tmp_path, tiny_model, capsys):
+    """0.1 divided by the whole run: 80 photos after an 84 s first export read "0.8 images/s" when the model
+    embedded 5 a second."""
+    import imgsearch
+    from imgsearch.cli.indexing import _print_index_report
+    from imgsearch.results import IndexReport
+
+    _print_index_report(IndexReport("/photos", added=80, seconds=100.0, model_seconds=84.0, embed_seconds=16.0))
+    out = capsys.readouterr().out
+    assert "(5.0 images/s embedding" in out and "model ready in 84.0s" in out and "in 100.0s" in out
+
+    for i in range(6):
+        write_image(tmp_path / "photos" / f"p{i}.png", i)
+    calls: list[tuple[int, str | None]] = []
+    with imgsearch.open(tmp_path / "coll", model=tiny_model) as engine:
+        report = engine.index_folder(
+            tmp_path / "photos", progress=lambda done, total, stage=None: calls.append((done, stage))
+        )
+    assert report.embedded == 6 and report.model_seconds > 0 and report.embed_seconds > 0
+    assert report.model_seconds + report.embed_seconds <= report.seconds
+    stages = [stage for _, stage in calls]
+    assert stages.index("loading model") < stages.index("embedding")
+    assert calls[stages.index("embedding")][0] == 0  # the bar's clock restarts before the first batch, not after
+
+
+def test_a_stage_with_nothing_to_count_still_shows_its_time_passing(monkeypatch):
+    """0.1's bar sat at `loading model: 0%| 0/956 [00:00<?]` through an 85 s first export: it looked frozen."""
+    import io
+    import time
+
+    from imgsearch.cli import common as cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with cli.progress_bar("scanning", "img", tick=0.05) as progress:
+        progress(0, 10, "loading model")  # and nothing more, as while a model loads
+        deadline = time.monotonic() + 30  # the elapsed time is the wall clock's: wait until it reads 00:01
+        while "00:01" not in terminal.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    drawn = terminal.getvalue()
+    assert "loading model" in drawn and "0/10 [00:01" in drawn
