@@ -82,7 +82,7 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
     first_id = tiles.first.get_attribute("data-id")
     _, api = served.json("/api/search", {"q": "a dog playing in the park", "limit": 5})
     assert [tiles.nth(i).get_attribute("data-id") for i in range(5)] == [str(h["id"]) for h in api["results"]]
-    caption = tiles.first.locator("figcaption").inner_text()
+    caption = tiles.first.locator(".caption").inner_text()
     assert caption == f"{api['results'][0]['score']:.3f}"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "gallery-search.png"))
@@ -100,12 +100,17 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
     assert page.locator("#texts li").count() == 5
     page.screenshot(path=str(ARTIFACTS / "gallery-viewer.png"))
     page.click("#more")
-    page.wait_for_function(
-        f"document.querySelector('#q').value === 'id:{opened_id}' && "
-        f"document.querySelector('#grid .tile')?.dataset.id === '{opened_id}'"
-    )
+    page.wait_for_function(f"document.querySelector('#grid .tile')?.dataset.id === '{opened_id}'")
     assert not page.locator("#viewer").evaluate("d => d.open")
-    assert page.locator("#grid .tile").first.locator("figcaption").inner_text() == "1.000"
+    assert page.locator("#grid .tile").first.locator(".caption").inner_text() == "1.000"
+    # shown as the photo it is (0.1 put a cryptic `id:698` into the box), with the way back
+    assert page.input_value("#q") == "" and page.locator("#image-chip").is_visible()
+    assert f"/api/images/{opened_id}/thumbnail" in page.get_attribute("#image-chip img", "src")
+    assert page.get_attribute("#image-chip img", "alt") == f"more like {Path(path_text).name}"
+    page.go_back()  # to the search the photo was opened from
+    page.wait_for_function("document.querySelector('#q').value === 'a dog playing in the park'")
+    page.wait_for_function(f"document.querySelector('#grid .tile')?.dataset.id === '{first_id}'")
+    assert page.locator("#image-chip").is_hidden()
 
     # search with an uploaded image: the image itself comes first
     target = photos / PHOTOS[7].name
@@ -115,7 +120,7 @@ def test_search_open_more_like_this_and_upload(browser, gallery):
         "!document.querySelector('#image-chip').hidden && "
         "document.querySelector('#status').textContent.includes('image')"
     )
-    page.wait_for_function("document.querySelector('#grid .tile figcaption')?.textContent === '1.000'")
+    page.wait_for_function("document.querySelector('#grid .tile .caption')?.textContent === '1.000'")
     top = page.locator("#grid .tile").first
     assert top.get_attribute("title") == str(target)
     page.screenshot(path=str(ARTIFACTS / "gallery-upload.png"))
@@ -202,3 +207,134 @@ def test_a_missing_collection_explains_itself(browser, tmp_path):
         assert errors == []
     finally:
         served.stop()
+
+
+def _first_ids(served, q: str, n: int = 3) -> list[str]:
+    _, found = served.json("/api/search", {"q": q, "limit": n})
+    return [str(h["id"]) for h in found["results"]]
+
+
+def _shows(page, q: str, ids: list[str]) -> None:
+    """Wait until the box says ``q`` and the grid starts with ``ids``."""
+    page.wait_for_function(
+        "([q, ids]) => document.querySelector('#q').value === q && "
+        "ids.every((id, i) => document.querySelectorAll('#grid .tile')[i]?.dataset.id === id)",
+        arg=[q, ids],
+    )
+
+
+def test_back_and_forward_restore_searches_filters_and_the_viewer(browser, gallery):
+    """0.1 wrote the address on every search but read it only at load: after a search, Back changed the address
+    while the box and the grid stayed."""
+    served, _ = gallery
+    page, errors = _page(browser, served.url)
+    page.wait_for_selector("#grid .tile")
+    kitchen, dog = _first_ids(served, "a kitchen"), _first_ids(served, "a dog")
+    for q in ("a kitchen", "a dog"):
+        page.fill("#q", q)
+        page.press("#q", "Enter")
+    _shows(page, "a dog", dog)
+    page.locator("#grid .tile").nth(1).click()
+    page.wait_for_selector("#viewer[open]")
+    assert f"view={dog[1]}" in page.url
+    page.go_back()  # closes the photo, the results stay
+    page.wait_for_function("!document.querySelector('#viewer').open")
+    _shows(page, "a dog", dog)
+    page.go_back()
+    _shows(page, "a kitchen", kitchen)
+    page.go_forward()
+    _shows(page, "a dog", dog)
+    page.go_forward()  # the photo again
+    page.wait_for_selector("#viewer[open]")
+    assert page.evaluate("state.results[state.current].id") == int(dog[1])
+    page.keyboard.press("Escape")  # closing it is a step back, not a new entry
+    page.wait_for_function("!document.querySelector('#viewer').open")
+    assert "view=" not in page.url
+    page.click("#toggle-filters")
+    page.fill("#filters input[name=format]", "png")  # the shared photos are all JPEG: nothing matches
+    page.click("#filters button[type=submit]")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('0 images')")
+    page.go_back()
+    _shows(page, "a dog", dog)
+    assert page.input_value("#filters input[name=format]") == ""
+    page.reload()  # a reload (or a shared link) shows what the address says
+    _shows(page, "a dog", dog)
+    assert errors == []
+
+
+def test_the_phone_layout_swipe_and_accessibility(browser, gallery):
+    """0.1 on a 390x844 phone: one column of upscaled 256 px thumbnails (about two photos a screen), a 116 px
+    search box, a 26x30 px close target, keyboard hints on a touch screen, no swipe; and axe-core found a page
+    without an h1 and role=listitem on <figure>."""
+    served, _ = gallery
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=3, is_mobile=True, has_touch=True
+    )
+    asked: list[str] = []
+    page = context.new_page()
+    page.on("request", lambda r: asked.append(r.url) if "/thumbnail" in r.url else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(served.url)
+        page.wait_for_selector("#grid .tile")
+        _no_accessibility_violations(page)
+        page.fill("#q", "a dog")
+        page.press("#q", "Enter")
+        _shows(page, "a dog", _first_ids(served, "a dog"))
+        assert page.evaluate("columns()") >= 3
+        tile = page.locator("#grid .tile").first.bounding_box()
+        assert tile is not None and tile["width"] < 140
+        assert page.locator("#q").bounding_box()["width"] >= 300
+        page.wait_for_function("document.querySelector('#grid .tile img').naturalWidth > 0")
+        sizes = {int(u.split("size=")[1]) for u in asked}
+        assert min(sizes) >= 3 * tile["width"]  # sharp at the phone's 3 device pixels per CSS pixel
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "gallery-phone.png"))
+        page.locator("#grid .tile").first.tap()
+        page.wait_for_selector("#viewer[open]")
+        close = page.locator("#close").bounding_box()
+        assert close is not None and close["width"] >= 44 and close["height"] >= 44
+        assert page.locator(".keys").is_hidden() and page.locator(".swipe").is_visible()
+        page.wait_for_function("document.querySelector('#large').naturalWidth > 0")
+        _no_accessibility_violations(page)
+        _swipe(page, "#large", -150)  # right to left: the next photo
+        page.wait_for_function("state.current === 1")
+        _swipe(page, "#large", 150)
+        page.wait_for_function("state.current === 0")
+        page.screenshot(path=str(ARTIFACTS / "gallery-phone-viewer.png"))
+        assert errors == []
+    finally:
+        context.close()
+
+
+def _swipe(page, selector: str, dx: int) -> None:
+    """A finger moving sideways across an element, as Chromium's touch input (not synthetic DOM events)."""
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for i in range(1, 6):
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x + dx * i / 5, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def _no_accessibility_violations(page) -> None:
+    """axe-core (the copy axe-playwright-python ships) finds nothing, at any impact."""
+    axe = pytest.importorskip("axe_playwright_python")
+    page.add_script_tag(path=str(Path(axe.__file__).parent / "axe.min.js"))
+    found = page.evaluate("axe.run(document).then(r => r.violations.map(v => [v.id, v.impact, v.nodes.length]))")
+    assert found == []
+
+
+def test_the_desktop_gallery_has_no_accessibility_violations(browser, gallery):
+    served, _ = gallery
+    page, errors = _page(browser, served.url)
+    page.wait_for_selector("#grid .tile")
+    _no_accessibility_violations(page)
+    page.locator("#grid .tile").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("document.querySelector('#large').naturalWidth > 0")
+    _no_accessibility_violations(page)
+    assert errors == []

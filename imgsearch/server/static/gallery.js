@@ -4,9 +4,10 @@
 const PAGE = 60;
 const $ = (id) => document.getElementById(id);
 const state = {
-  q: "", upload: null, filters: {}, results: [], offset: 0, done: false, loading: false, token: 0,
+  q: "", upload: null, similar: null, filters: {}, results: [], offset: 0, done: false, loading: false, token: 0,
   maxResults: 1000, texts: 0, current: -1,
 };
+const FILTERS = ["in", "after", "before", "format", "orientation", "min_width"];
 
 // -- talking to the server ---------------------------------------------------------------------
 function params(extra) {
@@ -31,7 +32,8 @@ function pageRequest(offset) {
     const type = state.upload.type && state.upload.type.startsWith("image/") ? state.upload.type : "application/octet-stream";
     return api(`/api/search?${p}`, { method: "POST", body: state.upload, headers: { "Content-Type": type } });
   }
-  if (state.q) { p.set("q", state.q); return api(`/api/search?${p}`); }
+  const q = state.similar ? `id:${state.similar.id}` : state.q;
+  if (q) { p.set("q", q); return api(`/api/search?${p}`); }
   return api(`/api/images?${p}`);
 }
 
@@ -45,9 +47,66 @@ async function run() {
   const token = ++state.token;  // a newer search makes older answers irrelevant
   Object.assign(state, { results: [], offset: 0, done: false, loading: false, current: -1 });
   $("grid").replaceChildren();
-  location.hash = state.q ? `q=${encodeURIComponent(state.q)}` : "";
   await loadMore(token);
 }
+
+// -- history: each search, and the open photo, is an entry that Back and Forward restore -------------------
+function address(view) {
+  const p = new URLSearchParams();
+  if (state.q) p.set("q", state.q);
+  if (state.similar) p.set("like", state.similar.id);
+  for (const key of FILTERS) if (state.filters[key]) p.set(key, state.filters[key]);
+  if (state.upload) p.set("image", "1");  // the file itself lives in the history entry
+  if (view !== undefined) p.set("view", view);
+  return `#${p}`;
+}
+
+function snapshot(view) {
+  return { q: state.q, similar: state.similar, filters: { ...state.filters }, upload: state.upload, view };
+}
+
+function search() {  // a new search: a new history entry
+  history.pushState(snapshot(), "", address());
+  return run();
+}
+
+function fromAddress() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const like = p.get("like");
+  return {
+    q: p.get("q") || "", similar: like ? { id: Number(like), name: `image ${like}` } : null,
+    filters: Object.fromEntries(FILTERS.filter((k) => p.get(k)).map((k) => [k, p.get(k)])),
+    upload: null, view: p.get("view") ? Number(p.get("view")) : undefined,
+  };
+}
+
+const fileKey = (f) => f && [f.name, f.size, f.type, f.lastModified].join("|");  // history holds copies
+const sameSearch = (a, b) => a.q === b.q && JSON.stringify(a.filters) === JSON.stringify(b.filters) &&
+  (a.similar && a.similar.id) === (b.similar && b.similar.id) && fileKey(a.upload) === fileKey(b.upload);
+
+async function restore(entry) {
+  if (!sameSearch(entry, state)) {
+    Object.assign(state, { q: entry.q, similar: entry.similar, filters: { ...entry.filters }, upload: entry.upload });
+    showSearch();
+    await run();
+  }
+  const index = entry.view === undefined ? -1 : state.results.findIndex((h) => h.id === entry.view);
+  if (index >= 0) show(index); else closeViewer();
+}
+
+function showSearch() {  // the box, the filters and the query chip as the state says
+  $("q").value = state.q;
+  for (const key of FILTERS) $("filters").elements[key].value = state.filters[key] || "";
+  const chip = $("image-chip"), img = chip.querySelector("img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  if (state.upload) img.src = URL.createObjectURL(state.upload);
+  else if (state.similar) img.src = `/api/images/${state.similar.id}/thumbnail?size=128`;
+  img.alt = state.similar ? `more like ${state.similar.name}` : "query image";
+  chip.title = state.similar ? `More like ${state.similar.name}` : "Searching with this image";
+  chip.hidden = !(state.upload || state.similar);
+}
+
+window.addEventListener("popstate", (event) => restore(event.state || fromAddress()));
 
 async function loadMore(token = state.token) {
   if (state.loading || state.done) return;
@@ -75,7 +134,7 @@ function append(hits) {
   const fragment = document.createDocumentFragment();
   for (const hit of hits) {
     const index = state.results.push(hit) - 1;
-    const tile = document.createElement("figure");
+    const tile = document.createElement("div");
     tile.className = "tile";
     tile.tabIndex = 0;
     tile.setAttribute("role", "listitem");
@@ -85,14 +144,23 @@ function append(hits) {
     img.loading = "lazy";
     img.decoding = "async";
     img.alt = basename(hit.path);
-    img.src = `/api/images/${hit.id}/thumbnail?size=256`;
-    const caption = document.createElement("figcaption");
+    const caption = document.createElement("span");
+    caption.className = "caption";
     caption.textContent = hit.score === null ? basename(hit.path) : hit.score.toFixed(3);
     tile.title = hit.path;
     tile.append(img, caption);
     fragment.append(tile);
   }
   $("grid").append(fragment);
+  const size = thumbnailSize();
+  for (const img of $("grid").querySelectorAll("img:not([src])")) {
+    img.src = `/api/images/${img.parentElement.dataset.id}/thumbnail?size=${size}`;
+  }
+}
+
+function thumbnailSize() {  // the tile's width in device pixels: sharp on a phone's 3x screen, small on a desktop
+  const tile = $("grid").firstElementChild;
+  return Math.min(1024, Math.ceil((tile ? tile.getBoundingClientRect().width : 180) * (window.devicePixelRatio || 1)));
 }
 
 function nearBottom() {
@@ -102,7 +170,15 @@ function nearBottom() {
 const basename = (path) => path.split(/[\\/]/).pop();
 
 // -- the large view ----------------------------------------------------------------------------
-function open(index) {
+function open(index) {  // the user opens a photo: an entry of its own, which Back closes
+  const hit = state.results[index];
+  if (!hit) return;
+  if (history.state && history.state.view !== undefined) history.replaceState(snapshot(hit.id), "", address(hit.id));
+  else history.pushState(snapshot(hit.id), "", address(hit.id));
+  show(index);
+}
+
+function show(index) {
   const hit = state.results[index];
   if (!hit) return;
   state.current = index;
@@ -128,7 +204,19 @@ function open(index) {
   select(index);
 }
 
-function close() { if ($("viewer").open) $("viewer").close(); }
+function close() { if ($("viewer").open) $("viewer").close(); }  // the user's close: see the "close" listener
+
+let quietly = false;
+function closeViewer() {  // closed by the page itself (Back, a new search): no history step of its own
+  if (!$("viewer").open) return;
+  quietly = true;
+  $("viewer").close();
+}
+
+function step(by) {
+  open(Math.max(0, Math.min(state.results.length - 1, state.current + by)));
+  if (state.current > state.results.length - 4) loadMore();
+}
 
 function select(index) {
   document.querySelectorAll(".tile.selected").forEach((t) => t.classList.remove("selected"));
@@ -139,10 +227,13 @@ function select(index) {
 async function moreLikeThis() {
   const hit = state.results[state.current];
   if (!hit) return;
-  close();
-  clearImage(false);
-  $("q").value = state.q = `id:${hit.id}`;
-  await run();
+  closeViewer();
+  Object.assign(state, { q: "", upload: null, similar: { id: hit.id, name: basename(hit.path) } });
+  showSearch();
+  if (history.state && history.state.view !== undefined) {
+    history.replaceState(snapshot(), "", address());  // the photo's entry becomes the search it started
+    await run();
+  } else await search();
 }
 
 async function describe() {
@@ -168,22 +259,17 @@ function formatBytes(n) {
 // -- searching by image ------------------------------------------------------------------------
 function useImage(file) {
   if (!file || !file.type.startsWith("image/")) { status("that is not an image file", true); return; }
-  state.upload = file;
-  const chip = $("image-chip");
-  const img = chip.querySelector("img");
-  if (img.src) URL.revokeObjectURL(img.src);
-  img.src = URL.createObjectURL(file);
-  chip.hidden = false;
-  state.q = $("q").value.trim();
-  run();
+  Object.assign(state, { upload: file, similar: null, q: $("q").value.trim() });
+  showSearch();
+  search();
 }
 
-function clearImage(rerun = true) {
-  if (!state.upload) return;
-  state.upload = null;
-  $("image-chip").hidden = true;
+function clearImage() {
+  if (!state.upload && !state.similar) return;
+  Object.assign(state, { upload: null, similar: null });
   $("upload").value = "";
-  if (rerun) run();
+  showSearch();
+  search();
 }
 
 // -- keyboard ----------------------------------------------------------------------------------
@@ -207,7 +293,7 @@ document.addEventListener("keydown", (event) => {
   const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
   if ($("viewer").open) {
     const moves = { ArrowRight: 1, ArrowLeft: -1 };
-    if (event.key in moves) { event.preventDefault(); open(Math.max(0, Math.min(state.results.length - 1, state.current + moves[event.key]))); if (state.current > state.results.length - 4) loadMore(); }
+    if (event.key in moves) { event.preventDefault(); step(moves[event.key]); }
     else if (event.key === "m") moreLikeThis();
     else if (event.key === "d" && state.texts) describe();
     return;  // Esc closes the dialog by itself
@@ -232,7 +318,9 @@ document.addEventListener("keydown", (event) => {
 $("search").addEventListener("submit", (event) => {
   event.preventDefault();
   state.q = $("q").value.trim();
-  run();
+  state.similar = null;  // typed words start a new search (an uploaded image stays, combined with them)
+  showSearch();
+  search();
 });
 $("grid").addEventListener("click", (event) => {
   const tile = event.target.closest(".tile");
@@ -247,14 +335,31 @@ $("toggle-filters").addEventListener("click", () => {
 $("filters").addEventListener("submit", (event) => {
   event.preventDefault();
   state.filters = Object.fromEntries([...new FormData($("filters")).entries()].filter(([, v]) => v !== ""));
-  run();
+  search();
 });
-$("filters").addEventListener("reset", () => { state.filters = {}; setTimeout(run); });
+$("filters").addEventListener("reset", () => { state.filters = {}; setTimeout(search); });
 $("more").addEventListener("click", moreLikeThis);
 $("describe").addEventListener("click", describe);
 $("close").addEventListener("click", close);
 $("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) close(); });
-$("viewer").addEventListener("close", () => { const t = $("grid").children[state.current]; if (t) t.focus(); });
+
+// Swipe between photos on a touch screen (or drag with a mouse): a mostly sideways move of 40 px or more.
+let swipe = null;
+$("large").addEventListener("pointerdown", (e) => { swipe = { x: e.clientX, y: e.clientY }; });
+$("large").addEventListener("pointerup", (e) => {
+  if (!swipe) return;
+  const dx = e.clientX - swipe.x, dy = e.clientY - swipe.y;
+  swipe = null;
+  if (Math.abs(dx) >= 40 && Math.abs(dx) > 1.5 * Math.abs(dy)) step(dx < 0 ? 1 : -1);
+});
+$("large").addEventListener("pointercancel", () => { swipe = null; });
+$("viewer").addEventListener("close", () => {
+  // Closed by the user (Esc, the close button, a click beside the photo): back to the entry it was opened from.
+  if (!quietly && history.state && history.state.view !== undefined) history.back();
+  quietly = false;
+  const t = $("grid").children[state.current];
+  if (t) t.focus();
+});
 window.addEventListener("scroll", () => { if (nearBottom()) loadMore(); }, { passive: true });
 
 let dragDepth = 0;
@@ -290,10 +395,15 @@ async function start() {
     }
     $("notice").hidden = true;
     state.texts = body.info.texts;
-    const hash = new URLSearchParams(location.hash.slice(1));
-    state.q = hash.get("q") || "";
-    $("q").value = state.q;
+    const entry = history.state || fromAddress();  // a reload keeps its history entry, a shared link its address
+    Object.assign(state, { q: entry.q, similar: entry.similar, filters: { ...entry.filters }, upload: entry.upload });
+    showSearch();
+    history.replaceState(snapshot(), "", address());
     await run();
+    if (entry.view !== undefined) {
+      const index = state.results.findIndex((h) => h.id === entry.view);
+      if (index >= 0) open(index);
+    }
   } catch (error) {
     status(error.message, true);
   }
