@@ -101,6 +101,10 @@ def prune(target: Target, store: Store, dry_run: bool) -> list[str]:
 def add_texts(target: Target, store: Store, texts: list[str], source: str | None, progress, batch_size: int) -> None:
     """Embed and store texts for image -> text search, in batches, each one transaction mirrored in the index."""
     synced = None
+    if progress and texts:  # loading the model (and a first run's export) takes a while: 0.1 showed nothing for 60 s
+        progress(0, len(texts), "loading model")
+        target.embedder().load(lambda name: progress(0, len(texts), name))
+        progress(0, len(texts), "embedding")
     try:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
@@ -120,7 +124,7 @@ def add_texts(target: Target, store: Store, texts: list[str], source: str | None
             synced = synced or target.synced("texts")
             synced.update(generation, ids, vectors)
             if progress:
-                progress(start + len(chunk), len(texts))
+                progress(start + len(chunk), len(texts), "embedding")
     finally:
         if synced is not None:
             synced.save()
@@ -160,7 +164,8 @@ def _embed_plan(
     if progress:
         progress(0, len(entries), "loading model")
     loading = time.monotonic()
-    batches, recipe = _embedded(target, entries, settings, report)
+    stage = (lambda name: progress(0, len(entries), name)) if progress else None
+    batches, recipe = _embedded(target, entries, settings, report, stage)
     ready = time.monotonic()
     report.model_seconds = ready - loading
     if progress:  # the bar's rate and time left count from here: the first batch is embedding's, not loading's
@@ -187,9 +192,9 @@ def _embed_plan(
         _ray().clear(target.folder / _ray().SHARDS)
 
 
-def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingConfig, report: IndexReport):
+def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingConfig, report: IndexReport, stage=None):
     """(the batches of embedded files, the recipe they are made with): from this process's model, or from a Ray
-    cluster's shards."""
+    cluster's shards. ``stage`` is told each slow step of loading the model (its one-time export and check)."""
     model = target.models.model
     if settings.ray:
         from .clip.models import model_image_size, recipe_for
@@ -199,10 +204,10 @@ def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingCo
             entries, model, settings, target.folder / _ray().SHARDS, model_image_size(model)
         ), recipe_for(model).to_dict()
     try:
-        encoder = target.file_encoder(settings).load()  # a model or download error surfaces before progress
+        encoder = target.file_encoder(settings).load(stage)  # a model or download error surfaces before progress
     except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
         report.notes.append(str(exc))
-        encoder = target.embedder().load()
+        encoder = target.embedder().load(stage)
     report.backend, report.notes = encoder.backend, report.notes + list(encoder.notes)
     return encoder.embed_files([e.path for e in entries], settings), encoder.recipe_record
 

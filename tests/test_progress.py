@@ -51,3 +51,24 @@ def test_a_stage_with_nothing_to_count_still_shows_its_time_passing(monkeypatch)
             time.sleep(0.05)
     drawn = terminal.getvalue()
     assert "loading model" in drawn and "0/10 [00:01" in drawn
+
+
+def test_a_first_run_shows_each_stage_of_loading_and_texts_add_shows_its_own(tmp_path, tiny_model, monkeypatch):
+    """0.1's first index sat on `loading model: 0%` through a one-time export of ~85 s, and `texts add` showed
+    nothing for about 60 s."""
+    import imgsearch
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))  # no export yet: this run makes it
+    for i in range(3):
+        write_image(tmp_path / "photos" / f"p{i}.png", i)
+    stages: list[str | None] = []
+    with imgsearch.open(tmp_path / "coll", model=tiny_model) as engine:
+        engine.index_folder(tmp_path / "photos", progress=lambda done, total, stage=None: stages.append(stage))
+    shown = list(dict.fromkeys(stages))  # in order, each once
+    assert shown[:3] == ["loading model", "exporting the model for the CPU (once per model)", shown[2]]
+    assert shown[2].startswith("checking the export (") and shown[2].endswith(" MB, once per model)")
+    assert shown[3:] == ["embedding"]
+    texts: list[tuple[int, str | None]] = []
+    with imgsearch.open(tmp_path / "coll2", model=tiny_model) as engine:
+        engine.add_texts(["a dog", "a cat"], progress=lambda done, total, stage=None: texts.append((done, stage)))
+    assert texts[0] == (0, "loading model") and texts[-1] == (2, "embedding")

@@ -101,6 +101,7 @@ class Embedder:
         self._device: str | None = None
         self._towers = None
         self.notes: list[str] = []  # why a faster path was not taken, for `info` and the index run's report
+        self.stage: Callable[[str], None] = lambda name: None  # told each slow step of loading, for a progress bar
 
     @property
     def device(self) -> str:
@@ -126,8 +127,11 @@ class Embedder:
     def recipe_record(self) -> dict:
         return self.recipe.to_dict()
 
-    def load(self) -> Embedder:
-        """Create the model now (downloading it if needed) rather than on first use."""
+    def load(self, stage: Callable[[str], None] | None = None) -> Embedder:
+        """Create the model now (downloading it if needed) rather than on first use; ``stage`` is told each slow
+        step (loading, the one-time export and its check) as it starts."""
+        if stage is not None:
+            self.stage = stage
         self._runner()
         return self
 
@@ -199,7 +203,7 @@ class Embedder:
             except ExportDamagedError as exc:  # removed: made again below
                 self.notes.append(f"{exc}: made again now")
         try:
-            return export(self._parts(), self.config, *self._probes)
+            return export(self._parts(), self.config, *self._probes, stage=self.stage)
         except Exception as exc:  # a full disk, an architecture the exporter cannot handle: torch still works
             full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
             self.notes.append(

@@ -52,8 +52,9 @@ class _Tower(torch.nn.Module):
         return self.model.encode_text(x) if self.text else self.model.encode_image(x)
 
 
-def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tensor):
+def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: torch.Tensor, stage=lambda name: None):
     """Export both towers to ONNX in a private folder, check them against torch fp32, then publish the folder.
+    ``stage`` is told each step as it starts (a first run shows them: they take a minute on a slow machine).
 
     Concurrent exporters each write their own folder; the first rename wins and the others are discarded.
     """
@@ -65,7 +66,10 @@ def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: to
     work.mkdir(parents=True)
     backends.remove_dead_work(final.parent)
     try:
+        stage("exporting the model for the CPU (once per model)")
         _write_towers(loaded.model, work, pixels, tokens)
+        written = sum(f.stat().st_size for f in work.iterdir() if f.is_file())
+        stage(f"checking the export ({written / 1e6:.0f} MB, once per model)")
         meta = _meta(loaded, config, work)
         staged = backends.OnnxExport(work, meta)
         towers = OnnxTowers(staged, threads=1, verify=False)

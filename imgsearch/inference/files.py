@@ -47,8 +47,9 @@ class ExportImageFiles(FromExport):
         self._tower, self.backend = image_tower(export, runner)
         self.notes: list[str] = []
 
-    def load(self) -> ExportImageFiles:
-        """Open the session now (and warm it with one blank image), so that a broken export fails before any work."""
+    def load(self, stage=None) -> ExportImageFiles:
+        """Open the session now (and warm it with one blank image), so that a broken export fails before any work.
+        (``stage``: as ``Embedder.load``'s; opening a cached export has no slow step to tell.)"""
         side = self.image_size
         self._tower.encode_image(np.zeros((1, 3, side, side), np.float32))
         return self
