@@ -257,3 +257,26 @@ def test_the_renamed_vector_index_settings_still_answer_to_their_old_name():
         old = imgsearch.IndexConfig
     assert old is imgsearch.VectorIndexConfig
     assert [w.category for w in caught] == [DeprecationWarning] and "VectorIndexConfig" in str(caught[0].message)
+
+
+@pytest.mark.e2e
+def test_the_library_prints_nothing_into_a_notebook(tmp_path, serve_env):
+    """0.1's add_texts printed open_clip's `WARNING:root:...` into the user's output."""
+    import subprocess
+    import sys
+
+    write_image(tmp_path / "a.png", 1)
+    code = (
+        "import sys, imgsearch\n"
+        "from imgsearch.config import ModelConfig\n"
+        f"with imgsearch.open(sys.argv[1], model=ModelConfig({TINY_MODEL!r}, pretrained=None)) as c:\n"
+        "    c.add_texts(['a dog', 'a cat'])\n"
+        "    c.index_folder(sys.argv[2])\n"
+        "    print(len(c.describe(sys.argv[2] + '/a.png', k=1)))\n"
+    )
+    env = dict(os.environ, **serve_env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "c"), str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("1\n", "")

@@ -178,5 +178,11 @@ def test_a_first_run_that_fails_leaves_nothing_behind(tmp_path, photo_dir):
     nothing = run("index", empty, "--collection", coll, *TINY, ok=False)
     assert nothing.returncode == 1 and f"no image files under {empty}" in nothing.stderr
     assert not (tmp_path / "data").exists()
+    from imgsearch.storage.store import Store
+
+    (tmp_path / "left").mkdir()
+    Store(tmp_path / "left" / "imgsearch.db").close()  # what 0.1 left behind
+    about = run("info", "--collection", tmp_path / "left").stdout
+    assert "nothing embedded yet" in about and "None" not in about
     bare = run("index", ok=False)
     assert bare.returncode == 2 and "give the folder to index, e.g. `imgsearch index ~/Pictures`" in bare.stderr
