@@ -10,7 +10,6 @@ engine.describe("beach.jpg", k=5)         # image -> texts (after engine.add_tex
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,9 +28,7 @@ from .config import (
 )
 from .errors import (
     BadInputError,
-    CollectionError,
     CollectionNotFoundError,
-    DiskFullError,
     ExportDamagedError,
 )
 from .manifest import ModelRecord
@@ -39,9 +36,9 @@ from .results import CollectionInfo, DuplicateGroup, ImageHit, IndexReport, Skip
 from .search.engine import ImageQuery, SearchEngine, Sources, image_hit
 from .search.filters import Filters
 from .search.query import Query, Term
-from .storage.locking import LOCK_NAME, writer_lock
+from .storage.folder import CollectionFolder
 from .storage.store import DB_NAME, SCHEMA_VERSION, Store
-from .storage.synced import SyncedIndex, remove_leftovers
+from .storage.synced import SyncedIndex
 
 Progress = Callable[..., None]  # (done, total[, stage])
 
@@ -106,10 +103,9 @@ class Collection:
         self.folder = Path(folder)
         self.live = live
         self.index_config = index_config
-        self._store: Store | None = None
+        self._disk = CollectionFolder(self.folder, self._missing, wait, on_wait, self._writer_opened)
         self._embedder = None
         self._light: tuple[Any, encoders.Plan] | None = None  # (torch-free query encoder or None, plan), decided once
-        self.wait, self.on_wait = wait, on_wait  # how long a write waits for another writer (see open)
         self._indexes: dict[str, SyncedIndex] = {}
         self._models = ModelRecord(
             self.folder, self._store_for, model, device, backend, lambda: self.embedder, lambda: self._embedder
@@ -151,13 +147,11 @@ class Collection:
         # Writers save their index under the writer lock before returning. A reader that had to rebuild or catch
         # up saves only under that lock and only while the store is at its generation (SyncedIndex.save_if_free),
         # so a reader racing an indexer cannot put an old index under a current stamp.
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        self._disk.close()
 
     @property
     def exists(self) -> bool:
-        return (self.folder / DB_NAME).exists()
+        return self._disk.exists
 
     def _missing(self) -> CollectionNotFoundError:
         return CollectionNotFoundError(
@@ -175,53 +169,14 @@ class Collection:
             raise self._missing()
 
     def _store_for(self) -> Store:
-        """The store for reading: opened read-only (no schema work, no writes) unless a writer has it."""
-        if self._store is None:
-            if not self.exists:
-                raise self._missing()
-            store = Store(self.folder / DB_NAME, read_only=True)
-            if store.outdated:  # an older collection: upgrade it once, under the writer lock
-                store.close()
-                with self._writing() as upgraded:
-                    return upgraded
-            self._store = store
-        return self._store
+        return self._disk.reader()
 
-    @contextlib.contextmanager
     def _writing(self, create: bool = False):
-        """One writer at a time per collection (readers are never blocked)."""
-        if not create and not self.exists:
-            raise self._missing()
-        made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]  # what mkdir makes, deepest first
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            with writer_lock(self.folder / LOCK_NAME, self.wait, self.on_wait):
-                new = not self.exists
-                if self._store is None or self._store.read_only:
-                    self.close()
-                    self._store = Store(self.folder / DB_NAME)
-                    for synced in self._indexes.values():
-                        synced.store = self._store
-                remove_leftovers(self.folder)  # only a writer saves, so any temporary file is a dead save's
-                try:
-                    yield self._store
-                except BaseException:
-                    if new and self._store.is_empty():
-                        self._discard_new()  # a first run that failed (or was stopped) before storing anything
-                    raise
-        finally:
-            if made and not self.exists:
-                with contextlib.suppress(OSError):
-                    for folder in made:
-                        folder.rmdir()  # only while empty: nothing of anyone else's goes
+        return self._disk.writing(create)
 
-    def _discard_new(self) -> None:
-        """Remove the database and lock a failed first run made, under the lock (a process waiting for it locks the
-        file that next has its name: ``locking.writer_lock``): "nothing behind", as the README says."""
-        self.close()
-        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", LOCK_NAME):
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / name).unlink()
+    def _writer_opened(self, store: Store) -> None:
+        for synced in self._indexes.values():
+            synced.store = store
 
     # -- the model ------------------------------------------------------------------------------
     @property
@@ -253,17 +208,8 @@ class Collection:
         """A checkpoint a reader found at a new path is written down, as ``index`` does, so that the next command
         finds it without being told again; skipped while another process writes, or where nothing can be written
         (the next reader tries again)."""
-        if not self._models.changed():
-            return
-        try:
-            with writer_lock(self.folder / LOCK_NAME, 0.0):
-                store = Store(self.folder / DB_NAME)
-                try:
-                    self._models.note_changes(store)
-                finally:
-                    store.close()
-        except (CollectionError, DiskFullError):
-            pass
+        if self._models.changed():
+            self._disk.write_if_free(self._models.note_changes)
 
     @property
     def embedder(self):
