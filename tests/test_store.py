@@ -116,3 +116,15 @@ def test_the_tables_the_store_reads_through_are_the_ones_the_migrations_make(tmp
         columns, _, _ = made[table.name]
         assert [c[0] for c in columns] == [c.name for c in table.columns], table.name
         assert [bool(c[2]) for c in columns if not c[4]] == [not c.nullable for c in table.columns if not c.primary_key]
+
+
+def test_a_foreign_database_is_refused_in_the_words_of_each_caller(tmp_path):
+    """Library errors carry the facts; the command line's advice (`--collection`) is the CLI's, not Python's."""
+
+    foreign = tmp_path / "other.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE contacts (name TEXT)")
+    conn.close()
+    with pytest.raises(CollectionError, match="another application") as caught:
+        Store(foreign)
+    assert "--" not in str(caught.value) and "--collection" in caught.value.for_cli()

@@ -212,7 +212,9 @@ def _prefixed(prefix: str, value: str, weight: float) -> Term:
         return Term.image(value, weight)
     if prefix == "id":
         if not re.fullmatch(r"\d+", value):
-            raise BadInputError(f"id:{value} is not an image id; ids are whole numbers (see --json output)")
+            raise BadInputError(
+                f"id:{value} is not an image id; ids are whole numbers", cli_hint="search results show them with --json"
+            )
         return Term.indexed(int(value), weight)
     raise AssertionError(f"prefix {prefix!r} is in PREFIXES but has no case here")
 

@@ -113,13 +113,17 @@ class translated_errors:
             ) from None
         if "malformed" in text:
             raise CollectionDamagedError(
-                f"{self.path} is damaged (SQLite: {text}); `imgsearch check` says what can be repaired, and "
-                "`imgsearch check --repair` rebuilds what can be rebuilt (or move the file away and index again)"
+                f"{self.path} is damaged (SQLite: {text})",
+                cli_hint="`imgsearch check` says what can be repaired, and `imgsearch check --repair` rebuilds what can "
+                "be rebuilt (or move the file away and index again)",
+                api_hint="Collection.check() says what can be repaired, and check(repair=True) rebuilds what can be "
+                "rebuilt (or move the file away and index again)",
             ) from None
         if "not a database" in text:
             raise CollectionError(
-                f"{self.path} is not an imgsearch collection (not a SQLite database: {text}); pass --collection with a "
-                "collection folder, or move this file away"
+                f"{self.path} is not an imgsearch collection (not a SQLite database: {text})",
+                cli_hint="pass --collection with a collection folder, or move this file away",
+                api_hint="open a collection folder, or move this file away",
             ) from None
         if "readonly" in text or "unable to open" in text:
             raise CollectionError(f"cannot open {self.path}: {text}; check the folder's permissions") from None

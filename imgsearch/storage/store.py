@@ -155,8 +155,9 @@ class Store:
         if row is None:
             raise CollectionError(
                 f"{self.path} is a SQLite database of another application (tables: {', '.join(sorted(tables)[:5])}), "
-                "not an imgsearch collection; it was left untouched. Pass --collection with a new or existing "
-                "imgsearch collection folder"
+                "not an imgsearch collection; it was left untouched",
+                cli_hint="pass --collection with a new or existing imgsearch collection folder",
+                api_hint="open a new or existing imgsearch collection folder",
             )
         return json.loads(row[0])
 
