@@ -122,6 +122,8 @@ class Collection:
         )
         self._known_dim: int | None = None
         self._damage: list[str] = []  # damaged cached exports met (and removed) by this handle
+        # What encodes one query term, by method, instead of encode_many (server.batching.Batcher gathers them).
+        self.query_fronts: dict[str, Callable[[object], np.ndarray]] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -387,15 +389,21 @@ class Collection:
         normalised embeddings, renormalised."""
         return self._engine.query_vector(query)
 
-    def _encoded(self, method: str, value) -> np.ndarray:
-        """One text or image through the query encoder; a damaged cached export (removed as it is found) gives way
-        to torch, with a warning, for this query and the rest of the process."""
+    def encode_many(self, method: str, values: list) -> np.ndarray:
+        """Texts ("embed_texts") or images ("embed_images") through the query encoder, one row each; a damaged
+        cached export (removed as it is found) gives way to torch, with a warning, for the rest of the process."""
         try:
-            return getattr(self.query_encoder, method)([value])[0]
+            return getattr(self.query_encoder, method)(values)
         except ExportDamagedError as exc:
             self._damage.append(str(exc))
             self._light = (None, encoders.Plan("torch", reason=f"queries load torch: {exc}"))
-            return getattr(self.embedder, method)([value])[0]
+            return getattr(self.embedder, method)(values)
+
+    def _encoded(self, method: str, value) -> np.ndarray:
+        """One query term's vector: through ``query_fronts[method]`` when set (a server's micro-batching), else
+        alone."""
+        front = self.query_fronts.get(method)
+        return front(value) if front is not None else self.encode_many(method, [value])[0]
 
     # -- duplicates -----------------------------------------------------------------------------
     def duplicates(self, threshold: float | None = DUPLICATE_THRESHOLD) -> list[DuplicateGroup]:

@@ -2,6 +2,7 @@
 
     python scripts/bench_serve.py                      # the shared photos and 200k vectors, ViT-B-32 (random weights)
     python scripts/bench_serve.py --n 50000 --requests 100
+    python scripts/bench_serve.py --batching-only --requests 200   # micro-batching against --no-batch
 
 Two collections, each served by a real `imgsearch serve` subprocess on localhost:
 - the 239 shared COCO photos (../shared/data/coco_mini), indexed here with --model (random weights: same compute);
@@ -20,6 +21,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--requests", type=int, default=200, help="requests per kind and concurrency level")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--cli-runs", type=int, default=7)
+    parser.add_argument("--batching-only", action="store_true", help="only the micro-batching comparison")
     return parser.parse_args(argv)
 
 
@@ -63,10 +66,11 @@ def imgsearch_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 class Server:
-    def __init__(self, collection: Path):
+    def __init__(self, collection: Path, batch: bool = True):
         (collection / "server.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0"],
+            [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0"]
+            + ([] if batch else ["--no-batch"]),
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -144,6 +148,35 @@ def whole_process(cmd: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
+def compare_batching(collection: Path, texts: list[str], args) -> None:
+    """Text queries with micro-batching and without (`serve --no-batch`), servers started one after the other on
+    the same collection, each level run twice, interleaved: p95 at 1 client and QPS at 16."""
+    rows = {}
+    servers = {"batched": Server(collection), "one at a time": Server(collection, batch=False)}
+    try:
+        fresh = random.Random(0).sample(texts, len(texts))  # each (level, run) its own captions: no cache hits
+        n = min(args.requests, len(texts) // 4)
+        for step, level in enumerate((1, 1, 16, 16)):  # each level twice: the two servers interleaved
+            chosen = fresh[step * n : (step + 1) * n]
+            paths = [f"/api/search?{urllib.parse.urlencode({'q': t, 'limit': 20})}" for t in chosen]
+            for name, server in servers.items():
+                rows.setdefault((name, level), []).append(drive(server, paths, level))
+    finally:
+        for server in servers.values():
+            server.stop()
+    print("\nmicro-batching, text queries (distinct captions, so the cache does not answer them):")
+    print(f"{'server':14} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7}   (best of 2 interleaved runs)")
+    for (name, level), runs in rows.items():
+        best = max(runs, key=lambda r: r["qps"])
+        print(f"{name:14} {level:>7} {best['p50']:>8.1f} {best['p95']:>8.1f} {best['qps']:>7.1f}")
+    qps = {name: max(r["qps"] for r in rows[(name, 16)]) for name in servers}
+    p95 = {name: min(r["p95"] for r in rows[(name, 1)]) for name in servers}
+    print(
+        f"QPS at 16 clients: {qps['batched'] / qps['one at a time']:.2f}x; p95 at 1 client: "
+        f"{p95['batched'] - p95['one at a time']:+.1f} ms"
+    )
+
+
 def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -> None:
     rng = random.Random(0)
     server = Server(collection)
@@ -192,6 +225,9 @@ def main(argv=None) -> None:
         imgsearch_cli("index", str(args.photos), "--index", str(photos), "--model", args.model, "--pretrained", "none")
         with imgsearch.open(photos) as engine:
             photo_ids = [h.id for h in engine.browse(limit=10_000)]
+        compare_batching(photos, texts, args)
+        if args.batching_only:
+            return
         bench(f"{len(photo_ids)} shared photos", photos, texts, photo_ids, args)
 
         big = work / "big_coll"
@@ -201,8 +237,9 @@ def main(argv=None) -> None:
             argparse.Namespace(n=args.n, dim=512, clusters=100, spread=2.0, intrinsic=64, queries=1, seed=0)
         )[0]
         build(big, vectors, metadata(args.n, np.random.default_rng(0)))
-        (work / "empty").mkdir()
-        imgsearch_cli("index", str(work / "empty"), "--index", str(big))  # a writer saves the index once
+        (work / "one").mkdir()  # a writer saves the index once (a folder without images is refused)
+        shutil.copy(next(args.photos.glob("*/*.jpg")), work / "one")
+        imgsearch_cli("index", str(work / "one"), "--index", str(big))
         print(f"\n(built the {args.n:,}-vector collection in {time.perf_counter() - started:.0f} s)")
         bench(f"{args.n:,} vectors", big, texts, list(range(1, args.n + 1)), args)
 

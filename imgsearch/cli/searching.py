@@ -226,6 +226,13 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image upload accepted."),
     device: str | None = DeviceOpt,
     backend: str | None = BackendOpt,
+    batch: bool = typer.Option(
+        True,
+        "--batch/--no-batch",
+        help="Encode concurrent queries together, in micro-batches of at most 16 gathered for at most 5 ms while "
+        "other requests are in flight, and keep recent texts' vectors; --no-batch encodes each alone (for "
+        "comparison: scripts/bench_serve.py).",
+    ),
 ) -> None:
     """Serve the collection: a web gallery at http://HOST:PORT/ and an HTTP JSON API under /api (schema at
     /api/openapi.json). The model loads once; `imgsearch query` then asks this server and answers at once.
@@ -246,6 +253,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         backend=backend,
         device=device,
+        batch=batch,
     )
     with user_errors():
         from ..server.app import serve as run

@@ -7,6 +7,7 @@ plain values, so it is usable (and tested) without HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -21,6 +22,7 @@ from .. import images as imgs
 from ..errors import BadInputError, NotFoundError, TooLargeError
 from ..search import Filters, Query, Term
 from . import discovery, thumbnails
+from .batching import Batcher
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
 MEDIA_TYPES = {
@@ -51,6 +53,9 @@ class ServeConfig:
     backend: str | None = None  # as for `imgsearch query`
     device: str | None = None
     workers: int = 4  # threads serving searches (the event loop never runs one)
+    # Concurrent queries encoded together (server/batching.py); False: each alone, as before 0.2 (for comparison).
+    batch: bool = True
+    text_cache: int = 256  # recent texts whose vectors are kept
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -83,6 +88,30 @@ class SearchService:
         self._refreshing = threading.Lock()
         self._decoding = threading.BoundedSemaphore(config.decodes)
         self.nonce = secrets.token_hex(16)  # this run's secret, in server.json: proves the server to its clients
+        self._answering = 0  # requests being answered now: micro-batches wait for more only while there are
+        self._counting = threading.Lock()
+        if config.batch:
+            self.collection.query_fronts = {
+                "embed_texts": Batcher(self._encoder("embed_texts"), self._busy, cache=config.text_cache),
+                "embed_images": Batcher(self._encoder("embed_images"), self._busy),
+            }
+
+    def _encoder(self, method: str):
+        return lambda values: self.collection.encode_many(method, values)
+
+    def _busy(self) -> int:
+        return self._answering
+
+    @contextlib.contextmanager
+    def answering(self):
+        """Count a request while it is answered (see ``batching.Batcher``)."""
+        with self._counting:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._counting:
+                self._answering -= 1
 
     # -- lifecycle ------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -151,7 +180,8 @@ class SearchService:
         self.collection.require_searchable("images", limit)  # before the model loads for nothing
         started = time.perf_counter()
         query = self._query(q, upload)
-        vector = self.collection.query_vector(query)
+        with self.answering():
+            vector = self.collection.query_vector(query)
         encoded = time.perf_counter()
         hits = self.collection.search_vector(vector, limit, filters, offset)
         done = time.perf_counter()
