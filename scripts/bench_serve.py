@@ -2,7 +2,7 @@
 
     python scripts/bench_serve.py                      # the shared photos and 200k vectors, ViT-B-32 (random weights)
     python scripts/bench_serve.py --n 50000 --requests 100
-    python scripts/bench_serve.py --batching-only --requests 200   # micro-batching against --no-batch
+    python scripts/bench_serve.py --batching-only --requests 200   # serve --batch against the default
 
 Two collections, each served by a real `imgsearch serve` subprocess on localhost:
 - the 239 shared COCO photos (../shared/data/coco_mini), indexed here with --model (random weights: same compute);
@@ -66,11 +66,11 @@ def imgsearch_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 class Server:
-    def __init__(self, collection: Path, batch: bool = True):
+    def __init__(self, collection: Path, batch: bool = False):
         (collection / "server.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0"]
-            + ([] if batch else ["--no-batch"]),
+            + (["--batch"] if batch else []),
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -149,10 +149,10 @@ def whole_process(cmd: list[str], runs: int) -> float:
 
 
 def compare_batching(collection: Path, texts: list[str], args) -> None:
-    """Text queries with micro-batching and without (`serve --no-batch`), servers started one after the other on
+    """Text queries with micro-batching (`serve --batch`) and without, servers started one after the other on
     the same collection, each level run twice, interleaved: p95 at 1 client and QPS at 16."""
     rows = {}
-    servers = {"batched": Server(collection), "one at a time": Server(collection, batch=False)}
+    servers = {"batched": Server(collection, batch=True), "one at a time": Server(collection)}
     try:
         fresh = random.Random(0).sample(texts, len(texts))  # each (level, run) its own captions: no cache hits
         n = min(args.requests, len(texts) // 4)

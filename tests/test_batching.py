@@ -106,8 +106,8 @@ def test_a_served_collection_answers_concurrent_queries_as_the_api_does(tmp_path
         shutil.copy(src, photos / src.name)
     with imgsearch.open(tmp_path / "c", embedder=tiny_embedder) as engine:
         engine.index_folder(photos)
-    alone = SearchService(ServeConfig(index=tmp_path / "c", batch=False))
-    service = SearchService(ServeConfig(index=tmp_path / "c"))
+    alone = SearchService(ServeConfig(index=tmp_path / "c"))  # the default: each query encoded alone
+    service = SearchService(ServeConfig(index=tmp_path / "c", batch=True))
     expected = {t: [h["id"] for h in alone.search(t, None, Filters(), 0, 10)["results"]] for t in TEXTS}
     got: dict = {}
     start = threading.Barrier(len(TEXTS))
@@ -123,3 +123,12 @@ def test_a_served_collection_answers_concurrent_queries_as_the_api_does(tmp_path
         t.join(120)
     assert got == expected
     assert sum(service.collection.query_fronts["embed_texts"].batches) == len(TEXTS)  # each encoded once
+
+    # The default server keeps recent texts: the gallery's next page of the same query encodes nothing.
+    calls: list = []
+    encode = alone.collection.encode_many
+    alone.collection.encode_many = lambda method, values: calls.append(list(values)) or encode(method, values)
+    first = alone.search("a dog with a frisbee", None, Filters(), 0, 10)["results"]
+    second = alone.search("a dog with a frisbee", None, Filters(), 10, 10)["results"]
+    assert calls == [["a dog with a frisbee"]] and len(first) == 10 and len(second) == 10
+    assert not {h["id"] for h in first} & {h["id"] for h in second}

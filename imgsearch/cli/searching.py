@@ -227,11 +227,11 @@ def serve(
     device: str | None = DeviceOpt,
     backend: str | None = BackendOpt,
     batch: bool = typer.Option(
-        True,
+        False,
         "--batch/--no-batch",
         help="Encode concurrent queries together, in micro-batches of at most 16 gathered for at most 5 ms while "
-        "other requests are in flight, and keep recent texts' vectors; --no-batch encodes each alone (for "
-        "comparison: scripts/bench_serve.py).",
+        "other requests are in flight. Off by default: on 2 CPU cores it cost text throughput (docs/server.md); "
+        "scripts/bench_serve.py --batching-only compares the two on a machine.",
     ),
 ) -> None:
     """Serve the collection: a web gallery at http://HOST:PORT/ and an HTTP JSON API under /api (schema at

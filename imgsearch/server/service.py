@@ -53,9 +53,9 @@ class ServeConfig:
     backend: str | None = None  # as for `imgsearch query`
     device: str | None = None
     workers: int = 4  # threads serving searches (the event loop never runs one)
-    # Concurrent queries encoded together (server/batching.py); False: each alone, as before 0.2 (for comparison).
-    batch: bool = True
-    text_cache: int = 256  # recent texts whose vectors are kept
+    # Concurrent queries encoded together (server/batching.py): off by default, since on CPU it cost throughput.
+    batch: bool = False
+    text_cache: int = 256  # recent texts whose vectors are kept (a gallery asks the same text for each page)
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -90,11 +90,12 @@ class SearchService:
         self.nonce = secrets.token_hex(16)  # this run's secret, in server.json: proves the server to its clients
         self._answering = 0  # requests being answered now: micro-batches wait for more only while there are
         self._counting = threading.Lock()
+        size = 16 if config.batch else 1
+        self.collection.query_fronts = {
+            "embed_texts": Batcher(self._encoder("embed_texts"), self._busy, size, cache=config.text_cache)
+        }
         if config.batch:
-            self.collection.query_fronts = {
-                "embed_texts": Batcher(self._encoder("embed_texts"), self._busy, cache=config.text_cache),
-                "embed_images": Batcher(self._encoder("embed_images"), self._busy),
-            }
+            self.collection.query_fronts["embed_images"] = Batcher(self._encoder("embed_images"), self._busy)
 
     def _encoder(self, method: str):
         return lambda values: self.collection.encode_many(method, values)
