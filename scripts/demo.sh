@@ -10,16 +10,16 @@ FOLDER="${1:-../shared/data/coco_mini}"
 INDEX=indexes/demo
 IS=.venv/bin/imgsearch
 MODEL_ARGS=(--model ViT-B-32 --pretrained "${IMGSEARCH_PRETRAINED:-laion2b_s34b_b79k}")
-if ! $IS index "$FOLDER" --index "$INDEX" "${MODEL_ARGS[@]}"; then
+if ! $IS index "$FOLDER" --collection "$INDEX" "${MODEL_ARGS[@]}"; then
   # imgsearch's own message above says what failed (download, checkpoint, device, disk...).
   echo "demo: indexing with the pretrained model failed (see the error above)." >&2
   echo "demo: running the same pipeline with RANDOM weights instead: rankings below are meaningless." >&2
   INDEX=indexes/demo-random-weights
-  $IS index "$FOLDER" --index "$INDEX" --model ViT-B-32 --pretrained none
+  $IS index "$FOLDER" --collection "$INDEX" --model ViT-B-32 --pretrained none
 fi
-$IS info --index "$INDEX"
+$IS info --collection "$INDEX"
 echo "--- text -> image: 'a dog playing in the snow'"
-$IS query "a dog playing in the snow" --index "$INDEX" -k 5
+$IS query "a dog playing in the snow" --collection "$INDEX" -k 5
 FIRST=$(find "$FOLDER" -name '*.jpg' | sort | head -n 1)
 echo "--- image -> image: $FIRST"
-$IS query --image "$FIRST" --index "$INDEX" -k 5
+$IS query --image "$FIRST" --collection "$INDEX" -k 5
