@@ -179,7 +179,8 @@ def _embed_plan(
         if not noted and (changes.new or changes.replaced):
             changes.manifest, noted = {**changes.manifest, "backend": report.backend}, True
         applied = apply(store, changes)
-        synced = synced or target.synced("images")
+        if synced is None and target.dim():  # made once a first vector is stored (a batch may hold only failures)
+            synced = target.synced("images")
         mirror(synced, *applied)
         if synced is not None:
             synced.save(at_most_every=settings.checkpoint_seconds)

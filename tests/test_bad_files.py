@@ -339,3 +339,15 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_a_reason_and_never_stops_a
     shown = str(folder / "\\xff\\xfe_restored.jpg")
     assert shown in skipped and "not valid UTF-8" in skipped[shown], skipped
     assert report.unchanged == 3
+
+
+def test_a_first_run_whose_first_batch_is_all_unreadable_files_goes_on(tmp_path, tiny_model):
+    """0.1 crashed (a TypeError deep in the FAISS side) when a first run's first batch held no readable image."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    write_image(photos / "b_fine.png", 1)
+    with imgsearch.open(tmp_path / "c", model=tiny_model) as engine:
+        report = engine.index_folder(photos, IndexingConfig(batch_size=1, workers=0))
+        assert report.added == 1 and [Path(s.path).name for s in report.skipped] == ["a_broken.jpg"]
+        assert [Path(h.path).name for h in engine.search("a photo", k=5)] == ["b_fine.png"]
