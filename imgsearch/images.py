@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,19 @@ class ImageSkipped(Exception):
     """A file that cannot be indexed; str(exc) is the reason shown to the user."""
 
 
-@cache
+_registering = threading.Lock()
+
+
 def register_optional_formats() -> tuple[str, ...]:
-    """Enable HEIC/AVIF where a maintained Pillow plugin is installed; returns what was enabled."""
+    """Enable HEIC/AVIF where a maintained Pillow plugin is installed; returns what was enabled. Decode threads ask
+    at once: one registers, the others wait for its answer (two imports of a module that fails can hand the second
+    one the half-made module)."""
+    with _registering:
+        return _register_optional_formats()
+
+
+@cache
+def _register_optional_formats() -> tuple[str, ...]:
     enabled = []
     try:
         import pillow_heif
