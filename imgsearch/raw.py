@@ -8,6 +8,7 @@ model's input. Either way the image comes out upright, as the camera held it.
 
 from __future__ import annotations
 
+import functools
 import io
 
 from PIL import Image, ImageOps
@@ -21,6 +22,7 @@ MISSING = "needs rawpy to read camera RAW files: install it with `pip install ra
 _FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
 
 
+@functools.cache  # asked once per skipped RAW file by a run: a failed import is not cached by Python
 def available() -> bool:
     try:
         import rawpy  # noqa: F401

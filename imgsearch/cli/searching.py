@@ -121,7 +121,7 @@ def query(
             ) as engine,
         ):
             found = engine.describe(image[0], k=top) if texts else engine.search(wanted, k=top)
-            held = None if texts else len(engine)
+            held = None if texts or len(found) >= top else len(engine)  # counted only when it is said
             warn(engine.warnings())
         hits = [h.to_dict() for h in found]
     if as_json:

@@ -130,9 +130,11 @@ class Embedder:
     def load(self, stage: Callable[[str], None] | None = None) -> Embedder:
         """Create the model now (downloading it if needed) rather than on first use; ``stage`` is told each slow
         step (loading, the one-time export and its check) as it starts."""
-        if stage is not None:
-            self.stage = stage
-        self._runner()
+        told, self.stage = self.stage, stage or self.stage
+        try:
+            self._runner()
+        finally:
+            self.stage = told  # only this load: a progress bar closed afterwards is never told again
         return self
 
     @property
