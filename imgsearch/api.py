@@ -122,6 +122,7 @@ class Collection:
         )
         self._known_dim: int | None = None
         self._damage: list[str] = []  # damaged cached exports met (and removed) by this handle
+        self._file_encoders: dict[str, Any] = {}  # export encoders of image files by decode setting, once opened
         # What encodes one query term, by method, instead of encode_many (server.batching.Batcher gathers them).
         self.query_fronts: dict[str, Callable[[object], np.ndarray]] = {}
 
@@ -276,17 +277,22 @@ class Collection:
             self._indexes.get,
             lambda: self.embedder,
             self._image_file_encoder,
+            self._file_encoders.clear,
         )
 
     def _image_file_encoder(self, settings: IndexingConfig):
         """What embeds image files: the model's cached export without torch (``encoders.file_encoder``), else
-        ``embedder`` (torch; it makes the export on a model's first run)."""
+        ``embedder`` (torch; it makes the export on a model's first run). An export's encoder is kept for the
+        handle's next runs: a watcher's run for one new photo must not open the model again (about 1 s)."""
         if self._embedder is not None:
             return self._embedder
+        if settings.decode in self._file_encoders:
+            return self._file_encoders[settings.decode]
         encoder, plan = encoders.file_encoder(self.model, settings.decode)
         if encoder is None:
             return self.embedder
         encoder.notes += [plan.reason] if plan is not None and plan.reason else []
+        self._file_encoders[settings.decode] = encoder
         return encoder
 
     def prune(self, dry_run: bool = False) -> list[str]:

@@ -149,6 +149,19 @@ DEFAULT_EXCLUDES = (
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """How `imgsearch watch` and `serve --watch` follow folders (watching.py)."""
+
+    # Seconds a file must go without events (and keep its size and modification time) before it is indexed:
+    # long enough for a copy's next write, short enough for "searchable within seconds".
+    settle: float = 1.0
+    # Seconds between reconciliation scans, which find what lost events missed (0: only the one at start).
+    rescan: float = 3600.0
+    # Seconds between scans of a folder the system cannot watch (too few inotify watches, no events on a share).
+    poll: float = 60.0
+
+
+@dataclass(frozen=True)
 class IndexingConfig:
     # Images per forward pass on a CPU; 64 keeps memory low.
     batch_size: int = 64

@@ -56,6 +56,11 @@ class BadInputError(ImgsearchError):
     """An argument or input file given by the user is invalid."""
 
 
+class NothingToIndexError(BadInputError):
+    """A folder to index holds no image file, and the collection knew none under it (a mistyped folder, or one a
+    watcher follows before its first photo arrives)."""
+
+
 class DatasetError(ImgsearchError):
     """An evaluation dataset is missing, incomplete, or in an unknown format."""
 

@@ -227,6 +227,8 @@ def _stat_entry(path: str, seen: set[tuple[int, int]], inside: str) -> FileEntry
                 return None
     except OSError as exc:
         return ScanProblem(path, f"unreadable: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):  # reading a FIFO waits for a writer that may never come
+        return ScanProblem(path, "not a regular file (a FIFO, socket or device with an image's name); left out")
     if (st.st_dev, st.st_ino) in seen:
         return None
     seen.add((st.st_dev, st.st_ino))

@@ -18,7 +18,7 @@ import numpy as np
 from . import images as imgs
 from . import stale
 from .config import IMAGE_EXTENSIONS, IndexingConfig
-from .errors import BadInputError, CollectionError, ExportDamagedError
+from .errors import CollectionError, ExportDamagedError, NothingToIndexError
 from .manifest import ModelRecord
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
 from .records import Changes, EmbeddedBatch, FileEntry, NewImage, Skip
@@ -37,7 +37,8 @@ class Target:
     synced: Callable[[str], SyncedIndex]  # a table's index, opened on first use
     opened: Callable[[str], SyncedIndex | None]  # a table's index only if already open
     embedder: Callable[[], Any]  # torch's model (loads it)
-    file_encoder: Callable[[IndexingConfig], Any]  # what embeds image files (``encoders.file_encoder``)
+    file_encoder: Callable[[IndexingConfig], Any]  # what embeds image files (``encoders.file_encoder``), kept
+    forget_file_encoder: Callable[[], None]  # drops the kept one (its export was found damaged)
 
 
 def run(
@@ -50,7 +51,7 @@ def run(
     stale_before = target.models.stale_before(store)
     plan = plan_run(store, root, excludes, stale_before, rehash)
     if _nothing_there(plan):
-        raise BadInputError(
+        raise NothingToIndexError(
             f"no image files under {root}: nothing to index (imgsearch reads {' '.join(sorted(IMAGE_EXTENSIONS))}; "
             "hidden files and excluded names are left out)"
         )
@@ -207,6 +208,7 @@ def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingCo
     try:
         encoder = target.file_encoder(settings).load(stage)  # a model or download error surfaces before progress
     except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
+        target.forget_file_encoder()
         report.notes.append(str(exc))
         encoder = target.embedder().load(stage)
     report.backend, report.notes = encoder.backend, report.notes + list(encoder.notes)

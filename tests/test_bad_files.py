@@ -351,3 +351,25 @@ def test_a_first_run_whose_first_batch_is_all_unreadable_files_goes_on(tmp_path,
         report = engine.index_folder(photos, IndexingConfig(batch_size=1, workers=0))
         assert report.added == 1 and [Path(s.path).name for s in report.skipped] == ["a_broken.jpg"]
         assert [Path(h.path).name for h in engine.search("a photo", k=5)] == ["b_fine.png"]
+
+
+def test_a_fifo_named_like_a_photo_is_skipped_not_waited_on(tmp_path, tiny_model):
+    """0.2 opened a FIFO named x.jpg to read it and waited for a writer forever: the whole run hung."""
+    import threading
+
+    photos = tmp_path / "photos"
+    write_image(photos / "real.jpg", seed=1)
+    os.mkfifo(photos / "pipe.jpg")
+    result: dict = {}
+
+    def run() -> None:
+        with imgsearch.open(tmp_path / "coll", model=tiny_model) as engine:
+            result["report"] = engine.index_folder(photos, IndexingConfig(workers=0))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the run hung on the FIFO"
+    report = result["report"]
+    assert report.added == 1
+    assert [(Path(s.path).name, "not a regular file" in s.reason) for s in report.skipped] == [("pipe.jpg", True)]

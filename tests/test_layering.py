@@ -24,6 +24,7 @@ OWNERS = {
     "tokenizers": ("inference.tokenizer",),
     "rawpy": ("raw",),
     "pillow_heif": ("images",),
+    "watchdog": ("watching",),
     "fastapi": ("server",),
     "starlette": ("server",),
     "uvicorn": ("server",),

@@ -247,8 +247,12 @@ def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model
     deadline = time.monotonic() + 120
     while proc.poll() is None and _rows(coll / "imgsearch.db") <= 0 and time.monotonic() < deadline:
         time.sleep(0.005)
+    # Frozen at once, so a busy machine descheduling this test cannot let the run finish before Ctrl-C lands (the
+    # full suite lost this race under load); the interrupt is then handled where it was stopped.
+    proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=60)
 
     assert proc.returncode == 130, stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..config import DEFAULT_EXCLUDES, IndexingConfig
+from ..config import DEFAULT_EXCLUDES, IndexingConfig, WatchConfig
 from .common import (
     BackendOpt,
     CollectionOpt,
@@ -23,6 +23,13 @@ from .common import (
     progress_bar,
     texts_app,
     user_errors,
+)
+
+ExcludeOpt = typer.Option(
+    [], "--exclude", metavar="GLOB", help="Leave out names or relative paths matching GLOB (repeatable)."
+)
+NoDefaultExcludesOpt = typer.Option(
+    False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."
 )
 
 
@@ -54,12 +61,8 @@ def index(
         help=f"Decoding workers: threads when the model runs from its cached export (no torch) [default: one per core], "
         f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one].",
     ),
-    exclude: list[str] = typer.Option(
-        [], "--exclude", metavar="GLOB", help="Leave out names or relative paths matching GLOB (repeatable)."
-    ),
-    no_default_excludes: bool = typer.Option(
-        False, "--no-default-excludes", help=f"Also index {', '.join(DEFAULT_EXCLUDES)} (left out by default)."
-    ),
+    exclude: list[str] = ExcludeOpt,
+    no_default_excludes: bool = NoDefaultExcludesOpt,
     rehash: bool = typer.Option(
         False,
         "--rehash",
@@ -193,3 +196,68 @@ def texts_clear(index: Path | None = CollectionOpt, wait: bool = WaitOpt) -> Non
     with user_errors(), open_collection(index, wait=wait) as engine:
         removed = engine.clear_texts()
     typer.echo(f"removed {removed} texts")
+
+
+@app.command()
+def watch(
+    folders: list[Path] = typer.Argument(None, metavar="FOLDER...", help="Folders to keep in step (recursively)."),
+    index: Path | None = CollectionOpt,
+    model: str | None = ModelOpt,
+    pretrained: str | None = PretrainedOpt,
+    pretrained_as: str | None = PretrainedAsOpt,
+    device: str | None = DeviceOpt,
+    backend: str | None = BackendOpt,
+    exclude: list[str] = ExcludeOpt,
+    no_default_excludes: bool = NoDefaultExcludesOpt,
+    settle: float = typer.Option(
+        WatchConfig.settle, "--settle", min=0.0, metavar="SECONDS", help="Quiet time before a changed file is read."
+    ),
+    rescan: float = typer.Option(
+        WatchConfig.rescan,
+        "--rescan",
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds between full scans that catch changes the system did not report (0: only at start).",
+    ),
+) -> None:
+    """Keep the collection in step with FOLDER...: new, changed, moved and deleted photos are indexed seconds
+    after their files settle, by the same rules as `imgsearch index` (which first runs once over each folder).
+    Runs until Ctrl-C. `imgsearch serve --watch FOLDER` does the same inside the server."""
+    from ..watching import Watcher
+
+    if not folders:
+        fail("give the folders to watch, e.g. `imgsearch watch ~/Pictures`", 2)
+    excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
+    config = WatchConfig(settle=settle, rescan=rescan)
+    with user_errors(), open_collection(index, model, pretrained, device, backend, True, pretrained_as) as engine:
+        watcher = Watcher(engine, folders, IndexingConfig(), config, excludes, _print_run, _print_notice)
+        typer.echo(f"imgsearch: watching {', '.join(map(str, watcher.roots))} (Ctrl-C to stop)", err=True)
+        with watcher:
+            _until_interrupted()
+
+
+def _print_run(run) -> None:
+    if run.error is not None:
+        return  # said by _print_notice
+    report = run.report
+    if run.reason == "start" or report.added or report.updated or report.moved or report.removed or report.skipped:
+        _print_index_report(report)
+
+
+def _print_notice(message: str) -> None:
+    typer.echo(f"imgsearch: {message}", err=True)
+
+
+def _until_interrupted() -> None:
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(3600):  # the wait wakes for Ctrl-C and SIGTERM alike
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

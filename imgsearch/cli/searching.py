@@ -233,6 +233,12 @@ def serve(
         "other requests are in flight. Off by default: on 2 CPU cores it cost text throughput (docs/server.md); "
         "scripts/bench_serve.py --batching-only compares the two on a machine.",
     ),
+    watch: list[Path] = typer.Option(
+        [],
+        "--watch",
+        metavar="FOLDER",
+        help="Keep the collection in step with FOLDER as photos change, as `imgsearch watch` does (repeatable).",
+    ),
 ) -> None:
     """Serve the collection: a web gallery at http://HOST:PORT/ and an HTTP JSON API under /api (schema at
     /api/openapi.json). The model loads once; `imgsearch query` then asks this server and answers at once.
@@ -254,6 +260,7 @@ def serve(
         backend=backend,
         device=device,
         batch=batch,
+        watch=tuple(watch),
     )
     with user_errors():
         from ..server.app import serve as run

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import math
 import os
 import re
 import signal
@@ -300,6 +301,7 @@ def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr
             app, log_level="warning", access_log=False, lifespan="off", http=guard.GuardedH11, timeout_keep_alive=5
         )
     )
+    watcher = _watcher(service.folder, config, announce)  # its folders are checked before anything is written
     written = discovery.write(service.folder, url, config.token, service.nonce)
     announce(f"imgsearch: serving {service.folder} at {url}{'/?token=...' if config.token else '/'} (Ctrl-C to stop)")
     # uvicorn re-raises the signal that stopped it once it has shut down: both end here, cleanly.
@@ -310,10 +312,27 @@ def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if watcher is not None:
+            watcher.stop()
+            watcher.collection.close()
         if written:
             discovery.remove(service.folder)
         sock.close()
     announce("imgsearch: server stopped")
+
+
+def _watcher(folder: Path, config: ServeConfig, announce):
+    """With ``--watch``: a watcher writing through its own handle (the server's reader sees its commits)."""
+    if not config.watch:
+        return None
+    from .. import api
+    from ..watching import Watcher
+
+    writer = api.open(folder, device=config.device, backend=config.backend, wait=math.inf)
+    watcher = Watcher(writer, config.watch, on_notice=lambda m: announce(f"imgsearch: {m}"))
+    watcher.start()
+    announce(f"imgsearch: watching {', '.join(map(str, watcher.roots))}")
+    return watcher
 
 
 def _interrupt(signum, frame):

@@ -56,6 +56,7 @@ class ServeConfig:
     # Concurrent queries encoded together (server/batching.py): off by default, since on CPU it cost throughput.
     batch: bool = False
     text_cache: int = 256  # recent texts whose vectors are kept (a gallery asks the same text for each page)
+    watch: tuple[Path, ...] = ()  # folders kept in step by a watcher in the server (watching.py)
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
