@@ -98,6 +98,7 @@ class Watcher:
         if not self.roots:
             raise BadInputError("nothing to watch: name the folders whose photos the collection should follow")
         self.collection, self.settings, self.config = collection, settings, config
+        self._own = str(Path(collection.folder).resolve())
         self.excludes = tuple(excludes)
         self.on_run, self.on_notice, self.progress = on_run, on_notice, progress
         self.runs: list[WatchRun] = []
@@ -203,8 +204,8 @@ class Watcher:
 
     def _matters(self, path: str, is_directory: bool) -> bool:
         root = _root_of(Path(path), self.roots)
-        if root is None or path.startswith(str(self.collection.folder)):
-            return False
+        if root is None or path == self._own or path.startswith(self._own + os.sep):
+            return False  # the collection's own files, when it lives inside a watched folder
         parts = Path(path).relative_to(root).parts
         if any(part.startswith(".") for part in parts):  # hidden, as `index` skips them
             return False

@@ -123,6 +123,9 @@ def test_temporary_hidden_and_excluded_names_are_not_watched(watched):
         assert not matters(rel), rel
     assert not matters("notes.txt") and not matters(".hidden/x.jpg") and not matters("@eaDir/x.jpg")
     assert not matters("@eaDir", True)
+    inside = Watcher(watcher.collection, [watcher.collection.folder.parent])  # a collection in a watched folder
+    assert not inside._matters(str(watcher.collection.folder / "imgsearch.db"), False)
+    assert not inside._matters(str(watcher.collection.folder / "x.jpg"), False)
     # A download finishing: written under a temporary name, then renamed: indexed once, under its real name
     (root / "dl.jpg.part").write_bytes(write_image(root.parent / "outside" / "dl.jpg", seed=5).read_bytes())
     os.rename(root / "dl.jpg.part", root / "dl.jpg")
