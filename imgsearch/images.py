@@ -146,9 +146,9 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
             dirnames[:] = []
             continue
         rel = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded(d, rel, excludes))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_excluded(d, rel, excludes))
         wanted = [n for n in sorted(filenames) if is_image_name(n) and not n.startswith(".")]
-        wanted = [n for n in wanted if not _excluded(n, rel, excludes)]
+        wanted = [n for n in wanted if not is_excluded(n, rel, excludes)]
         rendered = _rendered_by_stem(wanted)
         for name in wanted:
             path = os.path.join(dirpath, name)
@@ -192,7 +192,9 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _excluded(name: str, rel_folder: str, patterns: Sequence[str]) -> bool:
+def is_excluded(name: str, rel_folder: str, patterns: Sequence[str]) -> bool:
+    """Whether a name in ``rel_folder`` (relative to the scanned folder; "." for itself) matches an exclude glob, by
+    its name or its relative path (the scan prunes excluded folders; the watcher asks it of each part of a path)."""
     rel = name if rel_folder == "." else f"{rel_folder}/{name}".replace(os.sep, "/")
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
 

@@ -18,7 +18,6 @@ This module alone imports watchdog.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fnmatch
 import logging
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from .config import DEFAULT_EXCLUDES, IndexingConfig, WatchConfig
 from .errors import BadInputError, ImgsearchError, NothingToIndexError
-from .images import is_image_name
+from .images import is_excluded, is_image_name
 from .results import IndexReport
 
 log = logging.getLogger(__name__)
@@ -147,11 +146,6 @@ class Watcher:
                 self._cond.wait(left)
             return True
 
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
     # -- events ---------------------------------------------------------------------------------
     def _observe(self):
         from watchdog.events import FileSystemEventHandler
@@ -179,7 +173,7 @@ class Watcher:
         except OSError as exc:  # inotify adds its watches on start: a limit shows here
             for root in self.roots:
                 self._fall_back(root, exc)
-            observer = Observer()
+            return None  # never started: nothing to stop
         return observer
 
     def _fall_back(self, root: Path, exc: OSError) -> None:
@@ -209,16 +203,13 @@ class Watcher:
         parts = Path(path).relative_to(root).parts
         if any(part.startswith(".") for part in parts):  # hidden, as `index` skips them
             return False
-        for depth, part in enumerate(parts, 1):  # `index` prunes excluded folders by name or relative path
-            rel = "/".join(parts[:depth])
-            if any(fnmatch.fnmatch(part, p) or fnmatch.fnmatch(rel, p) for p in self.excludes):
-                return False
-        name = os.path.basename(path)
+        folders = [os.path.join(*parts[:depth]) if depth else "." for depth in range(len(parts))]
+        if any(is_excluded(part, folder, self.excludes) for part, folder in zip(parts, folders)):
+            return False  # as the scan prunes them: any part of the path, by name or relative path
         if is_directory:
             return True
-        if any(fnmatch.fnmatch(name, p) for p in TEMPORARY_NAMES):
-            return False
-        return is_image_name(name)
+        name = parts[-1] if parts else ""
+        return is_image_name(name) and not any(fnmatch.fnmatch(name, p) for p in TEMPORARY_NAMES)
 
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -246,7 +237,8 @@ class Watcher:
                 self._run("events", folder, changes, times)
 
     def _settled(self, now: float) -> list[str] | None:
-        """The pending paths when every one has settled, else None (under ``_cond``). Also wakes scans when due."""
+        """The pending paths when every one has settled, else None (under ``_cond``). A path whose size or time
+        changed since its last event starts every pending path's settle time again."""
         if not self._pending:
             return None
         if any(now - when < self.config.settle for when in self._pending.values()):
@@ -280,23 +272,24 @@ class Watcher:
         for root in self.roots:
             self._run("poll" if root in self.polled else "rescan", root, 0)
 
-    def _run(self, reason: str, folder: Path, changes: int, times: tuple = (None, None)) -> None:
+    def _run(
+        self, reason: str, folder: Path, changes: int, times: tuple[float | None, float | None] = (None, None)
+    ) -> None:
         started = time.monotonic()
+        report: IndexReport | None = None
+        error = None
         try:
             report = self.collection.index_folder(folder, self.settings, self.progress, self.excludes)
-            run = WatchRun(reason, str(folder), report, None, changes)
         except NothingToIndexError:  # an empty folder, waiting for its first photo
-            run = WatchRun(reason, str(folder), IndexReport(str(folder)), None, changes)
+            report = IndexReport(str(folder))
         except ImgsearchError as exc:  # a folder gone, a full disk: say so, keep watching
-            run = WatchRun(reason, str(folder), None, str(exc), changes)
+            error = str(exc)
             self._notice(f"could not index {folder}: {exc}")
         except Exception as exc:  # a bug: said loudly, and the next change tries again
             log.exception("imgsearch watch: indexing %s failed", folder)
-            run = WatchRun(reason, str(folder), None, f"{type(exc).__name__}: {exc}", changes)
-            self._notice(f"could not index {folder}: {type(exc).__name__}: {exc} (a bug: please report it)")
-        run = dataclasses.replace(
-            run, first_event=times[0], last_event=times[1], started=started, finished=time.monotonic()
-        )
+            error = f"{type(exc).__name__}: {exc}"
+            self._notice(f"could not index {folder}: {error} (a bug: please report it)")
+        run = WatchRun(reason, str(folder), report, error, changes, times[0], times[1], started, time.monotonic())
         with self._cond:
             self.runs.append(run)
             self._cond.notify_all()

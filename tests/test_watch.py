@@ -25,14 +25,14 @@ FAST = WatchConfig(settle=0.3, rescan=0.0)
 TIMEOUT = 120.0
 
 
-def _paths(collection, root: Path) -> set[str]:
-    if not collection.exists:  # before the first run's first commit
-        return set()
-    return {Path(h.path).relative_to(root).as_posix() for h in collection.browse(limit=10_000)}
-
-
 def _ids(collection, root: Path) -> dict[str, int]:
+    if not collection.exists:  # before the first run's first commit
+        return {}
     return {Path(h.path).relative_to(root).as_posix(): h.id for h in collection.browse(limit=10_000)}
+
+
+def _paths(collection, root: Path) -> set[str]:
+    return set(_ids(collection, root))
 
 
 @pytest.fixture
