@@ -36,6 +36,7 @@ from .results import CollectionInfo, DuplicateGroup, ImageHit, IndexReport, Skip
 from .search.engine import ImageQuery, SearchEngine, Sources, image_hit
 from .search.filters import Filters
 from .search.query import Query, Term
+from .storage import activity
 from .storage.folder import CollectionFolder
 from .storage.store import DB_NAME, SCHEMA_VERSION, Store
 from .storage.synced import SyncedIndex
@@ -265,8 +266,8 @@ class Collection:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise BadInputError(f"not a folder: {folder}; pass the directory that holds your images")
-        with self._writing(create=True) as store:
-            return indexing.run(self._target(), store, root.resolve(), settings, progress, tuple(excludes), rehash)
+        with self._writing(create=True) as store, activity.recording(self.folder, root.resolve(), progress) as told:
+            return indexing.run(self._target(), store, root.resolve(), settings, told, tuple(excludes), rehash)
 
     def _target(self) -> indexing.Target:
         return indexing.Target(
@@ -371,6 +372,16 @@ class Collection:
         return None if row is None else image_hit(row, None)
 
     @property
+    def generation(self) -> int:
+        """A counter the store bumps with each batch that changes the images: the state searches see now (for a
+        ``live`` reader, what it last caught up to); 0 before the collection exists. A client that saw another
+        number knows the results it holds may be out of date."""
+        synced = self._indexes.get("images")
+        if synced is not None and synced.generation >= 0:
+            return synced.generation
+        return self._store_for().generation("images") if self.exists else 0
+
+    @property
     def is_empty(self) -> bool:
         """No image indexed yet (cheap: one row is looked for)."""
         return not self._store_for().has_rows("images")
@@ -443,7 +454,14 @@ class Collection:
             pretrained_as=model.pretrained_as,
             recipe=(store.get(stale.EMBEDDING_KEY) or {}).get("recipe"),
             warnings=self.warnings(),
+            indexing=self.activity(),
         )
+
+    def activity(self) -> dict | None:
+        """The index run in progress now, from any process (``storage.activity``): folder, stage, done, total,
+        started, updated, pid; None when none runs."""
+        now = activity.current(self.folder)
+        return now.to_dict() if now is not None else None
 
     def check(self, repair: bool = False):
         """Verify the collection end to end (``check.py``): the database, its vectors, the FAISS files and float16

@@ -159,6 +159,9 @@ class WatchConfig:
     rescan: float = 3600.0
     # Seconds between scans of a folder the system cannot watch (too few inotify watches, no events on a share).
     poll: float = 60.0
+    # False: no file events at all, every folder scanned every ``poll`` seconds (a network share whose server
+    # reports no changes: NFS, SMB and FUSE mounts send no inotify events for changes made elsewhere).
+    events: bool = True
 
 
 @dataclass(frozen=True)

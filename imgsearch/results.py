@@ -97,6 +97,7 @@ class CollectionInfo(_AsDict):
     pretrained_as: str | None = None  # the tag a checkpoint file is tied to
     recipe: dict | None = None  # how the vectors are made: the tag's preprocessing and activation (clip.models.Recipe)
     warnings: list[str] = field(default_factory=list)  # what makes answers less than right (stale vectors)
+    indexing: dict | None = None  # a run in progress (storage.activity.Activity): folder, stage, done, total, ...
 
 
 @dataclass(frozen=True)

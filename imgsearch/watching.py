@@ -62,7 +62,8 @@ TEMPORARY_NAMES = (
 
 @dataclass(frozen=True)
 class WatchRun:
-    """One run the watcher made: why (``"start"``, ``"events"``, ``"rescan"``, ``"poll"``), over which folder."""
+    """One run the watcher made: why (``"start"``, ``"events"``, ``"rescan"``, ``"poll"``, ``"lost events"``), over
+    which folder."""
 
     reason: str
     folder: str
@@ -110,6 +111,8 @@ class Watcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._observer = None
+        self._overflow = _Overflow(self._lost_events)
+        self._lost = False  # the system dropped events: a scan is due as soon as nothing is settling
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Watcher:
@@ -121,6 +124,7 @@ class Watcher:
 
     def start(self) -> None:
         """Start the observer, then the thread that reconciles each folder once and follows events."""
+        logging.getLogger(_WATCHDOG_INOTIFY).addHandler(self._overflow)
         self._observer = self._observe()
         self._thread = threading.Thread(target=self._loop, name="imgsearch-watch", daemon=True)
         self._thread.start()
@@ -134,6 +138,7 @@ class Watcher:
             self._observer.join()
         if self._thread is not None:
             self._thread.join()
+        logging.getLogger(_WATCHDOG_INOTIFY).removeHandler(self._overflow)
 
     def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Block until ``condition()`` holds, looking again after each run; False when ``timeout`` passed."""
@@ -148,6 +153,10 @@ class Watcher:
 
     # -- events ---------------------------------------------------------------------------------
     def _observe(self):
+        if not self.config.events:
+            self.polled = list(self.roots)
+            self._notice(f"not following file events: scanning every {self.config.poll:g} s")
+            return None
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -196,6 +205,16 @@ class Watcher:
             self._events += 1
             self._cond.notify_all()
 
+    def _lost_events(self) -> None:
+        with self._cond:
+            self._lost = True
+            self._cond.notify_all()
+        self._notice(
+            "the system dropped file events (its inotify queue overflowed); scanning the folders to catch up. A "
+            f"larger queue keeps up with bigger bursts: the limit is {_limit('max_queued_events')} events, "
+            "`sudo sysctl fs.inotify.max_queued_events=65536` raises it"
+        )
+
     def _matters(self, path: str, is_directory: bool) -> bool:
         root = _root_of(Path(path), self.roots)
         if root is None or path == self._own or path.startswith(self._own + os.sep):
@@ -221,7 +240,8 @@ class Watcher:
                 if self._stopping:
                     return
                 due = self._settled(time.monotonic())
-                scan = due is None and not self._pending and time.monotonic() >= next_scan
+                scan = due is None and not self._pending and (self._lost or time.monotonic() >= next_scan)
+                lost, self._lost = (self._lost, False) if scan else (False, self._lost)
                 if due is None and not scan:
                     self._cond.wait(self._wait_time(next_scan))
                     continue
@@ -231,7 +251,7 @@ class Watcher:
                 self._pending.clear()
                 self._looks.clear()
             if scan:  # only while nothing is settling: a scan must not read a file still being written
-                self._rescan_all()
+                self._rescan_all("lost events" if lost else None)
                 next_scan = self._next_scan()
             for folder in _scopes(due or (), self.roots):
                 self._run("events", folder, changes, times)
@@ -268,9 +288,9 @@ class Watcher:
         periods += [self.config.rescan] if self.config.rescan > 0 else []
         return time.monotonic() + min(periods) if periods else float("inf")
 
-    def _rescan_all(self) -> None:
+    def _rescan_all(self, reason: str | None = None) -> None:
         for root in self.roots:
-            self._run("poll" if root in self.polled else "rescan", root, 0)
+            self._run(reason or ("poll" if root in self.polled else "rescan"), root, 0)
 
     def _run(
         self, reason: str, folder: Path, changes: int, times: tuple[float | None, float | None] = (None, None)
@@ -300,6 +320,22 @@ class Watcher:
         log.warning(message)
         if self.on_notice is not None:
             self.on_notice(message)
+
+
+_WATCHDOG_INOTIFY = "watchdog.observers.inotify_c"  # the logger that says when inotify's queue overflowed
+
+
+class _Overflow(logging.Handler):
+    """watchdog rebuilds its watches when the kernel's event queue overflows, and says so only in its log (its
+    handlers are told nothing): this hears that line and tells the watcher that events were lost."""
+
+    def __init__(self, told: Callable[[], None]):
+        super().__init__(logging.WARNING)
+        self.told = told
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflowed" in str(record.msg):
+            self.told()
 
 
 def _watchable(folder: str | os.PathLike) -> Path:

@@ -12,6 +12,11 @@ in this one process, side by side; photos are distinct generated JPEGs (640x480,
 - burst: ``--burst`` photos copied into the watched folder, from the first copy to all searchable, against
   ``index_folder`` over the same photos into a fresh collection (both with the model already loaded).
 - idle: CPU seconds this process used over ``--idle`` seconds of watching an unchanged folder, as % of a core.
+- soak (``--soak SECONDS``): a photo added or deleted every ``--soak-every`` seconds while the watcher runs; the
+  process's resident memory at the start, each minute and the end.
+- tree (``--tree FILES``): a second watcher on a tree of FILES files in folders of 100 (non-image names: the
+  question is the watch limit, which counts folders, not files): the inotify watches it holds, against the
+  system's ``max_user_watches``, and how long starting it took.
 """
 
 from __future__ import annotations
@@ -68,6 +73,66 @@ def one_photo(watcher: Watcher, reader, root: Path, staging: Path, seed: int) ->
     }
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def inotify_watches() -> int:
+    """Watches held by this process's inotify instances (each ``inotify wd:`` line of their fdinfo)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    count += sum(line.startswith("inotify wd:") for line in info)
+        except OSError:
+            continue
+    return count
+
+
+def soak(watcher: Watcher, writer, root: Path, staging: Path, seconds: float, every: float) -> None:
+    folder = root / "soak"
+    folder.mkdir()
+    samples, started, step = [(0.0, rss_mb())], time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        step_started, runs = time.monotonic(), len(watcher.runs)
+        if step % 2 == 0:
+            shutil.copyfile(photo(staging / f"soak{step}.jpg", 50_000 + step), folder / f"s{step}.jpg")
+        else:
+            (folder / f"s{step - 1}.jpg").unlink()
+        watcher.wait_for(lambda runs=runs: len(watcher.runs) > runs, 120)
+        step += 1
+        elapsed = time.monotonic() - started
+        if elapsed - samples[-1][0] >= 60:
+            samples.append((elapsed, rss_mb()))
+        time.sleep(max(0.0, every - (time.monotonic() - step_started)))  # the pace of the changes
+    samples.append((time.monotonic() - started, rss_mb()))
+    print(f"\nsoak: {step} changes over {seconds:g} s; resident memory (MB) by minute:")
+    print("  " + ", ".join(f"{t / 60:.0f}m {mb:.0f}" for t, mb in samples))
+    print(f"  first minute to end: {samples[-1][1] - samples[1][1] if len(samples) > 2 else 0:+.1f} MB")
+
+
+def tree(writer, work: Path, files: int) -> None:
+    top = work / "tree"
+    for i in range(files):
+        folder = top / f"d{i // 100:04}"
+        if i % 100 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"f{i:06}.dat").write_bytes(b"")
+    limit = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    before = inotify_watches()
+    started = time.monotonic()
+    notices: list[str] = []
+    watcher = Watcher(writer, [top], config=WatchConfig(rescan=0), on_notice=notices.append)
+    with watcher:
+        watcher.wait_for(lambda: len(watcher.runs) >= 1, 600)
+        ready = time.monotonic() - started
+        held = inotify_watches() - before
+    print(f"\ntree of {files:,} files in {files // 100 + 1:,} folders: {held:,} inotify watches (limit {limit}),")
+    print(f"  watching and the start-up scan in {ready:.1f} s; fell back to scanning: {notices or 'no'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -77,6 +142,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=WatchConfig.settle)
+    parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak (0: none)")
+    parser.add_argument("--soak-every", type=float, default=5.0)
+    parser.add_argument("--tree", type=int, default=0, help="files in the watched tree (0: none)")
     args = parser.parse_args()
     model = ModelConfig(args.model, None if args.pretrained == "none" else args.pretrained, device=args.device)
     work = Path(tempfile.mkdtemp(prefix="bench_watch_"))
@@ -112,6 +180,10 @@ def main() -> None:
         watcher.wait_for(lambda: len(writer) >= expected, 3600)
         watched = time.monotonic() - started
         burst_runs = len(watcher.runs) - runs
+        if args.soak:
+            soak(watcher, writer, root, staging, args.soak, args.soak_every)
+    if args.tree:
+        tree(writer, work, args.tree)
     plain = imgsearch.open(work / "plain", model=model)  # the same backend choice as the watcher's
     report = plain.index_folder(burst)
     indexing = report.seconds - report.model_seconds  # the watcher's model was loaded by its start-up run

@@ -541,3 +541,24 @@ def test_a_query_while_the_first_index_runs_says_so(tmp_path):
         assert "imgsearch index" in busy.value.for_cli()
     finally:
         writer.communicate("\n", timeout=60)
+
+
+def test_a_reader_meeting_a_first_run_mid_creation_sees_no_collection_yet(tmp_path, tiny_model, photo_dir):
+    """A first run makes the database file a moment before it commits the schema. A reader in that moment (the
+    server, a search in a loop) took the blank file for an outdated collection, tried to upgrade it under the lock
+    the first run holds, and failed with "another imgsearch process is writing"."""
+    from imgsearch.errors import CollectionNotFoundError
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    sqlite3.connect(coll / "imgsearch.db").close()  # the file, its schema not yet committed
+    with writer_lock(coll / LOCK_NAME):  # the first run holds the lock meanwhile
+        reader = imgsearch.open(coll)
+        assert not reader.exists and len(reader) == 0
+        with pytest.raises(CollectionNotFoundError, match="no collection at"):
+            reader.search_text("a photo", k=1)
+        reader.close()
+    # The same blank file, left by a first run killed in that moment: the next run makes the collection in it.
+    with imgsearch.open(coll, model=tiny_model) as engine:
+        assert engine.index_folder(photo_dir, FAST).added == 10
+    assert imgsearch.open(coll).exists

@@ -341,3 +341,82 @@ def test_the_desktop_gallery_has_no_accessibility_violations(browser, gallery):
     page.wait_for_function("document.querySelector('#large').naturalWidth > 0")
     _no_accessibility_violations(page)
     assert errors == []
+
+
+def test_new_photos_appear_without_a_reload_and_a_run_shows_its_progress(browser, tmp_path, tiny_embedder, serve_env):
+    """Another process indexes while the page is open: its progress shows (in the page and in `imgsearch info`),
+    the newest-first grid takes the new photos in by itself, and a search's results offer them instead of moving."""
+    import threading
+
+    import imgsearch
+
+    from conftest import run_cli
+
+    photos, coll = tmp_path / "photos", tmp_path / "coll"
+    photos.mkdir()
+    for src in PHOTOS[:6]:
+        shutil.copy(src, photos / src.name)
+    with imgsearch.open(coll, embedder=tiny_embedder) as engine:
+        engine.index_folder(photos)
+    served = Served(coll, env=serve_env)
+    try:
+        page, errors = _page(browser, served.url)
+        page.wait_for_function("document.querySelectorAll('#grid .tile').length === 6")
+        page.evaluate("window.notReloaded = true")
+
+        # A run held at its first batch: what it is doing is visible from outside the process.
+        for src in PHOTOS[6:10]:
+            shutil.copy(src, photos / src.name)
+        reached, go_on, failed = threading.Event(), threading.Event(), []
+
+        def progress(done, total, stage):
+            if stage == "embedding" and done == 0:
+                reached.set()
+                go_on.wait(120)
+
+        def index():
+            try:
+                with imgsearch.open(coll, embedder=tiny_embedder) as engine:
+                    engine.index_folder(photos, progress=progress)
+            except Exception as exc:  # said by the assertion below, not lost in the thread
+                failed.append(exc)
+                reached.set()
+
+        writer = threading.Thread(target=index)
+        writer.start()
+        try:
+            assert reached.wait(120) and not failed
+            page.wait_for_selector("#indexing:not([hidden])")
+            assert page.inner_text("#indexing span") == "Indexing 0 of 4 photos in photos"
+            _, updates = served.json("/api/updates")
+            assert (updates["indexing"]["done"], updates["indexing"]["total"]) == (0, 4)
+            info = run_cli("info", "--collection", coll, env=serve_env)
+            assert f"indexing    0 of 4 images under {photos.resolve()} (embedding;" in info.stdout, info.stdout
+            page.screenshot(path=str(ARTIFACTS / "gallery-indexing.png"))
+        finally:
+            go_on.set()
+            writer.join()
+        assert not failed
+        page.wait_for_function("document.querySelectorAll('#grid .tile').length === 10")
+        page.wait_for_selector("#indexing", state="hidden")
+        assert served.json("/api/updates")[1]["indexing"] is None
+        assert "indexing" not in run_cli("info", "--collection", coll, env=serve_env).stdout
+
+        # Search results stay put; the page offers the new photos, and shows them when asked.
+        page.fill("#q", "a dog playing in the park")
+        page.press("#q", "Enter")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('a dog playing')")
+        for src in PHOTOS[10:12]:
+            shutil.copy(src, photos / src.name)
+        with imgsearch.open(coll, embedder=tiny_embedder) as engine:
+            engine.index_folder(photos)
+        page.wait_for_selector("#fresh:not([hidden])")
+        assert page.inner_text("#fresh") == "2 new photos · show"
+        assert page.locator("#grid .tile").count() == 10
+        page.click("#fresh")
+        page.wait_for_function("document.querySelectorAll('#grid .tile').length === 12")
+        assert page.is_hidden("#fresh")
+        assert page.evaluate("window.notReloaded") is True
+        assert errors == []
+    finally:
+        served.stop()

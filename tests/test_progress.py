@@ -72,3 +72,57 @@ def test_a_first_run_shows_each_stage_of_loading_and_texts_add_shows_its_own(tmp
     with imgsearch.open(tmp_path / "coll2", model=tiny_model) as engine:
         engine.add_texts(["a dog", "a cat"], progress=lambda done, total, stage=None: texts.append((done, stage)))
     assert texts[0] == (0, "loading model") and texts[-1] == (2, "embedding")
+
+
+def test_a_run_in_progress_is_seen_by_other_handles_only_while_it_runs(tmp_path, tiny_model, photo_dir):
+    """What `imgsearch info` and the gallery show of a run in another process: its folder, stage and counts."""
+    import os
+
+    import imgsearch
+    from imgsearch.config import IndexingConfig
+    from imgsearch.storage.activity import ACTIVITY_NAME
+
+    coll = tmp_path / "coll"
+    reader = imgsearch.open(coll)
+    seen = []
+
+    def progress(done, total, stage="indexing"):
+        if stage == "embedding":
+            seen.append(reader.activity())
+
+    with imgsearch.open(coll, model=tiny_model) as engine:
+        engine.index_folder(photo_dir, IndexingConfig(batch_size=4, workers=0), progress)
+    first = seen[0]
+    assert (first["folder"], first["stage"], first["done"], first["total"]) == (
+        str(photo_dir.resolve()),
+        "embedding",
+        0,
+        10,
+    )
+    assert first["pid"] == os.getpid() and first["updated"] >= first["started"]
+    assert seen[-1]["done"] == 10  # the last batch is always written, however soon after the one before
+    assert reader.activity() is None and reader.info().indexing is None
+    assert not (coll / ACTIVITY_NAME).exists()
+    reader.close()
+
+
+def test_an_activity_file_no_running_writer_vouches_for_is_not_believed(tmp_path, engine, photo_dir):
+    """A run killed with -9 leaves its file; a damaged one may be anything: neither is shown as a run."""
+    import json
+    import time
+
+    from imgsearch.storage.activity import ACTIVITY_NAME
+    from imgsearch.storage.locking import LOCK_NAME, writer_lock
+
+    engine.index_folder(photo_dir)
+    left = {"folder": "/photos", "stage": "embedding", "done": 3, "total": 9, "started": time.time(),
+            "updated": time.time(), "pid": 999999}  # fmt: skip
+    (engine.folder / ACTIVITY_NAME).write_text(json.dumps(left))
+    assert engine.activity() is None  # the lock is free: no one is running
+    with writer_lock(engine.folder / LOCK_NAME):
+        assert engine.activity()["done"] == 3  # the same file, vouched for by a writer holding the lock
+        for damaged in ("{", "[]", json.dumps({**left, "done": "three"}), json.dumps({"stage": "x"})):
+            (engine.folder / ACTIVITY_NAME).write_text(damaged)
+            assert engine.activity() is None, damaged
+    engine.index_folder(photo_dir)  # a run replaces the file and removes it when it ends
+    assert not (engine.folder / ACTIVITY_NAME).exists()

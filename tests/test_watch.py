@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,83 @@ def test_a_periodic_rescan_catches_what_no_event_reported(tmp_path, engine):
         assert watcher.runs[-1].reason == "rescan"
 
 
+def test_a_folder_that_cannot_be_watched_is_scanned_instead_and_said(tmp_path, engine):
+    """The fallback, for real: the folder vanishes between the check and the observer's start, so inotify cannot
+    add its watch. The watcher says so, scans every ``poll`` seconds, and finds the photos once the folder is back."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    notices: list[str] = []
+    watcher = Watcher(engine, [root], config=WatchConfig(settle=0.3, rescan=0.0, poll=0.2), on_notice=notices.append)
+    root.rmdir()
+    with watcher:
+        assert watcher.polled == [root.resolve()] and watcher._observer is None
+        assert notices[0] == f"cannot watch {root.resolve()} (No such file or directory); scanning it every 0.2 s"
+        write_image(root / "back.jpg", seed=6)
+        _until(watcher, root, {"back.jpg"})
+        assert watcher.runs[-1].reason == "poll" and {r.reason for r in watcher.runs} <= {"start", "poll"}
+
+
+def test_with_events_off_every_folder_is_scanned(tmp_path, engine):
+    """``--scan-every``: a network share that sends no events is followed by scans alone."""
+    root = tmp_path / "share"
+    write_image(root / "one.jpg", seed=1)
+    notices: list[str] = []
+    config = WatchConfig(settle=0.3, rescan=0.0, poll=0.2, events=False)
+    with Watcher(engine, [root], config=config, on_notice=notices.append) as watcher:
+        _until(watcher, root, {"one.jpg"})
+        assert watcher._observer is None and notices == ["not following file events: scanning every 0.2 s"]
+        write_image(root / "two.jpg", seed=2)
+        (root / "one.jpg").unlink()
+        _until(watcher, root, {"two.jpg"})
+        assert {r.reason for r in watcher.runs} == {"start", "poll"}
+
+
+def test_an_event_storm_under_query_load(tmp_path, engine, tiny_model):
+    """Files created, renamed, overwritten and deleted as fast as Python can while another handle searches
+    without pause: no search fails, and the collection ends exactly as the folder is, each file once."""
+    import imgsearch
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    watcher = Watcher(engine, [root], config=FAST)
+    reader = imgsearch.open(engine.folder, model=tiny_model, live=True)
+    stop, searched, failures = threading.Event(), [], []
+
+    def query_load() -> None:
+        while not stop.is_set():
+            try:
+                if reader.exists and not reader.is_empty:
+                    reader.refresh()
+                    hits = reader.search("a photo of a dog", k=5)
+                    assert all(Path(h.path).name.startswith("s") for h in hits)
+                    searched.append(len(hits))
+            except Exception:  # said below, with the search that raised it
+                failures.append(traceback.format_exc())
+                return
+
+    load = threading.Thread(target=query_load)
+    with watcher:
+        load.start()
+        try:
+            for i in range(200):
+                write_image(root / f"d{i % 5}" / f"s{i:03}.jpg", seed=300 + i, size=(32, 32))
+            for i in range(0, 200, 2):  # half renamed, some moved between folders
+                os.rename(root / f"d{i % 5}" / f"s{i:03}.jpg", root / f"d{(i + 1) % 5}" / f"s{i:03}-r.jpg")
+            for i in range(1, 200, 4):
+                (root / f"d{i % 5}" / f"s{i:03}.jpg").unlink()
+            for i in range(3, 200, 4):  # overwritten in place with another picture
+                write_image(root / f"d{i % 5}" / f"s{i:03}.jpg", seed=900 + i, size=(40, 24))
+            wanted = {p.relative_to(root).as_posix() for p in root.rglob("*.jpg")}
+            _until(watcher, root, wanted)
+        finally:
+            stop.set()
+            load.join()
+            reader.close()
+    assert not failures, failures
+    assert searched, "the query load never ran"
+    assert len(wanted) == 150 and len(engine) == 150  # each file once: 150 paths, 150 rows
+
+
 def test_nothing_to_watch_and_missing_folders_are_refused(tmp_path, engine):
     from imgsearch.errors import BadInputError
 
@@ -241,3 +319,83 @@ def test_serve_watch_serves_a_photo_added_after_it_started(tmp_path, serve_env):
         assert "watching" in served.log.read_text()
     finally:
         assert served.stop() == 0, served.log.read_text()
+
+
+def _watch(root: Path, coll: Path, env: dict) -> subprocess.Popen:
+    from conftest import TINY_MODEL
+
+    cmd = [sys.executable, "-m", "imgsearch", "watch", str(root), "--collection", str(coll), "--model", TINY_MODEL]
+    cmd += ["--pretrained", "none", "--settle", "0.3", "--rescan", "0", "--batch-size", "4", "--workers", "0"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def _first_line(proc: subprocess.Popen) -> str:
+    killer = threading.Timer(TIMEOUT, proc.kill)  # a hung watcher fails the test instead of hanging it
+    killer.start()
+    try:
+        return proc.stdout.readline()
+    finally:
+        killer.cancel()
+
+
+@pytest.mark.e2e
+def test_the_watcher_killed_mid_burst_and_restarted_loses_nothing_and_adds_nothing_twice(tmp_path, serve_env):
+    import signal
+
+    from test_resume import _rows, assert_consistent
+
+    root, coll = tmp_path / "photos", tmp_path / "coll"
+    write_image(root / "first.jpg", seed=1)
+    proc = _watch(root, coll, serve_env)
+    try:
+        assert "1 added" in _first_line(proc), proc.stderr.read() if proc.poll() is not None else ""
+        burst = [str(write_image(root / "burst" / f"b{i:03}.png", seed=500 + i, size=(48, 48))) for i in range(300)]
+        deadline = time.monotonic() + TIMEOUT
+        while _rows(coll / "imgsearch.db") <= 1 + 4:  # the burst's first batch is committed
+            assert time.monotonic() < deadline and proc.poll() is None, "the burst was never indexed"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGSTOP)  # frozen where it is, then killed there
+        at_kill = _rows(coll / "imgsearch.db")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert 1 + 4 < at_kill < 301, at_kill  # mid-burst: frozen the moment its first batch showed, of 75
+    assert len(assert_consistent(coll)) == at_kill  # what was committed is whole: store, index and file agree
+
+    proc = _watch(root, coll, serve_env)
+    try:
+        restarted = _first_line(proc)  # the start-up scan: exactly what the killed run had not committed
+        assert f"{301 - at_kill} added" in restarted, restarted
+        proc.terminate()
+        assert proc.wait(TIMEOUT) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert sorted(assert_consistent(coll)) == sorted([str(root / "first.jpg"), *burst])
+
+
+def test_an_overflowing_event_queue_is_noticed_and_scanned_for(tmp_path, engine):
+    """A real overflow of the kernel's queue: watchdog's reading thread is held (by the lock it takes before each
+    read) while more files are made than ``max_queued_events``, so the kernel drops events and says so. watchdog
+    says so only in its log; the watcher hears it, says so with the fix, and scans (0.2 only rescanned hourly)."""
+    inotify_c = pytest.importorskip("watchdog.observers.inotify_c")
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    root = tmp_path / "photos"
+    root.mkdir()
+    notices: list[str] = []
+    with Watcher(engine, [root], config=FAST, on_notice=notices.append) as watcher:
+        assert watcher.wait_for(lambda: len(watcher.runs) >= 1, TIMEOUT)
+        staging = tmp_path / "staging"
+        names = [write_image(staging / f"o{i}.png", seed=700 + i, size=(24, 24)).name for i in range(5)]
+        (emitter,) = watcher._observer.emitters
+        assert isinstance(emitter._inotify_fd, inotify_c.InotifyFD)
+        with emitter._inotify_fd._lock:  # its reading thread waits here, and the kernel's queue fills
+            for i in range(limit + 100):  # in the watched folder itself: a new folder's watch would wait on the reader
+                (root / f"n{i}.dat").touch()  # one event at least each, images or not
+            for name in names:
+                os.rename(staging / name, root / name)  # their events come after the queue overflowed
+        scanned = watcher.wait_for(lambda: any(r.reason == "lost events" for r in watcher.runs), TIMEOUT)
+        assert scanned, f"no scan after the overflow; runs: {watcher.runs}; notices: {notices}"
+        assert any("inotify queue overflowed" in n and "max_queued_events=65536" in n for n in notices), notices
+        _until(watcher, root, set(names))

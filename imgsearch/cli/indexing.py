@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -37,6 +38,29 @@ def _default_workers() -> int:
     return IndexingConfig().resolved_workers()
 
 
+BatchSizeOpt = typer.Option(
+    None,
+    "--batch-size",
+    min=1,
+    help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
+    "on a GPU, the largest that fits, probed].",
+)
+WorkersOpt = typer.Option(
+    None,
+    "--workers",
+    min=0,
+    metavar="N",
+    help=f"Decoding workers: threads when the model runs from its cached export (no torch) [default: one per core], "
+    f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one].",
+)
+
+
+def _settings(batch_size: int | None, workers: int | None, ray: str | None = None) -> IndexingConfig:
+    return IndexingConfig(
+        batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size, workers=workers, ray=ray
+    )
+
+
 @app.command()
 def index(
     folder: Path | None = typer.Argument(None, metavar="FOLDER", help="Folder to index (searched recursively)."),
@@ -46,21 +70,8 @@ def index(
     pretrained_as: str | None = PretrainedAsOpt,
     device: str | None = DeviceOpt,
     backend: str | None = BackendOpt,
-    batch_size: int | None = typer.Option(
-        None,
-        "--batch-size",
-        min=1,
-        help=f"Images per forward pass [default: {IndexingConfig.batch_size} on a CPU; "
-        "on a GPU, the largest that fits, probed].",
-    ),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        min=0,
-        metavar="N",
-        help=f"Decoding workers: threads when the model runs from its cached export (no torch) [default: one per core], "
-        f"else processes [default: {_default_workers()} here; on a GPU machine, all cores but one].",
-    ),
+    batch_size: int | None = BatchSizeOpt,
+    workers: int | None = WorkersOpt,
     exclude: list[str] = ExcludeOpt,
     no_default_excludes: bool = NoDefaultExcludesOpt,
     rehash: bool = typer.Option(
@@ -89,9 +100,7 @@ def index(
             "give the folder to index, e.g. `imgsearch index ~/Pictures` (searched recursively; run it again to take in changes)",
             2,
         )
-    settings = IndexingConfig(
-        batch_size=batch_size or IndexingConfig.batch_size, gpu_batch_size=batch_size, workers=workers, ray=ray
-    )
+    settings = _settings(batch_size, workers, ray)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     with user_errors(), open_collection(index, model, pretrained, device, backend, wait, pretrained_as) as engine:
         with progress_bar("scanning", "img", enabled=not (quiet or as_json)) as progress:
@@ -207,6 +216,8 @@ def watch(
     pretrained_as: str | None = PretrainedAsOpt,
     device: str | None = DeviceOpt,
     backend: str | None = BackendOpt,
+    batch_size: int | None = BatchSizeOpt,
+    workers: int | None = WorkersOpt,
     exclude: list[str] = ExcludeOpt,
     no_default_excludes: bool = NoDefaultExcludesOpt,
     settle: float = typer.Option(
@@ -219,6 +230,14 @@ def watch(
         metavar="SECONDS",
         help="Seconds between full scans that catch changes the system did not report (0: only at start).",
     ),
+    scan_every: float | None = typer.Option(
+        None,
+        "--scan-every",
+        min=0.1,
+        metavar="SECONDS",
+        help="Follow no file events; scan every SECONDS instead (network shares, whose changes made elsewhere send "
+        "no events).",
+    ),
 ) -> None:
     """Keep the collection in step with FOLDER...: new, changed, moved and deleted photos are indexed seconds
     after their files settle, by the same rules as `imgsearch index` (which first runs once over each folder).
@@ -229,8 +248,11 @@ def watch(
         fail("give the folders to watch, e.g. `imgsearch watch ~/Pictures`", 2)
     excludes = tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
     config = WatchConfig(settle=settle, rescan=rescan)
+    if scan_every is not None:
+        config = dataclasses.replace(config, poll=scan_every, events=False)
     with user_errors(), open_collection(index, model, pretrained, device, backend, True, pretrained_as) as engine:
-        watcher = Watcher(engine, folders, IndexingConfig(), config, excludes, _print_run, _print_notice)
+        settings = _settings(batch_size, workers)
+        watcher = Watcher(engine, folders, settings, config, excludes, _print_run, _print_notice)
         typer.echo(f"imgsearch: watching {', '.join(map(str, watcher.roots))} (Ctrl-C to stop)", err=True)
         with watcher:
             _until_interrupted()

@@ -100,6 +100,10 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
     async def info() -> dict:
         return await run(service.info)
 
+    @app.get("/api/updates", summary="Whether the collection changed (its generation) and the index run in progress")
+    async def updates() -> JSONResponse:
+        return JSONResponse(await run(service.updates), headers={"Cache-Control": "no-store"})
+
     @app.get("/api/search", summary="Search by text and/or indexed ids (query arithmetic and filters)")
     async def search(
         q: str = Query(..., description="e.g. `beach + sunset - people`, `2*red car + 0.5*night`, `id:42`"),
@@ -301,7 +305,11 @@ def serve(config: ServeConfig, announce=lambda text: print(text, file=sys.stderr
             app, log_level="warning", access_log=False, lifespan="off", http=guard.GuardedH11, timeout_keep_alive=5
         )
     )
-    watcher = _watcher(service.folder, config, announce)  # its folders are checked before anything is written
+    try:
+        watcher = _watcher(service.folder, config, announce)  # its folders are checked before anything is written
+    except BaseException:
+        sock.close()
+        raise
     written = discovery.write(service.folder, url, config.token, service.nonce)
     announce(f"imgsearch: serving {service.folder} at {url}{'/?token=...' if config.token else '/'} (Ctrl-C to stop)")
     # uvicorn re-raises the signal that stopped it once it has shut down: both end here, cleanly.
@@ -329,8 +337,12 @@ def _watcher(folder: Path, config: ServeConfig, announce):
     from ..watching import Watcher
 
     writer = api.open(folder, device=config.device, backend=config.backend, wait=math.inf)
-    watcher = Watcher(writer, config.watch, on_notice=lambda m: announce(f"imgsearch: {m}"))
-    watcher.start()
+    try:
+        watcher = Watcher(writer, config.watch, on_notice=lambda m: announce(f"imgsearch: {m}"))
+        watcher.start()
+    except BaseException:  # a folder refused: nothing of the watcher's is left open
+        writer.close()
+        raise
     announce(f"imgsearch: watching {', '.join(map(str, watcher.roots))}")
     return watcher
 

@@ -174,6 +174,19 @@ class SearchService:
             )
         return body
 
+    def updates(self) -> dict:
+        """What the page asks every few seconds: the collection's state, its ``generation`` (the results it holds
+        are out of date once this changes), how many images, and the index run in progress (``indexing``), if any."""
+        state = self.state()
+        if state == "missing":
+            return {"state": state, "generation": 0, "images": 0, "indexing": None}
+        return {
+            "state": state,
+            "generation": self.collection.generation,
+            "images": len(self.collection),
+            "indexing": self.collection.activity(),
+        }
+
     def search(self, q: str | None, upload: bytes | None, filters: Filters, offset: int, limit: int) -> dict:
         """Images for a written query (``beach + sunset - people``, ``id:42``; no image files: those name files
         on the server) and/or an uploaded image, added as one more term."""
@@ -185,9 +198,11 @@ class SearchService:
         with self.answering():
             vector = self.collection.query_vector(query)
         encoded = time.perf_counter()
+        generation = self.collection.generation  # what the results below come from (`updates` tells a change)
         hits = self.collection.search_vector(vector, limit, filters, offset)
         done = time.perf_counter()
         return {
+            "generation": generation,
             "query": str(query),
             "offset": offset,
             "limit": limit,
@@ -198,8 +213,10 @@ class SearchService:
     def browse(self, filters: Filters, offset: int, limit: int) -> dict:
         self._check_page(offset, limit)
         self.fresh()
+        generation = self.collection.generation
         hits = self.collection.browse(filters, offset, limit)
-        return {"query": None, "offset": offset, "limit": limit, "results": [h.to_dict() for h in hits]}
+        results = [h.to_dict() for h in hits]
+        return {"generation": generation, "query": None, "offset": offset, "limit": limit, "results": results}
 
     def describe(self, image_id: int | None, upload: bytes | None, k: int) -> dict:
         if not 1 <= k <= 100:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import CollectionError, DiskFullError
+from . import sqlite as sqlite_policy
 from .locking import LOCK_NAME, writer_lock
 from .store import DB_NAME, Store
 from .synced import remove_leftovers
@@ -32,7 +33,9 @@ class CollectionFolder:
 
     @property
     def exists(self) -> bool:
-        return (self.path / DB_NAME).exists()
+        """A database with its schema: a file a first run has made but not yet filled is no collection yet."""
+        db = self.path / DB_NAME
+        return db.exists() and (self._store is not None or sqlite_policy.has_schema(db))
 
     def close(self) -> None:
         if self._store is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import CollectionError
 
 LOCK_NAME = ".lock"  # the lock file in a collection's folder
+PROBE_GRACE = 0.1  # seconds a writer looks again before calling the lock busy (see _acquire)
 
 _held: set[str] = set()
 _held_guard = threading.Lock()
@@ -88,6 +89,14 @@ def _still_named(fd: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
+def held(path: Path) -> bool:
+    """Whether any process, this one included, holds the writer lock now (the answer can change at once)."""
+    with _held_guard:
+        if str(path.resolve()) in _held:
+            return True
+    return held_elsewhere(path)
+
+
 def held_elsewhere(path: Path) -> bool:
     """Whether another process holds the writer lock now (a question for messages: the answer can change at once)."""
     with _held_guard:
@@ -109,10 +118,11 @@ def held_elsewhere(path: Path) -> bool:
 
 
 def _acquire(fd: int, path: Path, wait: float, on_wait) -> None:
-    """Poll rather than block, so Ctrl-C and the deadline both work."""
+    """Poll rather than block, so Ctrl-C and the deadline both work. Even ``wait=0`` looks again for
+    ``PROBE_GRACE`` s: a reader asking ``held`` takes the lock for an instant, and must not fail a writer."""
     import fcntl
 
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + max(wait, PROBE_GRACE)
     while True:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,7 +130,7 @@ def _acquire(fd: int, path: Path, wait: float, on_wait) -> None:
         except OSError:
             if time.monotonic() >= deadline:
                 raise _busy(path) from None
-        if on_wait is not None:
+        if on_wait is not None and wait > 0:  # told when a real wait starts, not for the grace
             on_wait()
             on_wait = None
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))

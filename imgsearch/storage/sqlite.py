@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -70,6 +71,20 @@ def immutable(path: Path) -> str:
             "open the collection once where its folder can be written (or copy the folder to a writable disk)"
         )
     return "&immutable=1"
+
+
+def has_schema(path: Path) -> bool:
+    """Whether the database at ``path`` holds a table. A first run makes the file a moment before it commits the
+    schema (and a run killed in that moment leaves the file so): until then readers see no collection, not an
+    outdated one that they would try to upgrade under a lock its writer holds."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro{immutable(path)}", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+        finally:
+            conn.close()
+    except (sqlite3.Error, CollectionError, OSError):
+        return True  # unreadable here: opening the store says why, in its words
 
 
 def on_connect_read_only(dbapi_conn, _record) -> None:

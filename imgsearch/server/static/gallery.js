@@ -5,8 +5,9 @@ const PAGE = 60;
 const $ = (id) => document.getElementById(id);
 const state = {
   q: "", upload: null, similar: null, filters: {}, results: [], offset: 0, done: false, loading: false, token: 0,
-  maxResults: 1000, texts: 0, current: -1,
+  maxResults: 1000, texts: 0, current: -1, generation: null, images: null, seen: null,
 };
+const LOOK_EVERY = 2000;  // ms between looks at /api/updates while the page is visible
 const FILTERS = ["in", "after", "before", "format", "orientation", "min_width"];
 
 // -- talking to the server ---------------------------------------------------------------------
@@ -45,9 +46,45 @@ function status(text, isError = false) {
 
 async function run() {
   const token = ++state.token;  // a newer search makes older answers irrelevant
-  Object.assign(state, { results: [], offset: 0, done: false, loading: false, current: -1 });
+  Object.assign(state, { results: [], offset: 0, done: false, loading: false, current: -1, generation: null });
+  $("fresh").hidden = true;
+  if (state.seen !== null) state.images = state.seen;  // what "N new photos" counts from next
   $("grid").replaceChildren();
   await loadMore(token);
+}
+
+// -- live: photos indexed while the page is open (imgsearch index, watch, serve --watch) ---------------
+async function lookForUpdates() {
+  if (document.visibilityState === "visible" && $("notice").hidden) {
+    try {
+      const body = await api("/api/updates");
+      showIndexing(body.indexing);
+      if (state.images === null) state.images = body.images;
+      state.seen = body.images;
+      if (state.generation !== null && body.generation !== state.generation && !state.loading) changed(body);
+    } catch (error) { /* a restart or a blip: the next look tries again */ }
+  }
+  setTimeout(lookForUpdates, LOOK_EVERY);
+}
+
+function changed(body) {
+  const added = state.images === null ? 0 : body.images - state.images;
+  const atTop = window.scrollY < 40 && !$("viewer").open && !state.upload;
+  if (atTop && !state.q && !state.similar) { run(); return; }  // newest first, and the user is looking at the top
+  $("fresh").textContent = added > 0 ? `${added} new photo${added === 1 ? "" : "s"} · show` : "Photos changed · refresh";
+  $("fresh").hidden = false;  // elsewhere results do not move under the user's eyes: the user asks
+}
+
+function showIndexing(run) {
+  $("indexing").hidden = !run;
+  if (!run) return;
+  const bar = $("indexing").querySelector("progress");
+  bar.max = Math.max(1, run.total);
+  bar.value = run.done;
+  $("indexing").querySelector("span").textContent = run.stage === "embedding" ?
+    `Indexing ${run.done.toLocaleString()} of ${run.total.toLocaleString()} photos in ${basename(run.folder)}` :
+    `Indexing ${basename(run.folder)}: ${run.stage}`;
+  $("indexing").title = run.folder;
 }
 
 // -- history: each search, and the open photo, is an entry that Back and Forward restore -------------------
@@ -116,6 +153,7 @@ async function loadMore(token = state.token) {
     const body = await pageRequest(state.offset);
     if (token !== state.token) return;
     append(body.results);
+    if (state.offset === 0) state.generation = body.generation;  // the first page dates the results
     state.offset += body.results.length;
     state.done = body.results.length < PAGE || state.offset + PAGE > state.maxResults;
     const what = state.upload ? "image" + (state.q ? ` + “${state.q}”` : "") : state.q ? `“${state.q}”` : "newest first";
@@ -395,6 +433,7 @@ async function start() {
     }
     $("notice").hidden = true;
     state.texts = body.info.texts;
+    state.images = body.info.images;
     const entry = history.state || fromAddress();  // a reload keeps its history entry, a shared link its address
     Object.assign(state, { q: entry.q, similar: entry.similar, filters: { ...entry.filters }, upload: entry.upload });
     showSearch();
@@ -409,4 +448,7 @@ async function start() {
   }
 }
 
+$("fresh").addEventListener("click", () => { window.scrollTo(0, 0); run(); });
+
 start();
+lookForUpdates();
