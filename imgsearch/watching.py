@@ -124,7 +124,10 @@ class Watcher:
 
     def start(self) -> None:
         """Start the observer, then the thread that reconciles each folder once and follows events."""
-        logging.getLogger(_WATCHDOG_INOTIFY).addHandler(self._overflow)
+        inotify_log = logging.getLogger(_WATCHDOG_INOTIFY)
+        inotify_log.addHandler(self._overflow)
+        if not inotify_log.isEnabledFor(logging.WARNING):  # the CLI quiets every logger to ERROR: not this line
+            inotify_log.setLevel(logging.WARNING)
         self._observer = self._observe()
         self._thread = threading.Thread(target=self._loop, name="imgsearch-watch", daemon=True)
         self._thread.start()
@@ -362,14 +365,21 @@ def _look(path: str) -> tuple[int, int] | None:
 
 def _scopes(paths: Iterable[str], roots: Sequence[Path]) -> list[Path]:
     """The smallest existing folder per root that holds every changed path (a file's folder, a folder's parent):
-    one ordinary run over it finds what was added, changed, moved within it and removed."""
+    one ordinary run over it finds what was added, changed, moved within it and removed.
+
+    Folders where something arrived come first: a photo moved from one watched folder to another is then found at
+    its new place while its row still exists, and followed by content (the other order removed it, then embedded
+    it again as new)."""
     by_root: dict[Path, list[Path]] = {}
+    arrived: set[Path] = set()
     for path in map(Path, paths):
         root = _root_of(path, roots)
         if root is not None:
             by_root.setdefault(root, []).append(path.parent if path != root else root)
+            if path.exists():
+                arrived.add(root)
     scopes = []
-    for root, parents in by_root.items():
+    for root, parents in sorted(by_root.items(), key=lambda item: item[0] not in arrived):
         common = Path(os.path.commonpath([str(p) for p in parents]))
         while common != root and not common.is_dir():  # a folder deleted or renamed away
             common = common.parent

@@ -11,7 +11,8 @@ in this one process, side by side; photos are distinct generated JPEGs (640x480,
   it; ``serve`` looks every 0.2 s, this reader as fast as it can). Median of ``--repeat`` photos.
 - burst: ``--burst`` photos copied into the watched folder, from the first copy to all searchable, against
   ``index_folder`` over the same photos into a fresh collection (both with the model already loaded).
-- idle: CPU seconds this process used over ``--idle`` seconds of watching an unchanged folder, as % of a core.
+- idle: CPU seconds this process used over ``--idle`` seconds of watching an unchanged folder, as % of a core, and
+  the reads it made meanwhile (``/proc/self/io``: read calls, bytes through them, bytes from the disk).
 - soak (``--soak SECONDS``): a photo added or deleted every ``--soak-every`` seconds while the watcher runs; the
   process's resident memory at the start, each minute and the end.
 - tree (``--tree FILES``): a second watcher on a tree of FILES files in folders of 100 (non-image names: the
@@ -71,6 +72,13 @@ def one_photo(watcher: Watcher, reader, root: Path, staging: Path, seed: int) ->
         "reader catch-up": seen - run.finished,
         "total": seen - closed,
     }
+
+
+def io_counts() -> dict[str, int]:
+    """This process's read counters (/proc/self/io): read calls, bytes read through them, bytes from the disk."""
+    with open("/proc/self/io") as io:
+        fields = dict(line.split(": ") for line in io.read().splitlines())
+    return {key: int(fields[key]) for key in ("syscr", "rchar", "read_bytes")}
 
 
 def rss_mb() -> float:
@@ -166,10 +174,12 @@ def main() -> None:
         for key in splits[0]:
             print(f"  {key:16} {statistics.median(s[key] for s in splits):6.3f}")
 
-        before = cpu_seconds()
+        before, read_before = cpu_seconds(), io_counts()
         time.sleep(args.idle)  # the measurement itself: a quiet folder for this long
         idle = (cpu_seconds() - before) / args.idle
-        print(f"\nidle: {100 * idle:.2f}% of a core over {args.idle:g} s")
+        reads = {key: value - read_before[key] for key, value in io_counts().items()}
+        print(f"\nidle: {100 * idle:.2f}% of a core over {args.idle:g} s; reads meanwhile: {reads['syscr']} calls,")
+        print(f"  {reads['rchar']} bytes through read calls, {reads['read_bytes']} bytes from the disk")
 
         target, runs = root / "burst", len(watcher.runs)
         target.mkdir()

@@ -243,6 +243,9 @@ def test_the_cli_exits_130_on_ctrl_c_and_the_rerun_finishes(tmp_path, tiny_model
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches a foreground command; a job started in the background by a script inherits SIGINT
+        # ignored (pytest run with `&` failed here), which is not what this test is about.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and _rows(coll / "imgsearch.db") <= 0 and time.monotonic() < deadline:

@@ -378,12 +378,27 @@ def test_the_watcher_killed_mid_burst_and_restarted_loses_nothing_and_adds_nothi
 def test_an_overflowing_event_queue_is_noticed_and_scanned_for(tmp_path, engine):
     """A real overflow of the kernel's queue: watchdog's reading thread is held (by the lock it takes before each
     read) while more files are made than ``max_queued_events``, so the kernel drops events and says so. watchdog
-    says so only in its log; the watcher hears it, says so with the fix, and scans (0.2 only rescanned hourly)."""
+    says so only in its log; the watcher hears it, says so with the fix, and scans (0.2 only rescanned hourly),
+    also with the root logger at ERROR as the CLI sets it (which silenced that log line)."""
+    import logging
+
     inotify_c = pytest.importorskip("watchdog.observers.inotify_c")
+    root_log, inotify_log = logging.getLogger(), logging.getLogger(inotify_c.__name__)
+    levels = (root_log.level, inotify_log.level)
+    root_log.setLevel(logging.ERROR)  # as the CLI sets it (cli.main)
+    inotify_log.setLevel(logging.NOTSET)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     root = tmp_path / "photos"
     root.mkdir()
     notices: list[str] = []
+    try:
+        _overflow_and_scan(engine, root, tmp_path, inotify_c, limit, notices)
+    finally:
+        root_log.setLevel(levels[0])
+        inotify_log.setLevel(levels[1])
+
+
+def _overflow_and_scan(engine, root: Path, tmp_path: Path, inotify_c, limit: int, notices: list[str]) -> None:
     with Watcher(engine, [root], config=FAST, on_notice=notices.append) as watcher:
         assert watcher.wait_for(lambda: len(watcher.runs) >= 1, TIMEOUT)
         staging = tmp_path / "staging"
@@ -399,3 +414,19 @@ def test_an_overflowing_event_queue_is_noticed_and_scanned_for(tmp_path, engine)
         assert scanned, f"no scan after the overflow; runs: {watcher.runs}; notices: {notices}"
         assert any("inotify queue overflowed" in n and "max_queued_events=65536" in n for n in notices), notices
         _until(watcher, root, set(names))
+
+
+def test_a_photo_moved_between_two_watched_folders_is_followed_not_embedded_again(tmp_path, engine):
+    """`imgsearch watch A B`: a move from A to B is one change spanning two roots. Run over A first, the photo was
+    removed and then embedded again as new in B (a new id, its vector computed twice)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_image(first / "x.jpg", seed=11)
+    second.mkdir()
+    with Watcher(engine, [second, first], config=FAST) as watcher:  # the destination listed first, as it may be
+        assert watcher.wait_for(lambda: len(watcher.runs) >= 2, TIMEOUT)
+        before = {h.path: h.id for h in engine.browse(limit=10)}
+        shutil.move(first / "x.jpg", second / "x.jpg")
+        assert watcher.wait_for(lambda: [h.path for h in engine.browse(limit=10)] == [str(second / "x.jpg")], TIMEOUT)
+        after = {h.path: h.id for h in engine.browse(limit=10)}
+        assert after[str(second / "x.jpg")] == before[str(first / "x.jpg")]
+        assert sum(r.report.added for r in watcher.runs if r.report and r.reason == "events") == 0

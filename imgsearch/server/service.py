@@ -87,6 +87,7 @@ class SearchService:
         self.thumbnails = thumbnails.Cache(self.folder / "thumbnails")
         self._checked = 0.0
         self._refreshing = threading.Lock()
+        self._counted = (-1, 0)  # (generation, images then): a count of every row only when they changed
         self._decoding = threading.BoundedSemaphore(config.decodes)
         self.nonce = secrets.token_hex(16)  # this run's secret, in server.json: proves the server to its clients
         self._answering = 0  # requests being answered now: micro-batches wait for more only while there are
@@ -180,10 +181,13 @@ class SearchService:
         state = self.state()
         if state == "missing":
             return {"state": state, "generation": 0, "images": 0, "indexing": None}
+        generation = self.collection.generation
+        if self._counted[0] != generation:
+            self._counted = (generation, len(self.collection))
         return {
             "state": state,
-            "generation": self.collection.generation,
-            "images": len(self.collection),
+            "generation": generation,
+            "images": self._counted[1],
             "indexing": self.collection.activity(),
         }
 
