@@ -266,8 +266,9 @@ class Collection:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise BadInputError(f"not a folder: {folder}; pass the directory that holds your images")
-        with self._writing(create=True) as store, activity.recording(self.folder, root.resolve(), progress) as told:
-            return indexing.run(self._target(), store, root.resolve(), settings, told, tuple(excludes), rehash)
+        root = root.resolve()
+        with self._writing(create=True) as store, activity.recording(self.folder, root, progress) as told:
+            return indexing.run(self._target(), store, root, settings, told, tuple(excludes), rehash)
 
     def _target(self) -> indexing.Target:
         return indexing.Target(

@@ -244,7 +244,8 @@ class Watcher:
                     return
                 due = self._settled(time.monotonic())
                 scan = due is None and not self._pending and (self._lost or time.monotonic() >= next_scan)
-                lost, self._lost = (self._lost, False) if scan else (False, self._lost)
+                lost = scan and self._lost
+                self._lost = self._lost and not scan
                 if due is None and not scan:
                     self._cond.wait(self._wait_time(next_scan))
                     continue

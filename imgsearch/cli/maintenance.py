@@ -86,7 +86,8 @@ def info(index: Path | None = CollectionOpt, as_json: bool = JsonOpt) -> None:
 
 
 def _activity_line(run: dict) -> str:
-    """A run in progress, as ``info`` says it: "340 of 1,000 images under /photos (embedding; 42 s so far)"."""
+    """A run in progress, as ``info`` says it: "340 of 1,000 images under /photos (embedding; 42 s so far,
+    process 4242)"."""
     seconds = max(0, round(run["updated"] - run["started"]))
     return (
         f"{run['done']:,} of {run['total']:,} images under {run['folder']} ({run['stage']}; {seconds} s so far, "

@@ -73,12 +73,17 @@ def immutable(path: Path) -> str:
     return "&immutable=1"
 
 
+def read_only_uri(path: Path, flags: str = "") -> str:
+    """The SQLite URI that opens ``path`` read-only (``flags``: more query parameters, e.g. ``immutable``)."""
+    return f"file:{quote(str(path.absolute()))}?mode=ro{flags}"
+
+
 def has_schema(path: Path) -> bool:
     """Whether the database at ``path`` holds a table. A first run makes the file a moment before it commits the
     schema (and a run killed in that moment leaves the file so): until then readers see no collection, not an
     outdated one that they would try to upgrade under a lock its writer holds."""
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro{immutable(path)}", uri=True, timeout=10)
+        conn = sqlite3.connect(read_only_uri(path, immutable(path)), uri=True, timeout=10)
         try:
             return conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
         finally:

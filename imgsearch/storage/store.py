@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple, cast
-from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
@@ -93,7 +92,7 @@ class Store:
         url = (
             f"sqlite:///{self.path}"
             if not self.read_only
-            else (f"sqlite:///file:{quote(str(self.path.absolute()))}?mode=ro{flags}&uri=true")
+            else f"sqlite:///{sqlite_policy.read_only_uri(self.path, flags)}&uri=true"
         )
         # One connection per thread, kept open: opening one per call cost 2.5x on small lookups.
         self.engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool, pool_size=32)
