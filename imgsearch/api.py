@@ -456,6 +456,8 @@ class Collection:
             recipe=(store.get(stale.EMBEDDING_KEY) or {}).get("recipe"),
             warnings=self.warnings(),
             indexing=self.activity(),
+            videos=store.count_videos(),
+            frames=store.count("frames"),
         )
 
     def activity(self) -> dict | None:

@@ -126,7 +126,7 @@ def collection(db_path, dim_of, store_of, synced_of, writing, model, repair: boo
     if not report.findings[-1].ok:
         return report
     dim = dim_of()
-    for table in ("images", "texts") if dim else ():
+    for table in ("images", "frames", "texts") if dim else ():
         report.findings += _table(table, dim, store_of(), synced_of(table), writing, repair)
     report.findings += _export(model)
     return report
@@ -144,12 +144,16 @@ def _table(table: str, dim: int, store, synced, writing, repair: bool) -> list[F
     )
     if bad and repair:
         with writing() as writer:
-            writer.delete_rows(table, bad)
+            if table == "frames":  # a video with a damaged frame is removed whole: the next index run redoes it
+                writer.delete_rows("images", sorted({video for video, _ in store.frame_rows(bad).values()}))
+            else:
+                writer.delete_rows(table, bad)
         finding.repaired = True
         finding.detail += (
-            ": removed; `imgsearch index` embeds their files again"
-            if table == "images"
-            else ": removed; add those texts again with `imgsearch texts add`"
+            ": removed; add those texts again with `imgsearch texts add`"
+            if table == "texts"
+            else f": {'their videos were ' if table == 'frames' else ''}removed; `imgsearch index` embeds their "
+            "files again"
         )
     found.append(finding)
     for finding in filter(None, (index_file(synced), half_rows(synced))):

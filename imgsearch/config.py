@@ -56,6 +56,8 @@ IMAGE_EXTENSIONS = (
     frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"})
     | RAW_EXTENSIONS
 )
+# Videos: decoded through FFmpeg's libraries (PyAV), never a binary (imgsearch/video.py).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,44 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """Which frames of a video are embedded (imgsearch/video.py); each becomes a moment search can return."""
+
+    # A frame at least this often (seconds), whatever the picture does: a still scene is still found.
+    interval: float = 4.0
+    # A frame where the picture changes: the mean absolute difference of a 32x18 grey thumbnail against the last
+    # sampled frame's, on 0..1. Cuts between two of the shared COCO photos scored 0.11-0.5 (scripts/bench_video.py:
+    # 0.12 missed one of 79); compression noise and a slow pan stay under 0.03.
+    scene_change: float = 0.08
+    # Never two frames closer than this (seconds): a flash or a fast pan does not flood the video with frames.
+    min_gap: float = 0.5
+    # At most this many frames per video, spread over all of it: a long video's interval stretches so that periodic
+    # frames use at most half (1 hour: one every 24 s at least) and scene changes share the rest in step with time.
+    max_frames: int = 300
+    # Decode only keyframes (the codec's own scene-cut and periodic frames): a fraction of the decoding cost, but a
+    # change between two keyframes is seen only at the next one (docs/performance.md measures both).
+    keyframes_only: bool = False
+    # Frames per forward pass (at most IndexingConfig.batch_size): memory is then the same for a video of any length
+    # (measured with ViT-B-32: 64 frames a pass peaked 181 MB above a 1-minute video's 23 frames, 16 within 15 MB,
+    # and no slower; docs/performance.md).
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not (
+            self.interval > 0
+            and self.min_gap >= 0
+            and self.max_frames >= 1
+            and 0 < self.scene_change <= 1
+            and self.batch_size >= 1
+        ):
+            raise BadInputError(
+                "video sampling needs interval > 0, min_gap >= 0, max_frames >= 1, scene_change in (0, 1] and "
+                f"batch_size >= 1; got {self.interval}, {self.min_gap}, {self.max_frames}, {self.scene_change} and "
+                f"{self.batch_size}"
+            )
+
+
+@dataclass(frozen=True)
 class IndexingConfig:
     # Images per forward pass on a CPU; 64 keeps memory low.
     batch_size: int = 64
@@ -191,6 +231,8 @@ class IndexingConfig:
     # Embed on a Ray cluster instead of in this process: "local" (start one here), "auto" (a running one) or its
     # address. Needs `pip install 'imgsearch[ray]'`; see imgsearch/distributed/ray_embed.py.
     ray: str | None = None
+    # Which frames of each video are embedded.
+    video: VideoConfig = VideoConfig()
 
     def __post_init__(self) -> None:
         check_choice("decode mode", self.decode, DECODE_MODES)

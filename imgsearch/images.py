@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import IMAGE_EXTENSIONS, RAW_EXTENSIONS, RENDERED_EXTENSIONS
+from .config import IMAGE_EXTENSIONS, RAW_EXTENSIONS, RENDERED_EXTENSIONS, VIDEO_EXTENSIONS
 from .records import FileEntry, ImageDetails, ScanProblem, format_name
 
 _HASH_CHUNK = 1 << 20
@@ -76,6 +76,15 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_indexed_name(name: str) -> bool:
+    """A photo's or a video's name: what an index run reads."""
+    return is_image_name(name) or is_video_name(name)
+
+
 def is_raw_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in RAW_EXTENSIONS
 
@@ -124,7 +133,7 @@ def load_query_image(source: str | os.PathLike, min_side: int = 0, max_pixels: i
 
 
 def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[FileEntry | ScanProblem]:
-    """Every file with an image extension under root (recursively; hidden folders and files skipped).
+    """Every file with an image or video extension under root (recursively; hidden folders and files skipped).
 
     ``excludes``: glob patterns matched against each name and each path relative to root.
     Symlinked folders are followed; a folder or file reached twice (a link cycle, a link to
@@ -147,7 +156,7 @@ def scan(root: str | os.PathLike, excludes: Sequence[str] = ()) -> Iterator[File
             continue
         rel = os.path.relpath(dirpath, root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_excluded(d, rel, excludes))
-        wanted = [n for n in sorted(filenames) if is_image_name(n) and not n.startswith(".")]
+        wanted = [n for n in sorted(filenames) if is_indexed_name(n) and not n.startswith(".")]
         wanted = [n for n in wanted if not is_excluded(n, rel, excludes)]
         rendered = _rendered_by_stem(wanted)
         for name in wanted:

@@ -17,11 +17,11 @@ import numpy as np
 
 from . import images as imgs
 from . import stale
-from .config import IMAGE_EXTENSIONS, IndexingConfig
+from .config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, IndexingConfig
 from .errors import CollectionError, ExportDamagedError, NothingToIndexError
 from .manifest import ModelRecord
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
-from .records import Changes, EmbeddedBatch, FileEntry, NewImage, Skip
+from .records import Changes, EmbeddedBatch, FileEntry, NewImage, Skip, format_name
 from .results import IndexReport, SkippedFile
 from .storage.store import Store
 from .storage.synced import SyncedIndex
@@ -52,7 +52,8 @@ def run(
     plan = plan_run(store, root, excludes, stale_before, rehash)
     if _nothing_there(plan):
         raise NothingToIndexError(
-            f"no image files under {root}: nothing to index (imgsearch reads {' '.join(sorted(IMAGE_EXTENSIONS))}; "
+            f"no image or video files under {root}: nothing to index (imgsearch reads "
+            f"{' '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}; "
             "hidden files and excluded names are left out)"
         )
     report = report_for(root, plan)
@@ -65,17 +66,23 @@ def run(
         # rebuilt and saved here. A run that changes nothing never reads the file.
         synced.index  # noqa: B018
     try:
-        mirror(synced, *apply(store, booked))
+        mirror(synced, *apply(target, store, booked))
         _embed_plan(target, store, synced, plan, settings, report, progress)
         if stale_before is not None:
             _reembed_texts(target, store, stale_before)
             target.models.clear_stale(store)
     finally:
-        synced = target.opened("images")  # a first run creates it with its first batch
-        if synced is not None:
-            synced.save()
+        save_opened(target)
         report.seconds = time.monotonic() - started
     return report
+
+
+def save_opened(target: Target) -> None:
+    """Save the images' and the frames' indexes where this run opened them (a first run creates them)."""
+    for table in ("images", "frames"):
+        synced = target.opened(table)
+        if synced is not None:
+            synced.save()
 
 
 def _nothing_there(plan: Plan) -> bool:
@@ -93,9 +100,8 @@ def prune(target: Target, store: Store, dry_run: bool) -> list[str]:
         synced = target.synced("images") if target.dim() else None
         if synced is not None:
             synced.index  # noqa: B018 - load it first, so only the delta is applied
-        mirror(synced, *apply(store, Changes(deleted=[i for i, _ in gone], unskipped=stale_skips)))
-        if synced is not None:
-            synced.save()
+        mirror(synced, *apply(target, store, Changes(deleted=[i for i, _ in gone], unskipped=stale_skips)))
+        save_opened(target)
     return [p for _, p in gone]
 
 
@@ -131,8 +137,14 @@ def add_texts(target: Target, store: Store, texts: list[str], source: str | None
             synced.save()
 
 
-def apply(store: Store, changes: Changes) -> tuple[Changes, list[int], int]:
-    new_ids, generation = store.apply(changes)
+def apply(target: Target, store: Store, changes: Changes) -> tuple[Changes, list[int], int]:
+    """Commit one batch; the frames index (opened on a video's first frames) mirrors what it did to frames, and
+    the caller mirrors the images index with what this returns."""
+    new_ids, generation, frames = store.apply_with_frames(changes)
+    if frames is not None:
+        target.synced("frames").update(
+            frames.generation, frames.added_ids, frames.added_vectors, remove_ids=frames.removed_ids
+        )
     return changes, new_ids, generation
 
 
@@ -166,27 +178,27 @@ def _embed_plan(
         progress(0, len(entries), "loading model")
     loading = time.monotonic()
     stage = (lambda name: progress(0, len(entries), name)) if progress else None
-    batches, recipe = _embedded(target, entries, settings, report, stage)
+    batches, recipe = _embedded(target, entries, plan, settings, report, stage)
     ready = time.monotonic()
     report.model_seconds = ready - loading
     if progress:  # the bar's rate and time left count from here: the first batch is embedding's, not loading's
         progress(0, len(entries), "embedding")
     stamp = target.models.stored() is None  # stamped with the first batch: a failed start leaves no trace
     done, noted = 0, False
-    for batch in batches:
-        changes = batch_changes(batch, entries, plan)
+    for changes, files in batches:
         if stamp and changes.new:
-            changes.manifest, stamp = target.models.manifest(batch.vectors.shape[1], recipe), False
+            dim = changes.new[0].vector.shape[0]
+            changes.manifest, stamp = target.models.manifest(dim, recipe), False
         if not noted and (changes.new or changes.replaced):
             changes.manifest, noted = {**changes.manifest, "backend": report.backend}, True
-        applied = apply(store, changes)
+        applied = apply(target, store, changes)
         if synced is None and target.dim():  # made once a first vector is stored (a batch may hold only failures)
             synced = target.synced("images")
         mirror(synced, *applied)
         if synced is not None:
             synced.save(at_most_every=settings.checkpoint_seconds)
         tally(report, changes, plan)
-        done += len(batch.positions) + len(batch.failures)
+        done += files
         report.embed_seconds = time.monotonic() - ready
         if progress:
             progress(done, len(entries), "embedding")
@@ -194,25 +206,90 @@ def _embed_plan(
         _ray().clear(target.folder / _ray().SHARDS)
 
 
-def _embedded(target: Target, entries: Sequence[FileEntry], settings: IndexingConfig, report: IndexReport, stage=None):
-    """(the batches of embedded files, the recipe they are made with): from this process's model, or from a Ray
-    cluster's shards. ``stage`` is told each slow step of loading the model (its one-time export and check)."""
+def _embedded(
+    target: Target, entries: Sequence[FileEntry], plan: Plan, settings: IndexingConfig, report: IndexReport, stage=None
+):
+    """(an iterator of (the store batch, how many files it accounts for), the recipe the vectors are made with):
+    photos from this process's model or from a Ray cluster's shards, then each video in this process. ``stage`` is
+    told each slow step of loading the model (its one-time export and check)."""
+    photos = [e for e in entries if not imgs.is_video_name(e.path)]
+    videos = [e for e in entries if imgs.is_video_name(e.path)]
     model = target.models.model
     if settings.ray:
-        from .clip.models import model_image_size, recipe_for
+        from .clip.models import recipe_for
 
         report.backend = "ray"
-        return _ray().embedded(
-            entries, model, settings, target.folder / _ray().SHARDS, model_image_size(model)
-        ), recipe_for(model).to_dict()
+        shards = _ray_batches(target, photos, settings)
+        encoder = _encoder(target, settings, report, stage) if videos else None
+        return _batches(shards, photos, videos, plan, encoder, settings), recipe_for(model).to_dict()
+    encoder = _encoder(target, settings, report, stage)
+    files = encoder.embed_files([e.path for e in photos], settings) if photos else iter(())
+    return _batches(files, photos, videos, plan, encoder, settings), encoder.recipe_record
+
+
+def _ray_batches(target: Target, photos: Sequence[FileEntry], settings: IndexingConfig):
+    if not photos:
+        return iter(())
+    from .clip.models import model_image_size
+
+    model = target.models.model
+    return _ray().embedded(photos, model, settings, target.folder / _ray().SHARDS, model_image_size(model))
+
+
+def _encoder(target: Target, settings: IndexingConfig, report: IndexReport, stage):
+    """The loaded file encoder; a model or download error surfaces here, before any progress."""
     try:
-        encoder = target.file_encoder(settings).load(stage)  # a model or download error surfaces before progress
+        encoder = target.file_encoder(settings).load(stage)
     except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
         target.forget_file_encoder()
         report.notes.append(str(exc))
         encoder = target.embedder().load(stage)
-    report.backend, report.notes = encoder.backend, report.notes + list(encoder.notes)
-    return encoder.embed_files([e.path for e in entries], settings), encoder.recipe_record
+    if report.backend != "ray":
+        report.backend = encoder.backend
+    report.notes = report.notes + list(encoder.notes)
+    return encoder
+
+
+def _batches(files, photos: Sequence[FileEntry], videos: Sequence[FileEntry], plan: Plan, encoder, settings):
+    for batch in files:
+        yield batch_changes(batch, photos, plan), len(batch.positions) + len(batch.failures)
+    for entry in videos:  # one video, one transaction: its row and every frame, or nothing
+        yield video_changes(encoder, entry, plan, settings), 1
+
+
+def video_changes(encoder, entry: FileEntry, plan: Plan, settings: IndexingConfig) -> Changes:
+    """The store batch for one video: its row (vector: the mean of its frames') and frames, or its skip."""
+    from . import video
+
+    try:
+        batch = min(settings.batch_size, settings.video.batch_size)
+        embedded = video.embed(encoder, entry.path, settings.video, batch)
+        if not np.isfinite(embedded.frames.vectors).all():
+            raise video.VideoSkipped(NOT_FINITE)
+        content_hash = imgs.file_hash(entry.path)
+    except (video.VideoSkipped, OSError) as exc:
+        reason = str(exc) if isinstance(exc, video.VideoSkipped) else f"unreadable: {exc.strerror or exc}"
+        changes = Changes(skipped=[Skip(entry.path, entry.size, entry.mtime_ns, reason)])
+        if entry.path in plan.changed:  # was fine, now unreadable: its old vectors no longer describe it
+            changes.deleted.append(plan.changed[entry.path][0].id)
+        return changes
+    width, height = embedded.size
+    row = NewImage(
+        entry.path,
+        entry.size,
+        entry.mtime_ns,
+        content_hash,
+        width,
+        height,
+        embedded.mean,
+        format_name(os.path.splitext(entry.path)[1]) or "",
+        embedded.info.taken_at,
+        embedded.duration,
+        embedded.frames,
+    )
+    if entry.path in plan.changed:
+        return Changes(replaced={plan.changed[entry.path][0].id: row})
+    return Changes(new=[row])
 
 
 def _reembed_texts(target: Target, store: Store, before: float) -> None:
@@ -264,6 +341,7 @@ def bookkeeping(store: Store, plan: Plan) -> Changes:
     """Everything decided without the model: moves, touches, deletions, scan problems, copies."""
     sources = [state.id for _, state in plan.copies]
     vectors, rows = (store.vectors("images", sources), store.images_by_id(sources)) if sources else ({}, {})
+    frames = store.frames_of([i for i in sources if i in rows and rows[i].duration is not None]) if sources else {}
     copies = [
         NewImage(
             e.path,
@@ -275,9 +353,11 @@ def bookkeeping(store: Store, plan: Plan) -> Changes:
             vectors[s.id],
             rows[s.id].format,
             rows[s.id].taken_at,
+            rows[s.id].duration,
+            frames.get(s.id),
         )
         for e, s in plan.copies
-        if s.id in vectors
+        if s.id in vectors and (rows[s.id].duration is None or s.id in frames)
     ]
     return Changes(
         new=copies,

@@ -12,8 +12,9 @@ import numpy as np
 from .config import RAW_EXTENSIONS
 
 # Stored format names (Pillow's, lower-case) and what users may call them.
-FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heif", "avif", "raw")
-FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "mpo": "jpeg", "tif": "tiff", "heic": "heif"}
+VIDEO_FORMATS = ("mp4", "mov", "mkv", "webm", "avi")  # a video's container, by its extension
+FORMATS: tuple[str, ...] = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heif", "avif", "raw") + VIDEO_FORMATS
+FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "mpo": "jpeg", "tif": "tiff", "heic": "heif", "m4v": "mp4"}
 FORMAT_ALIASES |= {ext[1:]: "raw" for ext in RAW_EXTENSIONS}
 
 
@@ -79,6 +80,7 @@ class ImageRow(NamedTuple):
     format: str | None
     taken_at: float | None
     content_hash: str
+    duration: float | None = None  # seconds, for a video; None for a photo
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,24 @@ class NewImage:
     vector: np.ndarray
     format: str | None = None
     taken_at: float | None = None
+    duration: float | None = None  # a video's (its vector is then the mean of its frames')
+    frames: Frames | None = None  # a video's sampled frames
+
+
+class Frames(NamedTuple):
+    """A video's sampled frames: their times (seconds from the start) and vectors, in order."""
+
+    times: np.ndarray  # (n,) float64
+    vectors: np.ndarray  # (n, dim) float32, normalised
+
+
+class FrameDelta(NamedTuple):
+    """What one committed batch did to the frames table, for the writer's frames index to mirror."""
+
+    generation: int
+    added_ids: np.ndarray
+    added_vectors: np.ndarray
+    removed_ids: list[int]
 
 
 @dataclass(frozen=True)

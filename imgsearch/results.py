@@ -13,6 +13,14 @@ class _AsDict:
 
 
 @dataclass(frozen=True)
+class Moment(_AsDict):
+    """One sampled frame of a video a search matched: where it is, and how well it matched."""
+
+    time: float  # seconds from the start
+    score: float
+
+
+@dataclass(frozen=True)
 class ImageHit(_AsDict):
     id: int
     path: str
@@ -21,7 +29,24 @@ class ImageHit(_AsDict):
     height: int | None = None
     size: int | None = None  # bytes
     taken_at: float | None = None  # epoch seconds: EXIF DateTimeOriginal, else the file's modification time
-    format: str | None = None  # "jpeg", "png"...
+    format: str | None = None  # "jpeg", "png"... ; a video's container: "mp4", "mov", "mkv", "webm", "avi"
+    duration: float | None = None  # seconds: set for a video, None for a photo
+    # A video's best-matching moments, best first (its score is the first one's); () for a photo or when browsing.
+    moments: tuple[Moment, ...] = ()
+
+    def to_dict(self) -> dict:
+        found = asdict(self)
+        found["moments"] = list(found["moments"])  # as JSON gives it back
+        return found
+
+    @property
+    def is_video(self) -> bool:
+        return self.duration is not None
+
+    @property
+    def time(self) -> float | None:
+        """Seconds into a video where it matches best; None for a photo."""
+        return self.moments[0].time if self.moments else None
 
     @property
     def file(self) -> Path:
@@ -98,6 +123,8 @@ class CollectionInfo(_AsDict):
     recipe: dict | None = None  # how the vectors are made: the tag's preprocessing and activation (clip.models.Recipe)
     warnings: list[str] = field(default_factory=list)  # what makes answers less than right (stale vectors)
     indexing: dict | None = None  # a run in progress (storage.activity.Activity): folder, stage, done, total, ...
+    videos: int = 0  # of ``images``, how many are videos
+    frames: int = 0  # the videos' sampled frames, each searchable as a moment
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .config import DEFAULT_EXCLUDES, IndexingConfig, WatchConfig
 from .errors import BadInputError, ImgsearchError, NothingToIndexError
-from .images import is_excluded, is_image_name
+from .images import is_excluded, is_indexed_name
 from .results import IndexReport
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class Watcher:
         if is_directory:
             return True
         name = parts[-1] if parts else ""
-        return is_image_name(name) and not any(fnmatch.fnmatch(name, p) for p in TEMPORARY_NAMES)
+        return is_indexed_name(name) and not any(fnmatch.fnmatch(name, p) for p in TEMPORARY_NAMES)
 
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:

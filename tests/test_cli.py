@@ -176,7 +176,7 @@ def test_a_first_run_that_fails_leaves_nothing_behind(tmp_path, photo_dir):
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no photos here")
     nothing = run("index", empty, "--collection", coll, *TINY, ok=False)
-    assert nothing.returncode == 1 and f"no image files under {empty}" in nothing.stderr
+    assert nothing.returncode == 1 and f"no image or video files under {empty}" in nothing.stderr
     assert not (tmp_path / "data").exists()
     from imgsearch.storage.store import Store
 

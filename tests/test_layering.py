@@ -25,6 +25,7 @@ OWNERS = {
     "rawpy": ("raw",),
     "pillow_heif": ("images",),
     "watchdog": ("watching",),
+    "av": ("video",),
     "fastapi": ("server",),
     "starlette": ("server",),
     "uvicorn": ("server",),

@@ -366,7 +366,7 @@ def test_a_v2_collection_is_upgraded_and_back_filled_without_re_embedding(tmp_pa
         db.execute("UPDATE images SET path = replace(path, '/tmp/v2build/photos', ?)", (str(photos),))
         before = dict(db.execute("SELECT id, vector FROM image_vectors"))
     with imgsearch.open(folder) as engine:
-        assert engine.info().schema_version == SCHEMA_VERSION == 3
+        assert engine.info().schema_version == SCHEMA_VERSION == 4
         # before the back-fill, the format comes from the extension and the date from mtime
         assert names(engine.search("x", filters=Filters(formats="png"))) == ["wide copy.png", "wide.png"]
         report = engine.index_folder(photos, FAST)

@@ -75,7 +75,7 @@ def info(index: Path | None = CollectionOpt, as_json: bool = JsonOpt) -> None:
     )
     typer.echo(
         f"collection  {about.path}\nmodel       {about.model} ({about.pretrained or 'random weights'}), "
-        f"{f'{about.dim} dimensions' if about.dim else 'nothing embedded yet'}\nimages      {about.images}\ntexts       {about.texts}\n"
+        f"{f'{about.dim} dimensions' if about.dim else 'nothing embedded yet'}\nimages      {about.images}{_videos(about)}\ntexts       {about.texts}\n"
         f"skipped     {about.skipped}\nindex       {kind}\non disk     {about.disk_bytes / 1e6:.1f} MB\n"
         f"schema      v{about.schema_version}\nbackend     {about.backend or '-'} (last index run); "
         f"queries: {about.query_backend}{f' ({about.query_backend_reason})' if about.query_backend_reason else ''}"
@@ -83,6 +83,10 @@ def info(index: Path | None = CollectionOpt, as_json: bool = JsonOpt) -> None:
         + (f"\nindexing    {_activity_line(about.indexing)}" if about.indexing else "")
     )
     warn(about.warnings)
+
+
+def _videos(about) -> str:
+    return f" ({about.videos:,} of them videos, {about.frames:,} frames)" if about.videos else ""
 
 
 def _activity_line(run: dict) -> str:

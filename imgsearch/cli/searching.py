@@ -62,9 +62,12 @@ def query(
         None,
         "--format",
         metavar="LIST",
-        help="Only these formats, e.g. jpg,png (jpeg png webp gif bmp tiff heif avif).",
+        help="Only these formats, e.g. jpg,png (jpeg png webp gif bmp tiff heif avif raw; videos: mp4 mov mkv webm avi).",
     ),
     orientation: str | None = typer.Option(None, "--orientation", metavar="landscape|portrait|square"),
+    kind: str | None = typer.Option(
+        None, "--type", metavar="image|video", help="Only photos, or only videos (found at their best moment)."
+    ),
     index: Path | None = CollectionOpt,
     pretrained: str | None = typer.Option(
         None, "--pretrained", metavar="FILE", help="New location of the collection's checkpoint file, if it moved."
@@ -105,7 +108,7 @@ def query(
     if not texts:
         try:  # a malformed query or filter is a usage error, found before anything loads
             filters = Filters(
-                tuple(map(str, folders)), after, before, min_width, min_height, formats or (), orientation
+                tuple(map(str, folders)), after, before, min_width, min_height, formats or (), orientation, kind
             )
             wanted = _query(text, image, minus, filters)
         except ImgsearchError as exc:
@@ -128,12 +131,27 @@ def query(
         return print_json(hits)
     for h in hits:
         found = h["text"] if texts else h["path"]
-        typer.echo(found if paths_only else f"{h['score']:.4f}\t{found}")
+        typer.echo(found if paths_only else f"{h['score']:.4f}\t{found}{_moments(h.get('moments'))}")
     if len(hits) < top:  # 0.1 returned 956 for -k 5000 without a word
         typer.echo(
             f"imgsearch: {len(hits)} results, fewer than --top {top}: {_why_fewer(hits, held, texts, not texts and bool(wanted.filters))}",
             err=True,
         )
+
+
+def _moments(moments: list[dict] | None) -> str:
+    """A video's moments after its path: "\tat 1:23 (also 0:07, 2:40)"; nothing for a photo."""
+    if not moments:
+        return ""
+    also = f" (also {', '.join(clock(m['time']) for m in moments[1:])})" if len(moments) > 1 else ""
+    return f"\tat {clock(moments[0]['time'])}{also}"
+
+
+def clock(seconds: float) -> str:
+    """A time into a video as players show it: 0:07, 1:23, 1:02:03."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _why_fewer(hits: list, held: int | None, texts: bool, filtered: bool) -> str:

@@ -86,6 +86,14 @@ class ExportImageFiles(FromExport):
         finally:  # a run stopped early (Ctrl-C, an error) drops the decodes queued ahead instead of finishing them
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def embed_images(self, images: Sequence, batch_size: int = IndexingConfig.batch_size) -> np.ndarray:
+        """PIL images (a video's frames), as ``Embedder.embed_images`` embeds them with torch."""
+        cfg, out = self.export.meta["preprocess"], [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self._tower.encode_image(np.stack([preprocess(im, cfg) for im in chunk])))
+        return np.concatenate(out)
+
     def _embedded(self, positions: range, decoded: list[tuple]) -> EmbeddedBatch:
         good = [(i, pixels, details) for i, (pixels, details, _) in zip(positions, decoded) if pixels is not None]
         failures = [(i, reason) for i, (pixels, _, reason) in zip(positions, decoded) if pixels is None]

@@ -23,6 +23,7 @@ class Row(NamedTuple):
     width: int | None
     height: int | None
     content_hash: str
+    video: bool = False  # a video (its vector: the mean of its frames'); never grouped with a photo
 
 
 def group_duplicates(
@@ -40,7 +41,8 @@ def group_duplicates(
     if threshold is not None and len(heads) > 1:
         first, second, _ = pairs_finder(vectors[[position[h] for h in heads]], threshold)
         for a, b in zip(first.tolist(), second.tolist()):
-            _union(parent, a, b)
+            if by_id[heads[a]].video == by_id[heads[b]].video:  # a still is not a copy of a video, nor the reverse
+                _union(parent, a, b)
     components: dict[int, list[int]] = {}
     for k, head in enumerate(heads):
         components.setdefault(_find(parent, k), []).extend(contents[by_id[head].content_hash])

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .. import images as imgs
 from ..errors import BadInputError, CollectionDamagedError, EmptyCollectionError, NotFoundError
-from ..results import DuplicateGroup, ImageHit, TextHit
+from ..results import DuplicateGroup, ImageHit, Moment, TextHit
 from ..storage.locking import LOCK_NAME, held_elsewhere
 from ..storage.store import DB_NAME, Store
 from ..storage.synced import SyncedIndex
@@ -61,10 +61,45 @@ class SearchEngine:
         return self.image_hits(self.query_vector(query), k, query.filters, offset)
 
     def image_hits(self, vector: np.ndarray, k: int, filters: Filters, offset: int) -> list[ImageHit]:
-        hits = self._search("images", vector, k + offset, self._allowed(filters) if filters else None)[offset:]
+        allowed = self._allowed(filters) if filters else None
+        if self.sources.store().has_rows("frames"):
+            hits, moments = self._with_videos(vector, k + offset, allowed)
+            hits = hits[offset:]
+        else:
+            hits, moments = self._search("images", vector, k + offset, allowed)[offset:], {}
         rows = self.sources.store().images_by_id([i for i, _ in hits])
         self._check_resolved("images", hits, rows)
-        return [image_hit(rows[i], s) for i, s in hits if i in rows]
+        return [image_hit(rows[i], s, moments.get(i, ())) for i, s in hits if i in rows]
+
+    def _with_videos(
+        self, vector: np.ndarray, want: int, allowed: IdFilter | None
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Moment, ...]]]:
+        """The ``want`` best photos and videos, a video scored by its best frame (never by its mean vector, which
+        stands in the images index for duplicates and ``id:`` terms), with its moments from the frames found.
+        Both indexes are searched deeper until no photo or frame left unread could rank among them."""
+        store, deep_images, deep_frames = self.sources.store(), want, max(4 * want, 32)
+        while True:
+            photos = self._search("images", vector, deep_images, allowed)
+            frame_hits = self._search("frames", vector, deep_frames)
+            located = store.frame_rows([i for i, _ in frame_hits])
+            self._check_resolved("frames", frame_hits, located)
+            rows = store.images_by_id([i for i, _ in photos])
+            kept = [(i, s) for i, s in photos if i in rows and rows[i].duration is None] + [
+                h
+                for h in photos
+                if h[0] not in rows  # resolved (and refused if the store lost it) by the caller
+            ]
+            found = [(located[i][0], located[i][1], s) for i, s in frame_hits if i in located]
+            if allowed is not None and found:
+                inside = allowed.contains(np.array([v for v, _, _ in found], np.int64))
+                found = [f for f, ok in zip(found, inside) if ok]
+            merged, moments = merge_moments(kept, found, want)
+            photo_floor = photos[-1][1] if len(photos) == deep_images else -np.inf
+            frame_floor = frame_hits[-1][1] if len(frame_hits) == deep_frames else -np.inf
+            floor = max(photo_floor, frame_floor)
+            if floor == -np.inf or (len(merged) >= want and merged[want - 1][1] >= floor):
+                return merged[:want], moments
+            deep_images, deep_frames = deep_images * 2, deep_frames * 2
 
     def browse(self, filters: Filters | None, offset: int, limit: int) -> list[ImageHit]:
         if offset < 0 or limit < 1:
@@ -200,6 +235,23 @@ def as_query(query: str | ImageQuery | Query, filters: Filters | None = None) ->
     return query.with_filters(filters) if filters is not None else query
 
 
-def image_hit(row, score: float | None) -> ImageHit:
+def image_hit(row, score: float | None, moments: tuple[Moment, ...] = ()) -> ImageHit:
     taken = row.taken_at if row.taken_at is not None else row.mtime_ns / 1e9
-    return ImageHit(row.id, row.path, score, row.width, row.height, row.size, taken, row.format or None)
+    return ImageHit(
+        row.id, row.path, score, row.width, row.height, row.size, taken, row.format or None, row.duration, moments
+    )
+
+
+MOMENTS = 5  # matching moments listed per video
+
+
+def merge_moments(
+    photos: list[tuple[int, float]], frames: list[tuple[int, float, float]], want: int
+) -> tuple[list[tuple[int, float]], dict[int, tuple[Moment, ...]]]:
+    """Photos (id, score) and video frames (video id, time, score), each best first, as one ranking in which a
+    video appears once with its best frame's score; and each ranked video's moments, best first."""
+    moments: dict[int, list[Moment]] = {}
+    for video, time, score in frames:
+        moments.setdefault(video, []).append(Moment(time, score))
+    ranked = sorted(photos + [(v, found[0].score) for v, found in moments.items()], key=lambda h: -h[1])[:want]
+    return ranked, {i: tuple(moments[i][:MOMENTS]) for i, _ in ranked if i in moments}

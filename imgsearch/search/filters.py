@@ -16,9 +16,10 @@ from typing import cast
 import numpy as np
 
 from ..errors import BadInputError
-from ..records import FORMATS, format_name
+from ..records import FORMATS, VIDEO_FORMATS, format_name
 
 ORIENTATIONS = ("landscape", "portrait", "square")
+KINDS = ("image", "video")
 _DATE_FORMS = ("%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 
 
@@ -58,7 +59,7 @@ def _seconds(value: str | float, field: str) -> float:
     return seconds
 
 
-_OPTIONS = {"formats": "format"}  # a filter's command-line option, where it is not the field's name
+_OPTIONS = {"formats": "format", "kind": "type"}  # a filter's command-line option, where it is not the field's name
 
 
 def _bad(field: str, text: str) -> BadInputError:
@@ -94,6 +95,7 @@ class Filters:
     min_height: int | None = None
     formats: tuple[str, ...] | str = ()  # "jpeg", "png", ... (aliases such as "jpg" accepted; "jpg,png" too)
     orientation: str | None = None  # "landscape" (wider than tall), "portrait" or "square"
+    kind: str | None = None  # "image" (photos only) or "video" (videos only)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -110,6 +112,10 @@ class Filters:
             put(self, "orientation", self.orientation.lower())
             if self.orientation not in ORIENTATIONS:
                 raise _bad("orientation", f"unknown {self.orientation!r}; use {', '.join(ORIENTATIONS)}")
+        if self.kind is not None:
+            put(self, "kind", self.kind.lower())
+            if self.kind not in KINDS:
+                raise _bad("kind", f"unknown {self.kind!r}; use {' or '.join(KINDS)}")
         after, before = cast("float | None", self.after), cast("float | None", self.before)  # read above
         if after is not None and before is not None and after >= before:
             error = BadInputError("after must be earlier than before: no image can be taken in between")
@@ -141,6 +147,7 @@ class Filters:
             "min_height": self.min_height,
             "format": ",".join(self.formats) or None,
             "orientation": self.orientation,
+            "type": self.kind,
         }
 
 
@@ -212,6 +219,9 @@ class ImageColumns:
             keep &= _in_codes(self.format_codes, [n in filters.formats for n in self.format_names])
         if filters.orientation is not None:
             keep &= _orientation(self.width, self.height, filters.orientation)
+        if filters.kind is not None:
+            videos = _in_codes(self.format_codes, [n in VIDEO_FORMATS for n in self.format_names])
+            keep &= videos if filters.kind == "video" else ~videos
         return keep
 
 

@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..search import Filters
 from . import discovery, guard
-from .service import SearchService, ServeConfig
+from .service import SearchService, ServeConfig, VideoFile
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("imgsearch.server")
@@ -138,8 +138,12 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
     @app.get(
         "/api/images/{image_id}/thumbnail", summary="JPEG thumbnail, EXIF orientation applied", response_class=Response
     )
-    async def thumbnail(image_id: int = Depends(_image_id), size: int = 256) -> Response:
-        made = await run(service.thumbnail, image_id, size)
+    async def thumbnail(
+        image_id: int = Depends(_image_id),
+        size: int = 256,
+        t: float | None = Query(None, description="for a video: the moment shown, in seconds (default: its start)"),
+    ) -> Response:
+        made = await run(service.thumbnail, image_id, size, t)
         headers = {"Cache-Control": "private, max-age=86400"}
         if isinstance(made, Path):
             return FileResponse(made, media_type="image/jpeg", headers=headers)
@@ -151,7 +155,17 @@ def create_app(service: SearchService, hosts: frozenset[str] | None = None, port
         response_class=Response,
     )
     async def original(image_id: int = Depends(_image_id)) -> Response:
-        data, media_type, name = await run(service.original, image_id)
+        served = await run(service.original, image_id)
+        if isinstance(served, VideoFile):  # served in ranges, for playing and seeking
+            return FileResponse(
+                served.path,
+                media_type=served.media_type,
+                stat_result=served.stat,
+                content_disposition_type="inline",
+                filename=served.name,
+                headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+            )
+        data, media_type, name = served
         disposition = "inline" if media_type.startswith("image/") else "attachment"
         return Response(
             data,
@@ -186,8 +200,9 @@ def _filters():
         min_height: int | None = None,
         format: str | None = Query(None, description="e.g. jpg,png"),  # noqa: A002 - the CLI's name
         orientation: str | None = Query(None, description="landscape, portrait or square"),
+        type: str | None = Query(None, description="image or video"),  # noqa: A002 - the CLI's name
     ) -> Filters:
-        return Filters(tuple(folder), after, before, min_width, min_height, format or (), orientation)
+        return Filters(tuple(folder), after, before, min_width, min_height, format or (), orientation, type)
 
     return Depends(parse)
 

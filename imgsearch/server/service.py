@@ -34,7 +34,20 @@ MEDIA_TYPES = {
     "tiff": "image/tiff",
     "heif": "image/heif",
     "avif": "image/avif",
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
 }
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    path: str
+    stat: os.stat_result
+    media_type: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -240,22 +253,41 @@ class SearchService:
             raise self._no_image(image_id)
         return hit.to_dict()
 
-    def thumbnail(self, image_id: int, size: int) -> Path | bytes:
+    def thumbnail(self, image_id: int, size: int, at: float | None = None) -> Path | bytes:
         """The cached JPEG thumbnail (EXIF orientation applied) of an indexed image, only while its file is still
         the one indexed (same size and modification time, as an index run judges it): like ``original``, never a
-        picture of a file that has changed or gone."""
-        row = self._row(image_id)
+        picture of a file that has changed or gone. A video's is its frame ``at`` seconds in (default: the first)."""
+        row = self._unchanged(self._row(image_id))
+        if row.duration is not None:
+            return self.thumbnails.poster(row, size, at or 0.0)
+        return self.thumbnails.get(row, size, lambda: self._indexed_bytes(row))
+
+    def _video_file(self, row) -> VideoFile:
+        """An indexed video, to be served in ranges for playing and seeking, only while its size and modification
+        time are the indexed ones (a video is not read whole to hash it on every request: an index run trusts the
+        same two)."""
+        st = self._stat_unchanged(row)
+        return VideoFile(row.path, st, MEDIA_TYPES.get(row.format or "", "video/mp4"), os.path.basename(row.path))
+
+    def _unchanged(self, row):
+        self._stat_unchanged(row)
+        return row
+
+    def _stat_unchanged(self, row) -> os.stat_result:
         try:
             st = os.stat(row.path)
         except OSError:
             raise self._changed(row) from None
         if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
             raise self._changed(row)
-        return self.thumbnails.get(row, size, lambda: self._indexed_bytes(row))
+        return st
 
-    def original(self, image_id: int) -> tuple[bytes, str, str]:
-        """(bytes, media type, file name) of an indexed image, only while its file holds the indexed content."""
+    def original(self, image_id: int) -> tuple[bytes, str, str] | VideoFile:
+        """(bytes, media type, file name) of an indexed image, only while its file holds the indexed content; a
+        video's ``VideoFile``."""
         row = self._row(image_id)
+        if row.duration is not None:
+            return self._video_file(row)
         return (
             self._indexed_bytes(row),
             MEDIA_TYPES.get(row.format or "", "application/octet-stream"),

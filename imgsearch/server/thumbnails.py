@@ -30,8 +30,9 @@ class Cache:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def path(self, content_hash: str, size: int) -> Path:
-        return self.folder / content_hash[:2] / f"{content_hash}-{size}.jpg"
+    def path(self, content_hash: str, size: int, at: float | None = None) -> Path:
+        moment = "" if at is None else f"-t{round(at * 10)}"
+        return self.folder / content_hash[:2] / f"{content_hash}-{size}{moment}.jpg"
 
     def get(self, row, asked: int, read: Callable[[], bytes]) -> Path | bytes:
         """The cached file for the image ``row`` (a store row: content_hash), made from ``read()`` (the file's
@@ -40,7 +41,27 @@ class Cache:
         cached = self.path(row.content_hash, size)
         if cached.exists():
             return cached
-        data = make(read(), size, raw=imgs.is_raw_name(row.path))
+        return self._kept(cached, make(read(), size, raw=imgs.is_raw_name(row.path)))
+
+    def poster(self, row, asked: int, at: float) -> Path | bytes:
+        """A video's frame ``at`` seconds in (to a tenth of a second), cached like a thumbnail; the caller has
+        checked that the file is the one indexed."""
+        if not (at >= 0 and (row.duration is None or at <= row.duration + 1)):
+            raise BadInputError(f"t must be a time in the video, 0 to {row.duration or 0:.1f} seconds; got {at}")
+        size, at = size_for(asked), round(at, 1)
+        cached = self.path(row.content_hash, size, at)
+        if cached.exists():
+            return cached
+        from .. import video
+
+        try:
+            picture = video.poster(row.path, at, size)
+        except video.VideoSkipped as exc:
+            raise BadInputError(f"cannot make a poster: {exc}") from None
+        return self._kept(cached, _jpeg(picture))
+
+    @staticmethod
+    def _kept(cached: Path, data: bytes) -> Path | bytes:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f"{cached.name}.{os.getpid()}.{id(data)}.tmp")
@@ -58,6 +79,10 @@ def make(data: bytes, size: int, raw: bool = False) -> bytes:
     except imgs.ImageSkipped as exc:
         raise BadInputError(f"cannot make a thumbnail: {exc}") from None
     img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return _jpeg(img)
+
+
+def _jpeg(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, "JPEG", quality=QUALITY, optimize=True)
     return out.getvalue()

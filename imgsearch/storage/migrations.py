@@ -59,7 +59,19 @@ def _migrate_to_3(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN taken_at FLOAT")
 
 
+def _migrate_to_4(conn: Connection) -> None:
+    """Version 4: videos. A video is one ``images`` row (its ``duration`` set; NULL for photos) whose vector is
+    the mean of its frames'; each sampled frame is a ``frames`` row with its time and vector."""
+    for ddl in (
+        "ALTER TABLE images ADD COLUMN duration FLOAT",
+        "CREATE TABLE frames (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL,"
+        " time FLOAT NOT NULL, indexed_at FLOAT NOT NULL, vector BLOB NOT NULL)",
+        "CREATE INDEX ix_frames_image_id ON frames (image_id)",
+    ):
+        conn.exec_driver_sql(ddl)
+
+
 # Step-by-step upgrades: MIGRATIONS[v] brings a database from version v-1 to v.
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 # Upgrades that free pages (vectors moved out of a table): the database is compacted after them.
 COMPACTING = {2}

@@ -27,13 +27,13 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..errors import CollectionError, DiskFullError
-from ..records import Changes, ImageRow, ImageState, Moved, NewImage, Skip
+from ..records import Changes, FrameDelta, Frames, ImageRow, ImageState, Moved, NewImage, Skip
 from . import sqlite as sqlite_policy
 from .migrations import COMPACTING, MIGRATIONS
 from .sqlite import PAGE_SIZE
-from .tables import COUNTED, VECTOR_TABLES, image_vectors_t, images_t, meta_t, skipped_t, texts_t
+from .tables import COUNTED, VECTOR_TABLES, frames_t, image_vectors_t, images_t, meta_t, skipped_t, texts_t
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _READ_CHUNK = 8192  # rows fetched at a time when reading every vector back
 DB_NAME = "imgsearch.db"  # in the collection's folder
 _IN_LIMIT = 900  # ids per "IN (...)" (SQLite allows 999 parameters in older builds)
@@ -53,10 +53,11 @@ class Changed(NamedTuple):
 
 # The column each table stamps with the time a row's vector was written (a writer holds the lock, so stamps
 # only grow from one commit to the next).
-_STAMP_COLUMN = {"images": "indexed_at", "texts": "added_at"}
+_STAMP_COLUMN = {"images": "indexed_at", "texts": "added_at", "frames": "indexed_at"}
 _WRITTEN_SINCE_SQL = {
     "images": "SELECT i.id, v.vector FROM images i JOIN image_vectors v ON v.id = i.id WHERE i.indexed_at >= ?",
     "texts": "SELECT id, vector FROM texts WHERE added_at >= ?",
+    "frames": "SELECT id, vector FROM frames WHERE indexed_at >= ?",
 }
 _ROW_COLUMNS = ", ".join(ImageRow._fields)
 
@@ -252,8 +253,14 @@ class Store:
 
         An empty batch writes nothing, so a run that changes nothing leaves the saved index current.
         """
+        new_ids, generation, _ = self.apply_with_frames(changes)
+        return new_ids, generation
+
+    def apply_with_frames(self, changes: Changes) -> tuple[list[int], int, FrameDelta | None]:
+        """``apply``, and what the batch did to the videos' frames (None: nothing), in the same transaction: a
+        video's row and its frames are stored, replaced and deleted together."""
         if not changes:
-            return [], self.generation("images")
+            return [], self.generation("images"), None
         now = time.time()
         with self._guard(), self.engine.begin() as conn:
             for key, value in changes.manifest.items():
@@ -264,12 +271,78 @@ class Store:
             new_ids = self._insert_images(conn, changes.new, now)
             self._replace_images(conn, changes.replaced, now)
             self._move_images(conn, changes.moved)
+            removed = self._frame_ids(conn, list(changes.replaced) + list(changes.deleted))
             self._delete_images(conn, changes.deleted)
             self._record_skips(conn, changes.skipped, now)
             generation = (
                 self._bump(conn, "images") if changes.touches_images else self._get(conn, "images_generation", 0)
             )
-            return new_ids, generation
+            videos = [(i, c.frames) for i, c in zip(new_ids, changes.new) if c.frames is not None]
+            videos += [(i, c.frames) for i, c in changes.replaced.items() if c.frames is not None]
+            frames = self._write_frames(conn, videos, removed, now)
+            return new_ids, generation, frames
+
+    @staticmethod
+    def _frame_ids(conn: sa.Connection, image_ids: Sequence[int]) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(image_ids), _IN_LIMIT):
+            chunk = [int(i) for i in image_ids[start : start + _IN_LIMIT]]
+            sql = f"SELECT id FROM frames WHERE image_id IN ({','.join('?' * len(chunk))})"
+            found += [r[0] for r in _sqlite(conn).execute(sql, chunk)]
+        return found
+
+    def _write_frames(
+        self, conn: sa.Connection, videos: list[tuple[int, Frames]], removed: list[int], now: float
+    ) -> FrameDelta | None:
+        """Drop the ``removed`` frame rows and store each video's new frames; None when neither happened."""
+        if not videos and not removed:
+            return None
+        for start in range(0, len(removed), 500):
+            conn.execute(sa.delete(frames_t).where(frames_t.c.id.in_(removed[start : start + 500])))
+        seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'frames'").first()
+        top = conn.exec_driver_sql("SELECT max(id) FROM frames").scalar()
+        first = max(seq[0] if seq else 0, top or 0) + 1
+        rows = [(image_id, float(t), v) for image_id, frames in videos for t, v in zip(frames.times, frames.vectors)]
+        ids = np.arange(first, first + len(rows), dtype=np.int64)
+        if rows:
+            conn.execute(
+                sa.insert(frames_t),
+                [
+                    {"id": int(i), "image_id": image_id, "time": t, "indexed_at": now, "vector": sqlite_policy.blob(v)}
+                    for i, (image_id, t, v) in zip(ids, rows)
+                ],
+            )
+        vectors = np.array([v for _, _, v in rows], np.float32) if rows else np.zeros((0, 0), np.float32)
+        return FrameDelta(self._bump(conn, "frames"), ids, vectors, removed)
+
+    def frames_of(self, image_ids: Sequence[int]) -> dict[int, Frames]:
+        """{image id: its frames in time order} for the videos among ``image_ids``."""
+        found: dict[int, list[tuple[float, bytes]]] = {}
+        ids = [int(i) for i in image_ids]
+        with self._guard(), self.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_LIMIT):
+                chunk = ids[start : start + _IN_LIMIT]
+                sql = (
+                    f"SELECT image_id, time, vector FROM frames WHERE image_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY image_id, time"
+                )
+                for image_id, t, blob in _sqlite(conn).execute(sql, chunk):
+                    found.setdefault(image_id, []).append((t, blob))
+        return {
+            i: Frames(np.array([t for t, _ in rows]), np.stack([np.frombuffer(b, np.float32) for _, b in rows]))
+            for i, rows in found.items()
+        }
+
+    def frame_rows(self, frame_ids: Sequence[int]) -> dict[int, tuple[int, float]]:
+        """{frame id: (its video's image id, its time)}."""
+        ids = [int(i) for i in frame_ids]
+        found: dict[int, tuple[int, float]] = {}
+        with self._guard(), self.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_LIMIT):
+                chunk = ids[start : start + _IN_LIMIT]
+                sql = f"SELECT id, image_id, time FROM frames WHERE id IN ({','.join('?' * len(chunk))})"
+                found.update((r[0], (r[1], r[2])) for r in _sqlite(conn).execute(sql, chunk))
+        return found
 
     def _insert_images(self, conn: sa.Connection, images: Sequence[NewImage], now: float) -> list[int]:
         if not images:
@@ -296,7 +369,18 @@ class Store:
         by_id = images_t.c.id == sa.bindparam("b_id")
         values: dict[str, sa.BindParameter] = {
             k: sa.bindparam(k)
-            for k in ("path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at", "format", "taken_at")
+            for k in (
+                "path",
+                "size",
+                "mtime_ns",
+                "content_hash",
+                "width",
+                "height",
+                "indexed_at",
+                "format",
+                "taken_at",
+                "duration",
+            )
         }
         conn.execute(
             sa.update(images_t).where(by_id).values(values),
@@ -360,8 +444,8 @@ class Store:
             return sqlite_policy.filter_version(raw), raw.execute(sql).fetchall()
 
     def duplicate_rows(self) -> list[tuple]:
-        """(id, path, size, width, height, content_hash) of every image."""
-        sql = "SELECT id, path, size, width, height, content_hash FROM images"
+        """(id, path, size, width, height, content_hash, is a video) of every image."""
+        sql = "SELECT id, path, size, width, height, content_hash, duration IS NOT NULL FROM images"
         with self._guard(), self.engine.connect() as conn:
             return _sqlite(conn).execute(sql).fetchall()
 
@@ -415,6 +499,8 @@ class Store:
         """Remove images (and their vectors) or texts by id, as one batch; returns the table's new generation."""
         if table == "images":
             return self.apply(Changes(deleted=list(ids)))[1]
+        if table != "texts":
+            raise ValueError(f"rows of {table} are removed with their video's (delete_rows('images', ...))")
         with self._guard(), self.engine.begin() as conn:
             for start in range(0, len(ids), 500):
                 conn.execute(sa.delete(texts_t).where(texts_t.c.id.in_(list(ids[start : start + 500]))))
@@ -491,6 +577,10 @@ class Store:
     def count(self, table: str) -> int:
         with self._guard(), self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(COUNTED[table])).scalar_one()
+
+    def count_videos(self) -> int:
+        with self._guard(), self.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT count(*) FROM images WHERE duration IS NOT NULL").scalar_one()
 
     def has_rows(self, table: str) -> bool:
         with self._guard(), self.engine.connect() as conn:
@@ -587,4 +677,5 @@ def _image_values(img: NewImage, now: float) -> dict:
         indexed_at=now,
         format=img.format,
         taken_at=img.taken_at,
+        duration=img.duration,
     )

@@ -1,4 +1,4 @@
-"""The collection's tables as SQLAlchemy Core sees them today (schema v3). New databases and upgrades are made by
+"""The collection's tables as SQLAlchemy Core sees them today (schema v4). New databases and upgrades are made by
 ``migrations`` from frozen DDL, never from these definitions; ``tests/test_store.py`` checks that the two agree."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ images_t = sa.Table(
     # the next index run, from the file's header); EXIF DateTimeOriginal in epoch seconds, NULL without one.
     sa.Column("format", sa.String(8)),
     sa.Column("taken_at", sa.Float),
+    # v4: a video's length in seconds; NULL for a photo (what tells the two apart).
+    sa.Column("duration", sa.Float),
     sqlite_autoincrement=True,  # ids are never reused: a deleted image's id never names another
 )
 image_vectors_t = sa.Table(
@@ -29,6 +31,17 @@ image_vectors_t = sa.Table(
     _md,
     sa.Column("id", sa.Integer, primary_key=True),  # = images.id
     sa.Column("vector", sa.LargeBinary, nullable=False),
+)
+# v4: the sampled frames of each video (images.duration set), with their time from the start in seconds.
+frames_t = sa.Table(
+    "frames",
+    _md,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.Integer, nullable=False, index=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("indexed_at", sa.Float, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
 )
 texts_t = sa.Table(
     "texts",
@@ -49,5 +62,5 @@ skipped_t = sa.Table(
     sa.Column("seen_at", sa.Float, nullable=False),
 )
 # Where each table's vectors live: (table holding them, id column).
-VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t}
-COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t}
+VECTOR_TABLES = {"images": image_vectors_t, "texts": texts_t, "frames": frames_t}
+COUNTED = {"images": images_t, "texts": texts_t, "skipped": skipped_t, "frames": frames_t}

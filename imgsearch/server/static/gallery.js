@@ -8,7 +8,7 @@ const state = {
   maxResults: 1000, texts: 0, current: -1, generation: null, images: null, seen: null,
 };
 const LOOK_EVERY = 2000;  // ms between looks at /api/updates while the page is visible
-const FILTERS = ["in", "after", "before", "format", "orientation", "min_width"];
+const FILTERS = ["in", "after", "before", "format", "orientation", "type", "min_width"];
 
 // -- talking to the server ---------------------------------------------------------------------
 function params(extra) {
@@ -185,6 +185,13 @@ function append(hits) {
     const caption = document.createElement("span");
     caption.className = "caption";
     caption.textContent = hit.score === null ? basename(hit.path) : hit.score.toFixed(3);
+    if (hit.duration !== null && hit.duration !== undefined) {  // a video: at the moment found, or its length
+      tile.classList.add("video");
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = "▶ " + clock(hit.moments.length ? hit.moments[0].time : hit.duration);
+      tile.append(badge);
+    }
     tile.title = hit.path;
     tile.append(img, caption);
     fragment.append(tile);
@@ -192,8 +199,19 @@ function append(hits) {
   $("grid").append(fragment);
   const size = thumbnailSize();
   for (const img of $("grid").querySelectorAll("img:not([src])")) {
-    img.src = `/api/images/${img.parentElement.dataset.id}/thumbnail?size=${size}`;
+    img.src = picture(state.results[img.parentElement.dataset.index], size);
   }
+}
+
+function picture(hit, size) {  // a photo's thumbnail; a video's frame at the moment found (its first one browsing)
+  const at = hit.moments && hit.moments.length ? `&t=${hit.moments[0].time}` : "";
+  return `/api/images/${hit.id}/thumbnail?size=${size}${at}`;
+}
+
+function clock(seconds) {  // 0:07, 1:23, 1:02:03, as players show a time
+  const whole = Math.floor(seconds), h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60);
+  const s = String(whole % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }
 
 function thumbnailSize() {  // the tile's width in device pixels: sharp on a phone's 3x screen, small on a desktop
@@ -220,13 +238,23 @@ function show(index) {
   const hit = state.results[index];
   if (!hit) return;
   state.current = index;
-  $("large").src = `/api/images/${hit.id}/thumbnail?size=1024`;
+  const video = hit.duration !== null && hit.duration !== undefined;
+  $("large").hidden = video;
+  $("player").hidden = !video;
+  $("moments").replaceChildren();
+  if (video) play(hit);
+  else {
+    $("player").pause();
+    $("player").removeAttribute("src");
+    $("large").src = `/api/images/${hit.id}/thumbnail?size=1024`;
+  }
   $("large").alt = basename(hit.path);
   $("meta-path").textContent = hit.path;
   const rows = [
     ["Score", hit.score === null ? "–" : hit.score.toFixed(4)],
     ["Size", hit.width ? `${hit.width} × ${hit.height} px` : "–"],
     ["File", hit.size ? formatBytes(hit.size) + (hit.format ? ` · ${hit.format}` : "") : "–"],
+    ...(video ? [["Length", clock(hit.duration)]] : []),
     ["Date", hit.taken_at ? new Date(hit.taken_at * 1000).toLocaleString() : "–"],
     ["Id", String(hit.id)],
   ];
@@ -240,6 +268,21 @@ function show(index) {
   $("texts").replaceChildren();
   if (!$("viewer").open) $("viewer").showModal();
   select(index);
+}
+
+function play(hit) {  // the video from the moment found, with every moment it matched listed to jump to
+  const player = $("player"), start = hit.moments.length ? hit.moments[0].time : 0;
+  player.poster = picture(hit, 1024);
+  player.src = `/api/images/${hit.id}/file#t=${start}`;  // played in ranges: seeking fetches only what it shows
+  $("moments").replaceChildren(...hit.moments.map((moment) => {
+    const li = document.createElement("li"), button = document.createElement("button");
+    button.type = "button";
+    button.className = "button";
+    button.textContent = `${clock(moment.time)} · ${moment.score.toFixed(3)}`;
+    button.addEventListener("click", () => { player.currentTime = moment.time; player.play().catch(() => {}); });
+    li.append(button);
+    return li;
+  }));
 }
 
 function close() { if ($("viewer").open) $("viewer").close(); }  // the user's close: see the "close" listener
@@ -395,6 +438,7 @@ $("viewer").addEventListener("close", () => {
   // Closed by the user (Esc, the close button, a click beside the photo): back to the entry it was opened from.
   if (!quietly && history.state && history.state.view !== undefined) history.back();
   quietly = false;
+  $("player").pause();
   const t = $("grid").children[state.current];
   if (t) t.focus();
 });
