@@ -9,7 +9,8 @@ The rule behind ``--backend auto`` (measured, docs/performance.md):
 - a query in a process that has no model loaded: the export's fp32 ONNX towers with the torch-free tokenizer and
   transform, whenever the export passed its check: no torch import, a sub-second process;
 - ``onnx-int8`` (the image tower quantized to int8) is only run when asked for: it missed the ranking guard
-  (top-10 overlap 0.941-0.949 < 0.95 on the shared photos, docs/performance.md).
+  (top-10 overlap 0.941-0.949 < 0.95 on the shared photos, docs/performance.md); so it is made, and checked, on
+  its first run (``with_asked_towers``), not with the export.
 Every path is checked against torch fp32 in eval mode (``clip/export.py``) before ``auto`` may take it; a backend
 named explicitly runs even an export that failed, as asked. Whenever ``auto`` does not take the fastest path, the
 plan says why (``reason``), and ``imgsearch info`` and the index run show it.
@@ -143,12 +144,22 @@ def query_encoder(model: ModelConfig) -> tuple[Any, Plan]:
     return OnnxQueryEncoder(export), plan
 
 
+def with_asked_towers(model: ModelConfig, export: OnnxExport | None) -> OnnxExport | None:
+    """The export with what ``model`` asks for that an export does not make up front: the int8 image tower, made
+    and judged on the first run of ``--backend onnx-int8`` (``auto`` never runs it)."""
+    if export is None or model.backend != "onnx-int8" or not backends.onnxruntime_installed():
+        return export
+    from .inference.onnx import with_int8
+
+    return with_int8(export)
+
+
 def file_encoder(model: ModelConfig, decode: str) -> tuple[Any, Plan | None]:
     """(the torch-free file encoder, its plan) when the model's cached export runs the files on this CPU, else
     (None, None): torch embeds them (and makes the export on a model's first run)."""
     if decode == "tensor" or on_cuda(model) or model.backend == "torch" or not backends.onnxruntime_installed():
         return None, None
-    export = backends.find_export(model)
+    export = with_asked_towers(model, backends.find_export(model))
     plan = for_files(model, export, cuda=False)
     if export is None or not plan.uses_export or not export.torch_free_images:
         return None, None

@@ -3,8 +3,11 @@
     python scripts/bench_serve.py                      # the shared photos and 200k vectors, ViT-B-32 (random weights)
     python scripts/bench_serve.py --n 50000 --requests 100
     python scripts/bench_serve.py --batching-only --requests 200   # serve --batch against the default
+    python scripts/bench_serve.py --compare-only --requests 200    # texts cut (today) against 77 tokens, and --batch
 
-Two collections, each served by a real `imgsearch serve` subprocess on localhost:
+First, side by side: the same collection served with texts cut after the batch's longest (``text_trim``, today)
+and at 77 tokens (the same export, marked full length: before), then with micro-batching and without. Then two
+collections, each served by a real `imgsearch serve` subprocess on localhost:
 - the 239 shared COCO photos (../shared/data/coco_mini), indexed here with --model (random weights: same compute);
 - --n synthetic clustered vectors (bench_search.make_data) written through imgsearch's store, model --model.
 For each, text queries (a different COCO caption each time) and by-id queries ("more like this": no encoder) at
@@ -51,6 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--cli-runs", type=int, default=7)
     parser.add_argument("--batching-only", action="store_true", help="only the micro-batching comparison")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="only the side-by-side comparisons (cut texts, micro-batching)"
+    )
     return parser.parse_args(argv)
 
 
@@ -66,13 +72,14 @@ def imgsearch_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 class Server:
-    def __init__(self, collection: Path, batch: bool = False):
+    def __init__(self, collection: Path, batch: bool = False, env: dict | None = None):
         (collection / "server.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imgsearch", "serve", "--index", str(collection), "--port", "0"]
             + (["--batch"] if batch else []),
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         while not (collection / "server.json").exists():
             if self.proc.poll() is not None:
@@ -148,11 +155,10 @@ def whole_process(cmd: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-def compare_batching(collection: Path, texts: list[str], args) -> None:
-    """Text queries with micro-batching (`serve --batch`) and without, servers started one after the other on
-    the same collection, each level run twice, interleaved: p95 at 1 client and QPS at 16."""
-    rows = {}
-    servers = {"batched": Server(collection, batch=True), "one at a time": Server(collection)}
+def compare(servers: dict[str, Server], texts: list[str], args, title: str) -> None:
+    """Text queries on two servers (the first is "after", the second "before") of the same collection, each
+    level run twice, interleaved: p50/p95 and QPS at 1 and 16 clients, their ratio at 16 and p95 change at 1."""
+    rows: dict = {}
     try:
         fresh = random.Random(0).sample(texts, len(texts))  # each (level, run) its own captions: no cache hits
         n = min(args.requests, len(texts) // 4)
@@ -164,17 +170,35 @@ def compare_batching(collection: Path, texts: list[str], args) -> None:
     finally:
         for server in servers.values():
             server.stop()
-    print("\nmicro-batching, text queries (distinct captions, so the cache does not answer them):")
-    print(f"{'server':14} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7}   (best of 2 interleaved runs)")
+    print(f"\n{title}, text queries (distinct captions, so the cache does not answer them):")
+    print(f"{'server':22} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>7}   (best of 2 interleaved runs)")
     for (name, level), runs in rows.items():
         best = max(runs, key=lambda r: r["qps"])
-        print(f"{name:14} {level:>7} {best['p50']:>8.1f} {best['p95']:>8.1f} {best['qps']:>7.1f}")
+        print(f"{name:22} {level:>7} {best['p50']:>8.1f} {best['p95']:>8.1f} {best['qps']:>7.1f}")
+    after, before = servers
     qps = {name: max(r["qps"] for r in rows[(name, 16)]) for name in servers}
     p95 = {name: min(r["p95"] for r in rows[(name, 1)]) for name in servers}
-    print(
-        f"QPS at 16 clients: {qps['batched'] / qps['one at a time']:.2f}x; p95 at 1 client: "
-        f"{p95['batched'] - p95['one at a time']:+.1f} ms"
-    )
+    print(f"QPS at 16 clients: {qps[after] / qps[before]:.2f}x; p95 at 1 client: {p95[after] - p95[before]:+.1f} ms")
+
+
+def full_length_cache(model: str, work: Path) -> dict[str, str]:
+    """The environment of a server whose export runs its text tower at full length (77 tokens), as before exports
+    could cut it (``text_trim``): the same export, its files linked, its meta.json without the mark."""
+    from imgsearch.config import ModelConfig
+    from imgsearch.inference import backends
+
+    export = backends.find_export(ModelConfig(model, None))
+    if export is None or not export.meta.get("text_trim"):
+        raise SystemExit(f"the export of {model} does not cut its texts: nothing to compare")
+    cache = work / "full-length-cache"
+    folder = cache / export.folder.relative_to(backends.cache_dir())
+    folder.mkdir(parents=True)
+    for f in export.folder.iterdir():
+        if f.name != "meta.json":
+            os.link(f, folder / f.name)
+    meta = {k: v for k, v in export.meta.items() if k != "text_trim"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return {**os.environ, "IMGSEARCH_CACHE": str(cache)}
 
 
 def bench(name: str, collection: Path, texts: list[str], ids: list[int], args) -> None:
@@ -225,8 +249,17 @@ def main(argv=None) -> None:
         imgsearch_cli("index", str(args.photos), "--index", str(photos), "--model", args.model, "--pretrained", "none")
         with imgsearch.open(photos) as engine:
             photo_ids = [h.id for h in engine.browse(limit=10_000)]
-        compare_batching(photos, texts, args)
-        if args.batching_only:
+        if not args.batching_only:
+            before = full_length_cache(args.model, work)
+            servers = {"texts cut (today)": Server(photos), "full length (before)": Server(photos, env=before)}
+            compare(servers, texts, args, "texts cut after the longest against 77 tokens")
+        compare(
+            {"batched (--batch)": Server(photos, batch=True), "one at a time": Server(photos)},
+            texts,
+            args,
+            "micro-batching",
+        )
+        if args.batching_only or args.compare_only:
             return
         bench(f"{len(photo_ids)} shared photos", photos, texts, photo_ids, args)
 

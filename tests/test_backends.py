@@ -142,6 +142,61 @@ def test_auto_never_picks_a_path_that_fails_its_check(tiny_model, monkeypatch):
     assert forced.backend == "onnx fp32"
 
 
+def test_an_export_makes_and_checks_only_what_auto_may_run(tiny_model, tmp_path, monkeypatch):
+    """The int8 tower is never made up front (auto never runs it), and torch bf16 is judged only where auto could
+    fall to it: where OpenVINO passed, auto runs OpenVINO."""
+    monkeypatch.setattr(backends, "native_bf16", lambda: True)
+    for openvino in ([True] if backends.openvino_installed() else []) + [False]:
+        monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / f"cache-{openvino}"))
+        monkeypatch.setattr(backends, "openvino_installed", lambda o=openvino: o)
+        _embedder(replace(tiny_model, backend="onnx")).load()
+        export = backends.find_export(tiny_model)
+        assert export.passed and "int8" not in export.check and not export.image_int8_path.exists()
+        assert [p for p in export.folder.iterdir() if "int8" in p.name] == []
+        assert export.openvino_passed == openvino, export.check
+        assert ("torch-bf16" in export.check) == (not openvino), export.check
+
+
+def test_trimmed_cuts_tokens_after_the_batchs_longest_text():
+    from imgsearch.inference.onnx import trimmed
+
+    tokens = ClipTokenizer()(["a dog", "two people on a beach at sunset", ""])
+    cut = trimmed(tokens)
+    assert cut.shape == (3, 9) and (cut[1, -1] == tokens[1].max()) and not tokens[:, 9:].any()
+    np.testing.assert_array_equal(cut, tokens[:, :9])
+    assert trimmed(np.zeros((2, 77), np.int64)).shape == (2, 1)
+
+
+def test_the_text_tower_runs_cut_after_the_longest_text_with_the_same_vectors(
+    tiny_model, tmp_path, monkeypatch, coco_captions
+):
+    """A causal text tower pooled at its end token gives the same vectors for tokens cut after the batch's longest
+    text (a caption: ~15 of 77 tokens); the export takes any length and is marked so only when its probes agree."""
+    from imgsearch.inference.onnx import OnnxTowers, trimmed
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    fp32 = _embedder(replace(tiny_model, backend="torch", precision="fp32"))
+    _embedder(replace(tiny_model, backend="onnx")).load()
+    export = backends.find_export(tiny_model)
+    assert export.meta["text_trim"] is True and export.passed
+    texts = [c for item in coco_captions[:40] for c in item["caption"]]
+    tokens = ClipTokenizer()(texts)
+    towers = OnnxTowers(export)
+    vectors = np.concatenate([towers.encode_text(tokens[i : i + 16]) for i in range(0, len(tokens), 16)])
+    assert max(trimmed(tokens[i : i + 16]).shape[1] for i in range(0, len(tokens), 16)) < 40  # far under 77
+    assert np.sum(vectors * fp32.embed_texts(texts), axis=1).min() >= probes.TRIM_COSINE
+    short = towers._text.run(None, {"tokens": trimmed(tokens[:4]).astype(np.int64)})[0]  # the graph takes it
+    assert short.shape == (4, export.dim)
+
+    monkeypatch.setattr(probes, "TRIM_COSINE", 1.5)  # the cut vectors cannot agree: full length, as before
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "strict"))
+    _embedder(replace(tiny_model, backend="onnx")).load()
+    strict = backends.find_export(tiny_model)
+    assert "text_trim" not in strict.meta and strict.passed
+    full = OnnxTowers(strict).encode_text(tokens[:16])
+    np.testing.assert_allclose(full, vectors[:16], atol=1e-5)
+
+
 def test_unknown_backend_is_a_clear_error(tiny_model):
     with pytest.raises(imgsearch.ImgsearchError, match="unknown backend 'tensorrt'"):
         _embedder(replace(tiny_model, backend="tensorrt"))
@@ -203,7 +258,9 @@ def test_vit_b_32_backends_agree_with_torch_fp32(tmp_path, monkeypatch, coco_cap
 
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
     fp32 = _embedder(ModelConfig("ViT-B-32", None, device="cpu", backend="torch", precision="fp32"))
-    export = fp32.export_onnx()
+    from imgsearch.inference.onnx import with_int8
+
+    export = with_int8(fp32.export_onnx())
     assert export is not None and export.passed and export.int8_passed, export and export.meta["check"]
     photos = [Image.open(p).convert("RGB") for p in sorted(COCO_MINI.glob("*/*.jpg"))[:12]]
     pixels = np.stack([preprocess(im, export.meta["preprocess"]) for im in photos])

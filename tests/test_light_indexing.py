@@ -53,13 +53,14 @@ def photos(tmp_path) -> Path:
 
 
 def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
-    """A model's first run loads torch and leaves its checked export (fp32 towers and the int8 image tower)."""
+    """A model's first run loads torch and leaves its checked export (the fp32 towers; the int8 image tower is
+    made on first use of ``--backend onnx-int8``)."""
     seed = tmp_path / "seed"
     write_image(seed / "one.png", 99)
     with imgsearch.open(coll, model=tiny_model) as engine:
         engine.index_folder(seed)
     export = backends.find_export(tiny_model)
-    assert export is not None and export.int8_passed, export and export.meta["check"]
+    assert export is not None and export.passed, export and export.meta["check"]
     assert export.openvino_passed or not backends.openvino_installed(), export.meta["check"]
 
 
@@ -142,15 +143,40 @@ def test_auto_falls_back_from_int8_that_failed_its_check(tmp_path, tiny_model, m
 
     auto = Embedder(replace(tiny_model, backend="auto"))
     assert auto.backend == "onnx fp32"
+    assert not backends.find_export(tiny_model).image_int8_path.exists()  # auto never makes it
+    forced = Embedder(replace(tiny_model, backend="onnx-int8"))
+    assert forced.backend == "onnx int8"  # asked for: made now, and run although it failed its check
     export = backends.find_export(tiny_model)
     assert export.passed and not export.int8_passed and export.image_int8_path.is_file()
+    assert export.check["int8"]["bound"] == 1.5 and not export.check["int8"]["passed"]
     assert encoders.for_files(tiny_model, export, cuda=False).runner == "onnx"
     assert encoders.for_files(replace(tiny_model, backend="onnx-int8"), export, False).runner == "onnx-int8"  # asked
-    forced = Embedder(replace(tiny_model, backend="onnx-int8"))
-    assert forced.backend == "onnx int8"
     export.image_int8_path.unlink()
     missing = Embedder(replace(tiny_model, backend="onnx-int8"))
     assert missing.backend == "onnx fp32" and "no int8 tower could be made" in missing.notes[-1]
+
+
+def test_the_int8_tower_is_made_once_on_first_use_and_published_whole(tmp_path, tiny_model, monkeypatch):
+    from imgsearch.inference.onnx import with_int8
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    _first_run(tmp_path / "coll", tiny_model, tmp_path)
+    export = backends.find_export(tiny_model)
+    assert "int8" not in export.check and not export.image_int8_path.exists()  # not made up front
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = export.folder / f"image.int8.onnx.{dead.stdout.strip()}.tmp"  # a quantization killed half way
+    leftover.write_bytes(b"half a tower")
+    made = with_int8(export)
+    assert made.int8_passed and made.check["int8"]["bound"] == probes.MIN_COSINE_INT8, made.check
+    assert not leftover.exists() and not list(export.folder.glob("*.tmp"))
+    assert backends.find_export(tiny_model).int8_passed  # recorded in meta.json, beside the export's own checks
+    stamp = made.image_int8_path.stat().st_mtime_ns
+    assert with_int8(backends.find_export(tiny_model)).int8_passed
+    assert made.image_int8_path.stat().st_mtime_ns == stamp, "the int8 tower was made again"
+    from imgsearch.inference.files import image_tower
+
+    tower, label = image_tower(made, "onnx-int8")
+    assert label == "onnx int8" and tower.encode_image(probes.pixels(made.meta["preprocess"], 2)).shape[0] == 2
 
 
 def test_exports_keep_weights_beside_the_graph_and_stale_formats_are_removed(tmp_path, tiny_model, monkeypatch):

@@ -154,6 +154,7 @@ class Embedder:
                 f"the {self.config.backend} backend runs on the CPU; use --device cpu, or --backend torch on a GPU"
             )
         export_ = self.export_onnx() if not cuda and self.config.backend != "torch" else None
+        export_ = encoders.with_asked_towers(self.config, export_)
         plan = encoders.for_files(self.config, export_, cuda)
         if plan.reason:
             self.notes.append(plan.reason)

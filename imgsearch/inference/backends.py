@@ -251,12 +251,16 @@ def remove_stale_exports() -> list[Path]:
 
 
 def remove_dead_work(folder: Path) -> list[Path]:
-    """Private folders of exports whose process is gone (killed: up to ~700 MB each), and half-removed ones."""
+    """Private folders of exports, or files in an export, whose process is gone (killed: up to ~700 MB each), and
+    half-removed exports."""
     removed = []
     for work in folder.glob("*.*.tmp"):
         pid = work.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(work, ignore_errors=True)
+            if work.is_dir():
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                work.unlink(missing_ok=True)
             removed.append(work)
     for gone in folder.glob("*.damaged.*"):
         shutil.rmtree(gone, ignore_errors=True)
@@ -273,11 +277,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_meta(folder: Path, meta: dict) -> None:
-    """meta.json last and atomically: its presence means both towers are complete."""
+def write_meta(folder: Path, meta: dict) -> dict:
+    """meta.json last and atomically: its presence means both towers are complete. Returns what it wrote."""
+    written = {"format": _EXPORT_FORMAT, "imgsearch": imgsearch_version(), **meta}
     tmp = folder / f"meta.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"format": _EXPORT_FORMAT, "imgsearch": imgsearch_version(), **meta}, indent=1))
+    tmp.write_text(json.dumps(written, indent=1))
     os.replace(tmp, folder / "meta.json")
+    return written
 
 
 def onnxruntime_installed() -> bool:

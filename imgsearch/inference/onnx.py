@@ -57,6 +57,37 @@ def quantize_int8(source, target, reduce_range: bool = False) -> None:
         root.setLevel(before)
 
 
+def with_int8(export: OnnxExport) -> OnnxExport:
+    """The export with its int8 image tower, made and judged against torch fp32's probe vectors on first use.
+
+    Only ``--backend onnx-int8`` runs it (it misses the ranking guard, so ``auto`` never does), so an export does not
+    make it up front: that cost every first run 4-6 s and 96 MB (docs/performance.md). The verdict is recorded in
+    ``meta.json`` like the export's own checks, a failure included, so that it is made at most once; the file is
+    published whole (written under a private name, then renamed)."""
+    from ..errors import first_sentence
+    from . import backends, probes
+
+    if "int8" in export.check and (export.image_int8_path.is_file() or not export.check["int8"].get("passed")):
+        return export
+    recorded = export.meta.get("probes", {})
+    backends.remove_dead_work(export.folder)  # a quantization killed half way: ~100 MB
+    work = export.folder / f"{export.image_int8_path.name}.{os.getpid()}.tmp"
+    try:
+        quantize_int8(export.image_path, work, reduce_range=backends.int8_saturates())
+        pixels = probes.pixels(export.meta["preprocess"], len(recorded["image"]))
+        images = OnnxTowers._run_image(_session(work, threads=1), pixels)
+        reference = np.asarray(recorded["image"], np.float32), np.asarray(recorded["text"], np.float32)
+        verdict = probes.judge(*reference, images, reference[1], bound=probes.MIN_COSINE_INT8).to_dict()
+        os.replace(work, export.image_int8_path)
+    except Exception as exc:  # an op the quantizer cannot handle, a full disk: the fp32 paths still work
+        verdict = {"passed": False, "error": first_sentence(exc)}
+    finally:
+        work.unlink(missing_ok=True)
+    meta = {k: v for k, v in export.meta.items() if k not in ("format", "imgsearch")}
+    meta["check"] = {**export.check, "int8": verdict}
+    return OnnxExport(export.folder, backends.write_meta(export.folder, meta))
+
+
 def _session(path, threads: int | None, lean: bool = False):
     """A CPU session. ``lean`` (one query at a time): weights stay mapped, not re-packed for batch GEMMs."""
     import onnxruntime as ort
@@ -67,6 +98,14 @@ def _session(path, threads: int | None, lean: bool = False):
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def trimmed(tokens: np.ndarray) -> np.ndarray:
+    """CLIP BPE tokens cut after the batch's last column that holds a token (it pads with zeros): what a text tower
+    exported with ``text_trim`` takes (``clip/export.py``), for the same vectors at a fraction of the work."""
+    tokens = np.asarray(tokens)
+    used = np.flatnonzero(tokens.any(axis=0))
+    return tokens[:, : int(used[-1]) + 1 if used.size else 1]
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -114,8 +153,9 @@ class OnnxTowers:
         if self._image is None:
             self._image, _ = self._opened("image")
 
-    @staticmethod
-    def _run_text(session, tokens: np.ndarray) -> np.ndarray:
+    def _run_text(self, session, tokens: np.ndarray) -> np.ndarray:
+        if self.export.meta.get("text_trim"):
+            tokens = trimmed(tokens)
         return normalised(session.run(None, {"tokens": np.ascontiguousarray(tokens, np.int64)})[0])
 
     @staticmethod
