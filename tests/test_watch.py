@@ -173,6 +173,9 @@ def test_a_folder_that_cannot_be_watched_is_scanned_instead_and_said(tmp_path, e
     with watcher:
         assert watcher.polled == [root.resolve()] and watcher._observer is None
         assert notices[0] == f"cannot watch {root.resolve()} (No such file or directory); scanning it every 0.2 s"
+        # the start-up run finishes while the folder is still gone: only a poll can find what comes back
+        assert watcher.wait_for(lambda: len(watcher.runs) >= 1, TIMEOUT)
+        assert watcher.runs[0].reason == "start" and watcher.runs[0].error is not None
         write_image(root / "back.jpg", seed=6)
         _until(watcher, root, {"back.jpg"})
         assert watcher.runs[-1].reason == "poll" and {r.reason for r in watcher.runs} <= {"start", "poll"}

@@ -74,10 +74,10 @@ def export(loaded: Loaded, config: ModelConfig, pixels: torch.Tensor, tokens: to
         _write_towers(loaded.model, work, pixels, tokens, trimmable)
         written = sum(f.stat().st_size for f in work.iterdir() if f.is_file())
         stage(f"checking the export ({written / 1e6:.0f} MB, once per model)")
-        if trimmable and _trims_alike(backends.OnnxExport(work, meta), tokens.numpy()):
-            meta["text_trim"] = True
         staged = backends.OnnxExport(work, meta)
-        towers = OnnxTowers(staged, threads=1, verify=False)
+        towers = OnnxTowers(staged, verify=False)  # every core: the checks run once per model
+        if trimmable and _trims_alike(towers, tokens.numpy()):
+            meta["text_trim"] = True  # the same dict: from here the towers cut their texts
         with torch.inference_mode():
             reference = normalised(loaded.model.encode_image(pixels)), normalised(loaded.model.encode_text(tokens))
         check = {
@@ -200,12 +200,12 @@ def _trimmable(model: ClipModel, tokenizer: str) -> bool:
     )
 
 
-def _trims_alike(staged, tokens: np.ndarray) -> bool:
+def _trims_alike(towers, tokens: np.ndarray) -> bool:
     """Whether the exported text tower gives the probe texts the same vectors cut after the longest as at full
-    length (``inference/onnx.trimmed``); the export is marked ``text_trim`` only then."""
-    from ..inference.onnx import OnnxTowers, trimmed
+    length (``inference/onnx.trimmed``); the export is marked ``text_trim`` only then. ``towers``: the export's,
+    not yet marked (tokens run as given)."""
+    from ..inference.onnx import trimmed
 
-    towers = OnnxTowers(staged, threads=1, verify=False)  # no "text_trim" yet: tokens run as given
     try:
         full, cut = towers.encode_text(tokens), towers.encode_text(trimmed(tokens))
     except Exception:  # noqa: BLE001 - a graph that cannot take another length: full length, as before
