@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import make_data  # noqa: E402 - same seeded generator as the search benchmark
 
 import imgsearch  # noqa: E402
-from imgsearch.config import IndexingConfig, VectorIndexConfig  # noqa: E402
+from imgsearch import stale  # noqa: E402
+from imgsearch.clip.models import recipe_for  # noqa: E402
+from imgsearch.config import IndexingConfig, ModelConfig, VectorIndexConfig  # noqa: E402
 from imgsearch.records import Changes, NewImage  # noqa: E402
 from imgsearch.storage.store import Store  # noqa: E402
 from imgsearch.storage.vector_index import VectorIndex  # noqa: E402
@@ -78,6 +80,10 @@ def make_files(root: Path, n: int) -> list[tuple[str, int, int, str]]:
 
 
 def write_rows(store: Store, files, vectors: np.ndarray) -> None:
+    """The rows through the store's write path, and the embedding record a real run writes with them (without it,
+    the run would treat the rows as an earlier imgsearch's, load the model to judge them, and mark them stale)."""
+    recipe = recipe_for(ModelConfig(MANIFEST["model"]["name"], MANIFEST["model"]["pretrained"])).to_dict()
+    store.put(stale.EMBEDDING_KEY, stale.entry(recipe))
     for start in range(0, len(files), BATCH):
         batch = [
             NewImage(p, size, mtime, h, 640, 480, vectors[start + j])

@@ -388,3 +388,45 @@ def test_image_names_are_recognised_case_insensitively(name):
 @pytest.mark.parametrize("name", ["a.txt", "jpg", "a.jpg.bak", "a.pdf", "a.svg", "a"])
 def test_other_names_are_not_images(name):
     assert not images.is_image_name(name)
+
+
+def test_compiled_excludes_match_exactly_what_fnmatch_matches():
+    """The scan's one compiled expression against the simple reference, fnmatch per glob, on names and paths with
+    regex metacharacters, character classes and negations."""
+    import fnmatch
+
+    from imgsearch.config import DEFAULT_EXCLUDES
+    from imgsearch.images import is_excluded
+
+    patterns = (*DEFAULT_EXCLUDES, "*.tmp", "raw/*", "[!a-c]x?", "a+b(c)", "2024-0[1-3]*", "x|y", "*[*]")
+    names = [
+        "@eaDir",
+        "Trash",
+        "trash",
+        "photo.tmp",
+        "photo.jpg",
+        "dx1",
+        "ax1",
+        "a+b(c)",
+        "aab(c)",
+        "2024-02 trip",
+        "2024-05",
+        "x|y",
+        "x",
+        "star*",
+        "#recycle",
+        "$RECYCLE.BIN",
+        "lost+found",
+        "node_modules",
+        "a.jpg\n",
+    ]
+    folders = [".", "raw", "raw/deeper", "sub", "2024-01"]
+    checked = 0
+    for patterns_used in (patterns, DEFAULT_EXCLUDES, ()):
+        for name in names:
+            for folder in folders:
+                rel = name if folder == "." else f"{folder}/{name}"
+                expected = any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns_used)
+                assert is_excluded(name, folder, patterns_used) is expected, (name, folder, patterns_used)
+                checked += expected
+    assert checked > 20  # the cases do exclude, not only pass
