@@ -58,6 +58,8 @@ IMAGE_EXTENSIONS = (
 )
 # Videos: decoded through FFmpeg's libraries (PyAV), never a binary (imgsearch/video.py).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+# What an index run reads.
+INDEXED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True)

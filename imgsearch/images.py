@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import IMAGE_EXTENSIONS, RAW_EXTENSIONS, RENDERED_EXTENSIONS, VIDEO_EXTENSIONS
+from .config import IMAGE_EXTENSIONS, INDEXED_EXTENSIONS, RAW_EXTENSIONS, RENDERED_EXTENSIONS, VIDEO_EXTENSIONS
 from .records import FileEntry, ImageDetails, ScanProblem, format_name
 
 _HASH_CHUNK = 1 << 20
@@ -79,9 +79,6 @@ def is_image_name(name: str) -> bool:
 
 def is_video_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
-
-
-INDEXED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def is_indexed_name(name: str) -> bool:
@@ -227,10 +224,9 @@ def _exclude_matcher(patterns: tuple[str, ...]):
 
 def _wanted(filenames: list[str], rel: str, excludes: Sequence[str]) -> list[str]:
     """The names of a folder that an index run reads, in order: indexed extensions, not hidden, not excluded."""
-    names = [n for n in filenames if os.path.splitext(n)[1].lower() in INDEXED_EXTENSIONS and not n.startswith(".")]
-    if excludes:
-        names = [n for n in names if not is_excluded(n, rel, excludes)]
-    return sorted(names)
+    return sorted(
+        n for n in filenames if is_indexed_name(n) and not n.startswith(".") and not is_excluded(n, rel, excludes)
+    )
 
 
 def _first_visit(folder: str, seen: set[tuple[int, int]]) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import images as imgs
 from . import stale
-from .config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, IndexingConfig
+from .config import INDEXED_EXTENSIONS, IndexingConfig
 from .errors import CollectionError, ExportDamagedError, NothingToIndexError
 from .manifest import ModelRecord
 from .planning import Plan, find_touched, make_plan, match_content, reembed_stale
@@ -53,7 +53,7 @@ def run(
     if _nothing_there(plan):
         raise NothingToIndexError(
             f"no image or video files under {root}: nothing to index (imgsearch reads "
-            f"{' '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}; "
+            f"{' '.join(sorted(INDEXED_EXTENSIONS))}; "
             "hidden files and excluded names are left out)"
         )
     report = report_for(root, plan)

@@ -396,7 +396,6 @@ def test_compiled_excludes_match_exactly_what_fnmatch_matches():
     import fnmatch
 
     from imgsearch.config import DEFAULT_EXCLUDES
-    from imgsearch.images import is_excluded
 
     patterns = (*DEFAULT_EXCLUDES, "*.tmp", "raw/*", "[!a-c]x?", "a+b(c)", "2024-0[1-3]*", "x|y", "*[*]")
     names = [
@@ -427,6 +426,6 @@ def test_compiled_excludes_match_exactly_what_fnmatch_matches():
             for folder in folders:
                 rel = name if folder == "." else f"{folder}/{name}"
                 expected = any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns_used)
-                assert is_excluded(name, folder, patterns_used) is expected, (name, folder, patterns_used)
+                assert images.is_excluded(name, folder, patterns_used) is expected, (name, folder, patterns_used)
                 checked += expected
     assert checked > 20  # the cases do exclude, not only pass
