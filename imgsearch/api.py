@@ -282,7 +282,7 @@ class Collection:
             self._file_encoders.clear,
         )
 
-    def _image_file_encoder(self, settings: IndexingConfig):
+    def _image_file_encoder(self, settings: IndexingConfig, files: int = 0, stage=None):
         """What embeds image files: the model's cached export without torch (``encoders.file_encoder``), else
         ``embedder`` (torch; it makes the export on a model's first run). An export's encoder is kept for the
         handle's next runs: a watcher's run for one new photo must not open the model again (about 1 s)."""
@@ -290,7 +290,7 @@ class Collection:
             return self._embedder
         if settings.decode in self._file_encoders:
             return self._file_encoders[settings.decode]
-        encoder, plan = encoders.file_encoder(self.model, settings.decode)
+        encoder, plan = encoders.file_encoder(self.model, settings.decode, files, stage)
         if encoder is None:
             return self.embedder
         encoder.notes += [plan.reason] if plan is not None and plan.reason else []

@@ -27,8 +27,9 @@ DUPLICATE_THRESHOLD = 0.95
 
 # What can run a model on a CPU (``ModelConfig.backend``): "auto" chooses (imgsearch/encoders.py); "torch" (fp32,
 # or bf16 weights), "onnx" (ONNX Runtime fp32, from the export cached once per model), "onnx-int8" (its image tower
-# quantized to int8), "openvino" (the exported image tower, bf16 where the CPU has it) force one.
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+# quantized to int8), "openvino" (the exported image tower, bf16 where the CPU has it), "openvino-int8" (its MLP
+# layers quantized to int8, calibrated once: what auto runs on CPUs with VNNI when it passes its check) force one.
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # How image files are decoded for indexing (``IndexingConfig.decode``).
 DECODE_MODES = ("auto", "fast", "reference", "tensor")

@@ -37,7 +37,9 @@ class Target:
     synced: Callable[[str], SyncedIndex]  # a table's index, opened on first use
     opened: Callable[[str], SyncedIndex | None]  # a table's index only if already open
     embedder: Callable[[], Any]  # torch's model (loads it)
-    file_encoder: Callable[[IndexingConfig], Any]  # what embeds image files (``encoders.file_encoder``), kept
+    # What embeds image files (``encoders.file_encoder``): given the settings, how many files this run embeds and
+    # the stage callback; kept for the handle's later runs.
+    file_encoder: Callable[[IndexingConfig, int, Any], Any]
     forget_file_encoder: Callable[[], None]  # drops the kept one (its export was found damaged)
 
 
@@ -220,9 +222,9 @@ def _embedded(
 
         report.backend = "ray"
         shards = _ray_batches(target, photos, settings)
-        encoder = _encoder(target, settings, report, stage) if videos else None
+        encoder = _encoder(target, settings, report, stage, 0) if videos else None
         return _batches(shards, photos, videos, plan, encoder, settings), recipe_for(model).to_dict()
-    encoder = _encoder(target, settings, report, stage)
+    encoder = _encoder(target, settings, report, stage, len(photos))
     files = encoder.embed_files([e.path for e in photos], settings) if photos else iter(())
     return _batches(files, photos, videos, plan, encoder, settings), encoder.recipe_record
 
@@ -236,10 +238,11 @@ def _ray_batches(target: Target, photos: Sequence[FileEntry], settings: Indexing
     return _ray().embedded(photos, model, settings, target.folder / _ray().SHARDS, model_image_size(model))
 
 
-def _encoder(target: Target, settings: IndexingConfig, report: IndexReport, stage):
-    """The loaded file encoder; a model or download error surfaces here, before any progress."""
+def _encoder(target: Target, settings: IndexingConfig, report: IndexReport, stage, files: int):
+    """The loaded file encoder for a run embedding ``files`` images; a model or download error surfaces here, before
+    any progress."""
     try:
-        encoder = target.file_encoder(settings).load(stage)
+        encoder = target.file_encoder(settings, files, stage).load(stage)
     except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
         target.forget_file_encoder()
         report.notes.append(str(exc))

@@ -109,6 +109,7 @@ BACKENDS = {
     "onnx-fp32": ("onnx", "fp32"),
     "onnx-int8": ("onnx-int8", "auto"),
     "openvino": ("openvino", "auto"),
+    "openvino-int8": ("openvino-int8", "auto"),
 }
 
 

@@ -43,6 +43,19 @@ def _garble(path, size: int = 20_000, offset: int = 1024) -> None:
     path.write_bytes(bytes(data))
 
 
+def _index_a_new_photo(coll, photo_dir, **options):
+    """A run after a cached tower was damaged: it says so, and stores the new photo's right vector."""
+    write_image(photo_dir / "new.png", 77)
+    with imgsearch.open(coll, **options) as engine:
+        report = engine.index_folder(photo_dir)
+        assert report.added == 1
+        assert any("was damaged" in note and "removed" in note for note in report.notes), report.notes
+        new = next(h for h in engine.browse() if h.path.endswith("new.png"))
+        vector = engine._store_for().vectors("images", [new.id])[new.id]
+        assert np.isfinite(vector).all() and engine.search_vector(vector, 1)[0].id == new.id
+    return report
+
+
 @pytest.mark.parametrize("damage", ["garbage in image.onnx.data", "truncated image.onnx"])
 def test_a_damaged_image_tower_is_found_removed_and_made_again(built, photo_dir, damage):
     """0.1 believed the cached export: 20 KB of random bytes in image.onnx.data made every later run store NaN
@@ -53,16 +66,22 @@ def test_a_damaged_image_tower_is_found_removed_and_made_again(built, photo_dir,
     else:
         graph = export.folder / "image.onnx"
         graph.write_bytes(graph.read_bytes()[:200])
-    write_image(photo_dir / "new.png", 77)
-    with imgsearch.open(coll) as engine:
-        report = engine.index_folder(photo_dir)
-        assert report.added == 1 and not report.skipped
-        assert any("was damaged" in note and "removed" in note for note in report.notes), report.notes
-        new = next(h for h in engine.browse() if h.path.endswith("new.png"))
-        vector = engine._store_for().vectors("images", [new.id])[new.id]
-        assert np.isfinite(vector).all() and engine.search_vector(vector, 1)[0].id == new.id
+    report = _index_a_new_photo(coll, photo_dir)
+    assert not report.skipped
     again = backends.find_export(TINY)
     assert again is not None and again.passed  # made again by the run that found it
+
+
+@pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here")
+def test_a_damaged_openvino_int8_tower_is_found_removed_and_made_again(built, photo_dir):
+    coll, export = built
+    write_image(photo_dir / "first.png", 76)
+    with imgsearch.open(coll, backend="openvino-int8") as engine:
+        assert engine.index_folder(photo_dir).backend == "openvino int8"  # made now, on first use
+    _garble(export.folder / "image.mlp-int8.onnx.data")
+    assert _index_a_new_photo(coll, photo_dir, backend="openvino-int8").backend == "openvino int8"
+    again = backends.find_export(TINY)
+    assert again is not None and again.openvino_int8_passed  # made again by the run that found it
 
 
 @pytest.mark.e2e

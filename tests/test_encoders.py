@@ -13,13 +13,14 @@ from imgsearch.inference import backends
 
 MODEL = ModelConfig("imgsearch-tiny", None, device="cpu")
 GOOD = {"cosine": 0.9999, "rank_error": 0.05, "bound": 0.999, "passed": True}
-PASSED = {"onnx": GOOD, "int8": GOOD, "openvino": {**GOOD, "precision": "bf16"}}
+PASSED = {"onnx": GOOD, "int8": GOOD, "openvino": {**GOOD, "precision": "bf16"}, "openvino-int8": GOOD}
 
 
 def _export(tmp_path, check=PASSED, tokenizer="clip-bpe", resize="shortest"):
     folder = tmp_path / "export"
     folder.mkdir(exist_ok=True)
     (folder / "image.int8.onnx").write_bytes(b"")
+    (folder / "image.mlp-int8.onnx").write_bytes(b"")
     return backends.OnnxExport(
         folder, {"check": dict(check), "tokenizer": tokenizer, "preprocess": {"resize_mode": resize}, "imgsearch": "x"}
     )
@@ -27,11 +28,12 @@ def _export(tmp_path, check=PASSED, tokenizer="clip-bpe", resize="shortest"):
 
 @pytest.fixture
 def machine(monkeypatch):
-    """A CPU whose capabilities the test sets: (openvino installed, native bf16)."""
+    """A CPU whose capabilities the test sets: (openvino installed, native bf16, native int8)."""
 
-    def set_(openvino=True, native=True, ort=True):
+    def set_(openvino=True, native=True, ort=True, vnni=False):
         monkeypatch.setattr(backends, "openvino_installed", lambda: openvino)
         monkeypatch.setattr(backends, "native_bf16", lambda: native)
+        monkeypatch.setattr(backends, "fast_int8", lambda: vnni)
         monkeypatch.setattr(backends, "onnxruntime_installed", lambda: ort)
 
     return set_
@@ -58,6 +60,37 @@ def test_files_on_a_cpu(machine, tmp_path, backend, precision, openvino, native,
     plan = encoders.for_files(replace(MODEL, backend=backend, precision=precision), _export(tmp_path), cuda=False)
     assert (plan.runner, plan.precision) == runner
     assert (plan.reason is None) if why is None else (why in plan.reason)
+
+
+@pytest.mark.parametrize(
+    "backend, openvino, runner, why",
+    [
+        ("auto", True, "openvino-int8", None),  # native int8 and a passed int8 tower: auto runs it
+        ("openvino", True, "openvino", None),
+        ("openvino-int8", True, "openvino-int8", None),
+        ("openvino-int8", False, "onnx", "OpenVINO is not installed"),
+        ("auto", False, "torch", None),
+    ],
+)
+def test_files_on_a_cpu_with_native_int8(machine, tmp_path, backend, openvino, runner, why):
+    machine(openvino, native=True, vnni=True)
+    plan = encoders.for_files(replace(MODEL, backend=backend), _export(tmp_path), cuda=False)
+    assert plan.runner == runner
+    assert (plan.reason is None) if why is None else (why in plan.reason)
+
+
+def test_openvino_int8_that_failed_or_was_not_made_gives_way_to_openvino(machine, tmp_path):
+    machine(openvino=True, native=True, vnni=True)
+    failed = _export(tmp_path, {**PASSED, "openvino-int8": {"cosine": 0.9927, "rank_error": 0.92, "passed": False}})
+    plan = encoders.for_files(MODEL, failed, cuda=False)
+    assert plan.runner == "openvino" and "OpenVINO's int8 tower failed its check" in plan.reason
+    assert "ranking error 0.92" in plan.reason
+    asked = encoders.for_files(replace(MODEL, backend="openvino-int8"), failed, cuda=False)
+    assert asked.runner == "openvino-int8"  # asked for: run although it failed
+    failed.openvino_int8_path.unlink()
+    plan = encoders.for_files(replace(MODEL, backend="openvino-int8"), failed, cuda=False)
+    assert plan.runner == "openvino" and "no int8 tower could be made" in plan.reason
+    assert encoders.for_files(MODEL, failed, cuda=False).runner == "openvino"
 
 
 def test_a_failed_export_is_never_run_by_auto_and_the_reason_is_given(machine, tmp_path):

@@ -16,10 +16,10 @@ import pytest
 
 import imgsearch
 from imgsearch import encoders
-from imgsearch.config import IndexingConfig
+from imgsearch.config import IndexingConfig, ModelConfig
 from imgsearch.inference import backends, probes
 
-from conftest import COCO_MINI, write_image
+from conftest import COCO_MINI, TINY_RESNET, write_image
 
 INDEX_SCRIPT = """
 import sys, json, imgsearch
@@ -76,6 +76,13 @@ def _first_run(coll: Path, tiny_model, tmp_path: Path) -> None:
         ),
         ("onnx-int8", 3, "onnx int8", probes.MIN_COSINE_INT8),
         ("onnx", 2, "onnx fp32", probes.MIN_COSINE),
+        pytest.param(
+            "openvino-int8",
+            2,
+            "openvino int8",
+            probes.MIN_COSINE,  # its MLP layers in int8, held to the fp32 bound
+            marks=pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here"),
+        ),
     ],
 )
 def test_later_runs_index_without_torch_and_match_the_torch_pipeline(
@@ -101,7 +108,7 @@ def test_later_runs_index_without_torch_and_match_the_torch_pipeline(
     # The same files through the torch pipeline (DataLoader, the model's own transform) running the same tower:
     # the same vectors. And through torch fp32: within the backend's quality guard.
     for other_backend, precision, tolerance in (
-        (backend, "auto", 1e-3 if ran == "openvino" else 1e-5),
+        (backend, "auto", 1e-3 if ran.startswith("openvino") else 1e-5),
         ("torch", "fp32", None),
     ):
         other = tmp_path / f"via-{other_backend}"
@@ -177,6 +184,69 @@ def test_the_int8_tower_is_made_once_on_first_use_and_published_whole(tmp_path, 
 
     tower, label = image_tower(made, "onnx-int8")
     assert label == "onnx int8" and tower.encode_image(probes.pixels(made.meta["preprocess"], 2)).shape[0] == 2
+
+
+needs_openvino = pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO not installed here")
+
+
+@needs_openvino
+def test_auto_makes_openvino_int8_once_on_a_cpu_with_native_int8(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "fast_int8", lambda: True)
+    _first_run(tmp_path / "coll", tiny_model, tmp_path)  # one photo: not worth making it
+    export = backends.find_export(tiny_model)
+    assert "openvino-int8" not in export.check and not export.openvino_int8_path.exists()  # not made up front
+    small = encoders.file_encoder(tiny_model, "auto", files=encoders.INT8_WORTH_FILES - 1)[1]
+    assert small.runner == "openvino" and small.reason is None and not export.openvino_int8_path.exists()
+    monkeypatch.setattr(backends, "fast_int8", lambda: False)
+    assert encoders.file_encoder(tiny_model, "auto", files=10**6)[1].runner == "openvino"  # no VNNI: not made
+    assert not export.openvino_int8_path.exists()
+    monkeypatch.setattr(backends, "fast_int8", lambda: True)
+    told: list[str] = []
+    encoder, plan = encoders.file_encoder(tiny_model, "auto", files=encoders.INT8_WORTH_FILES, stage=told.append)
+    assert plan.runner == "openvino-int8" and plan.reason is None and encoder.backend == "openvino int8"
+    assert told == ["quantizing the image tower to int8 for this CPU (once per model)"]
+    made = backends.find_export(tiny_model)
+    verdict = made.check["openvino-int8"]
+    assert made.openvino_int8_passed and verdict["bound"] == probes.MIN_COSINE, verdict
+    assert verdict["cosine"] >= probes.MIN_COSINE and verdict["rank_error"] <= probes.MAX_RANK_ERROR
+    assert made.openvino_int8_path.with_name("image.mlp-int8.onnx.data").is_file()
+    assert not list(made.folder.glob("*.tmp"))
+    stamp = made.openvino_int8_path.stat().st_mtime_ns
+    assert encoders.file_encoder(tiny_model, "auto", files=1)[1].runner == "openvino-int8"  # made: any run uses it
+    assert made.openvino_int8_path.stat().st_mtime_ns == stamp, "the int8 tower was made again"
+    reference = np.asarray(made.meta["probes"]["image"], np.float32)
+    assert probes.min_cosine(encoder.load().embed_images(probes.images()), reference) >= probes.MIN_COSINE
+
+
+@needs_openvino
+def test_openvino_int8_that_fails_its_check_is_judged_once_and_not_run_by_auto(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    _first_run(tmp_path / "coll", tiny_model, tmp_path)
+    monkeypatch.setattr(backends, "fast_int8", lambda: True)
+    monkeypatch.setattr(probes, "MIN_COSINE", 1.5)  # after the export's own checks: the int8 tower cannot pass
+    encoder, plan = encoders.file_encoder(tiny_model, "auto", files=encoders.INT8_WORTH_FILES)
+    assert plan.runner == "openvino" and "int8 is not used" in plan.reason and encoder.backend.startswith("openvino")
+    assert encoder.backend != "openvino int8"
+    export = backends.find_export(tiny_model)
+    assert export.check["openvino-int8"]["bound"] == 1.5 and not export.openvino_int8_passed
+    stamp = export.openvino_int8_path.stat().st_mtime_ns  # published: --backend openvino-int8 still runs it
+    assert encoders.file_encoder(tiny_model, "auto", files=10**6)[1].runner == "openvino"
+    assert export.openvino_int8_path.stat().st_mtime_ns == stamp, "a failed int8 tower was made again"
+    asked, plan = encoders.file_encoder(replace(tiny_model, backend="openvino-int8"), "auto")
+    assert plan.runner == "openvino-int8" and asked.backend == "openvino int8"
+
+
+@needs_openvino
+def test_a_tower_without_mlp_layers_gets_no_openvino_int8_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    resnet = ModelConfig(TINY_RESNET, None, device="cpu", backend="openvino-int8")
+    with imgsearch.open(tmp_path / "coll", model=resnet) as engine:
+        engine.embedder.export_onnx()
+    encoder, plan = encoders.file_encoder(resnet, "auto")
+    assert plan.runner == "openvino" and "no int8 tower could be made" in plan.reason
+    assert "has no MLP layers to quantize" in plan.reason
+    assert "error" in backends.find_export(resnet).check["openvino-int8"]
 
 
 def test_exports_keep_weights_beside_the_graph_and_stale_formats_are_removed(tmp_path, tiny_model, monkeypatch):

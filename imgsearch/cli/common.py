@@ -85,10 +85,11 @@ DeviceOpt = typer.Option(
 BackendOpt = typer.Option(
     None,
     "--backend",
-    metavar="auto|torch|onnx|onnx-int8|openvino",
+    metavar="auto|torch|onnx|onnx-int8|openvino|openvino-int8",
     help="What runs the model on CPU: torch, onnx (ONNX Runtime fp32; exported once per model and cached), "
-    "onnx-int8 (its image tower quantized to int8; never picked by auto) or openvino (the exported image "
-    "tower, bf16 where the CPU has it) [default: auto: openvino when installed and it passed its check, else "
+    "onnx-int8 (its image tower quantized to int8; never picked by auto), openvino (the exported image "
+    "tower, bf16 where the CPU has it) or openvino-int8 (its MLP layers in int8, made once) [default: auto: "
+    "openvino when installed and it passed its check (openvino-int8 on CPUs with VNNI where that passed), else "
     "torch with bf16 weights on CPUs with native bf16, else onnx. Indexing from the export and queries never "
     "import torch once the export is cached].",
 )

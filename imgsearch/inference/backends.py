@@ -5,7 +5,7 @@ An export lives under ``$IMGSEARCH_CACHE/onnx/<key>``: the key names one set of 
 weights: tag, checkpoint path and stat, or random; the tag a checkpoint is tied to; the open_clip version; the
 export format). Its ``meta.json``, written last, holds the preprocessing and tokenizer the towers expect, the
 recipe, torch fp32's vectors for the fixed probes, and the verdict of each path on them (``probes.judge``:
-ONNX Runtime fp32 for both towers, its int8 image tower, OpenVINO's run of the image tower). A failed check is
+ONNX Runtime fp32 for both towers, its int8 image tower, OpenVINO's run of the image tower and of its int8 copy). A failed check is
 believed only from the imgsearch version that made it: another version exports again.
 """
 
@@ -74,7 +74,8 @@ class OnnxExport:
     @property
     def check(self) -> dict:
         """Each path's verdict on the probes (``probes.Verdict.to_dict``, or {"error": ...}): "onnx" (both towers in
-        ONNX Runtime fp32), "int8" (its int8 image tower), "openvino" (OpenVINO's run of the image tower)."""
+        ONNX Runtime fp32), "int8" (its int8 image tower), "openvino" (OpenVINO's run of the image tower),
+        "openvino-int8" (OpenVINO's run of the image tower with its MLP layers in int8)."""
         return self.meta.get("check", {})
 
     def _passed(self, path: str) -> bool:
@@ -93,6 +94,7 @@ class OnnxExport:
             "onnx": "the export",
             "int8": "its int8 tower",
             "openvino": "OpenVINO",
+            "openvino-int8": "OpenVINO's int8 tower",
             "torch-bf16": "torch with bf16 weights",
         }[failed]
         from .probes import Verdict  # numpy and Pillow: only when there is something to say
@@ -110,6 +112,11 @@ class OnnxExport:
         return self.passed and self._passed("openvino")
 
     @property
+    def openvino_int8_passed(self) -> bool:
+        """Whether OpenVINO's int8 image tower exists and passed its check (the fp32 bound, MIN_COSINE)."""
+        return self.openvino_passed and self._passed("openvino-int8") and self.openvino_int8_path.is_file()
+
+    @property
     def bf16_failed(self) -> bool:
         """Whether torch with bf16 weights was judged at export and failed (not judged: False)."""
         record = self.check.get("torch-bf16")
@@ -118,6 +125,10 @@ class OnnxExport:
     @property
     def image_int8_path(self) -> Path:
         return self.folder / "image.int8.onnx"
+
+    @property
+    def openvino_int8_path(self) -> Path:
+        return self.folder / "image.mlp-int8.onnx"
 
     @property
     def dim(self) -> int:
@@ -236,6 +247,42 @@ def verify(export: OnnxExport, tower: str, vectors, path: str = "onnx") -> None:
         )
 
 
+def add_tower(export: OnnxExport, key: str, target: Path, make, run, bound: float) -> OnnxExport:
+    """The export with one more image tower, made on first use and judged against torch fp32's probe vectors:
+    ``make(path)`` writes it at ``path`` (side files beside it), ``run(path, pixels)`` computes its vectors, ``bound``
+    is the least cosine it must keep. The verdict is recorded in ``meta.json`` under ``key`` like the export's own
+    checks, a failure included, so that it is made at most once; its files are made in a private folder and
+    published whole (renamed, the tower itself last)."""
+    import numpy as np
+
+    from ..errors import first_sentence
+    from . import probes
+
+    if key in export.check and (target.is_file() or not export.check[key].get("passed")):
+        return export
+    recorded = export.meta.get("probes", {})
+    remove_dead_work(export.folder)  # a quantization killed half way: ~100 MB
+    work = export.folder / f"{key}.{os.getpid()}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        made = work / target.name
+        make(made)
+        pixels = probes.pixels(export.meta["preprocess"], len(recorded["image"]))
+        texts = np.asarray(recorded["text"], np.float32)
+        images = run(made, pixels)
+        verdict = probes.judge(np.asarray(recorded["image"], np.float32), texts, images, texts, bound).to_dict()
+        for part in sorted(work.iterdir(), key=lambda f: f.name == target.name):
+            os.replace(part, export.folder / part.name)
+    except Exception as exc:  # an op the quantizer cannot handle, a full disk: the other paths still work
+        verdict = {"passed": False, "error": first_sentence(exc)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {k: v for k, v in export.meta.items() if k not in ("format", "imgsearch")}
+    meta["check"] = {**export.check, key: verdict}
+    return OnnxExport(export.folder, write_meta(export.folder, meta))
+
+
 def remove_stale_exports() -> list[Path]:
     """Delete cached exports in an older format (never read again: their keys include the format)."""
     removed = []
@@ -316,6 +363,11 @@ def int8_saturates() -> bool:
     with reduce_range there)."""
     flags = cpu_flags()
     return "sse2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def fast_int8() -> bool:
+    """Whether this CPU multiplies int8 natively (VNNI, AMX): where int8 runs faster than bf16 (docs/performance.md)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def openvino_installed() -> bool:

@@ -28,18 +28,18 @@ _AHEAD = 2  # batches decoded ahead of the one the model is on
 
 def image_tower(export: OnnxExport, runner: str):
     """(tower with ``encode_image(pixels) -> vectors``, label) for an ``encoders.Plan`` runner: "openvino",
-    "onnx-int8" or "onnx" (fp32)."""
-    if runner == "openvino":
+    "openvino-int8", "onnx-int8" or "onnx" (fp32)."""
+    if runner.startswith("openvino"):
         from .openvino import OpenVinoImageTower
 
-        tower = OpenVinoImageTower(export)
-        return tower, f"openvino {tower.precision}"
+        tower = OpenVinoImageTower(export, int8=runner == "openvino-int8")
+        return tower, "openvino int8" if tower.int8 else f"openvino {tower.precision}"
     int8 = runner == "onnx-int8"
     return OnnxTowers(export, int8=int8), f"onnx {'int8' if int8 else 'fp32'}"
 
 
 class ExportImageFiles(FromExport):
-    """Embeds image files with an export's image tower (OpenVINO, ONNX Runtime int8 or fp32), as
+    """Embeds image files with an export's image tower (OpenVINO bf16 or int8, ONNX Runtime int8 or fp32), as
     ``Embedder.embed_files`` does with torch."""
 
     def __init__(self, export: OnnxExport, runner: str = "onnx"):

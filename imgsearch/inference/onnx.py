@@ -61,31 +61,64 @@ def with_int8(export: OnnxExport) -> OnnxExport:
     """The export with its int8 image tower, made and judged against torch fp32's probe vectors on first use.
 
     Only ``--backend onnx-int8`` runs it (it misses the ranking guard, so ``auto`` never does), so an export does not
-    make it up front: that cost every first run 4-6 s and 96 MB (docs/performance.md). The verdict is recorded in
-    ``meta.json`` like the export's own checks, a failure included, so that it is made at most once; the file is
-    published whole (written under a private name, then renamed)."""
-    from ..errors import first_sentence
+    make it up front: that cost every first run 4-6 s and 96 MB (docs/performance.md)."""
     from . import backends, probes
 
-    if "int8" in export.check and (export.image_int8_path.is_file() or not export.check["int8"].get("passed")):
-        return export
-    recorded = export.meta.get("probes", {})
-    backends.remove_dead_work(export.folder)  # a quantization killed half way: ~100 MB
-    work = export.folder / f"{export.image_int8_path.name}.{os.getpid()}.tmp"
+    return backends.add_tower(
+        export,
+        "int8",
+        export.image_int8_path,
+        lambda path: quantize_int8(export.image_path, path, reduce_range=backends.int8_saturates()),
+        lambda path, pixels: OnnxTowers._run_image(_session(path, threads=1), pixels),
+        probes.MIN_COSINE_INT8,
+    )
+
+
+def quantize_mlp(source, target, calibration: np.ndarray) -> None:
+    """A copy of an image tower with only its MLP layers' MatMuls in int8 (static: activation ranges calibrated once
+    on ``calibration``, preprocessed pixels; weights per channel; QDQ, which OpenVINO runs with VNNI), and the
+    weights in ``<target>.data`` beside it. Attention, the patch embedding and the projection stay as they were:
+    quantizing them too missed the ranking guard on the shared photos, the MLP layers alone kept it
+    (docs/performance.md). ValueError if the tower has no MLP layers."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "/mlp/" in n.name]
+    if not names:
+        raise ValueError("its image tower has no MLP layers to quantize")
+
+    class Feed(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(calibration)
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {graph.input[0].name: row[None]}
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, logging.ERROR))  # its chatter goes to the root logger, for this call only
     try:
-        quantize_int8(export.image_path, work, reduce_range=backends.int8_saturates())
-        pixels = probes.pixels(export.meta["preprocess"], len(recorded["image"]))
-        images = OnnxTowers._run_image(_session(work, threads=1), pixels)
-        reference = np.asarray(recorded["image"], np.float32), np.asarray(recorded["text"], np.float32)
-        verdict = probes.judge(*reference, images, reference[1], bound=probes.MIN_COSINE_INT8).to_dict()
-        os.replace(work, export.image_int8_path)
-    except Exception as exc:  # an op the quantizer cannot handle, a full disk: the fp32 paths still work
-        verdict = {"passed": False, "error": first_sentence(exc)}
+        quantize_static(
+            str(source),
+            str(target),
+            Feed(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=names,
+            use_external_data_format=True,
+            extra_options={"WeightSymmetric": True},
+        )
     finally:
-        work.unlink(missing_ok=True)
-    meta = {k: v for k, v in export.meta.items() if k not in ("format", "imgsearch")}
-    meta["check"] = {**export.check, "int8": verdict}
-    return OnnxExport(export.folder, backends.write_meta(export.folder, meta))
+        root.setLevel(before)
+    data = Path(f"{target}.data")
+    if data.exists():
+        os.chmod(data, Path(target).stat().st_mode & 0o777)  # onnx writes it owner-only
 
 
 def _session(path, threads: int | None, lean: bool = False):

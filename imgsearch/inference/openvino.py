@@ -16,10 +16,12 @@ from .onnx import normalised
 
 
 class OpenVinoImageTower:
-    """An export's image tower compiled for this CPU (on first use) for one batch at a time."""
+    """An export's image tower compiled for this CPU (on first use) for one batch at a time; ``int8``: its copy with
+    the MLP layers in int8 (``with_int8``)."""
 
-    def __init__(self, export: OnnxExport, verify: bool = True):
-        self.export, self.verify = export, verify
+    def __init__(self, export: OnnxExport, verify: bool = True, int8: bool = False, path=None):
+        self.export, self.verify, self.int8 = export, verify, int8
+        self.path = path or (export.openvino_int8_path if int8 else export.image_path)
         self._compiled: Any = None  # OpenVINO CompiledModel and its InferRequest, made on first use
         self._request: Any = None
 
@@ -34,9 +36,7 @@ class OpenVinoImageTower:
             try:
                 # LATENCY: one stream over every core for each batch; THROUGHPUT splits the cores between streams
                 # that one synchronous caller never fills (measured half the speed).
-                self._compiled = openvino.Core().compile_model(
-                    str(self.export.image_path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}
-                )
+                self._compiled = openvino.Core().compile_model(str(self.path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
             except Exception as exc:  # a truncated or altered file
                 raise backends.discard(
                     self.export, f"OpenVINO cannot load its image tower ({first_sentence(exc)})"
@@ -44,7 +44,7 @@ class OpenVinoImageTower:
             self._request = self._compiled.create_infer_request()
             if self.verify:
                 got = self._infer(probes.pixels(self.export.meta["preprocess"], CHECK_IMAGES))
-                backends.verify(self.export, "image", got, "openvino")
+                backends.verify(self.export, "image", got, "openvino-int8" if self.int8 else "openvino")
         return self._compiled
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
@@ -60,3 +60,21 @@ class OpenVinoImageTower:
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         self._compile()
         return self._infer(pixels)
+
+
+def with_int8(export: OnnxExport) -> OnnxExport:
+    """The export with OpenVINO's int8 image tower (``onnx.quantize_mlp``, calibrated on ``probes.calibration_pixels``),
+    made and judged against torch fp32's probe vectors on first use, at the fp32 bound (MIN_COSINE): where it passes,
+    ``auto`` runs it on CPUs with VNNI (encoders.py). Made on first use, not with the export: 10-15 s and 180 MB
+    for ViT-B-32, which only those CPUs need."""
+    from . import backends, probes
+    from .onnx import quantize_mlp
+
+    return backends.add_tower(
+        export,
+        "openvino-int8",
+        export.openvino_int8_path,
+        lambda path: quantize_mlp(export.image_path, path, probes.calibration_pixels(export.meta["preprocess"])),
+        lambda path, pixels: OpenVinoImageTower(export, verify=False, path=path).encode_image(pixels),
+        probes.MIN_COSINE,
+    )
