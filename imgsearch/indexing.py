@@ -242,11 +242,11 @@ def _encoder(target: Target, settings: IndexingConfig, report: IndexReport, stag
     """The loaded file encoder for a run embedding ``files`` images; a model or download error surfaces here, before
     any progress."""
     try:
-        encoder = target.file_encoder(settings, files, stage).load(stage)
+        encoder = target.file_encoder(settings, files, stage).load(stage, files)
     except ExportDamagedError as exc:  # found (and removed) as its session was made: torch makes it again
         target.forget_file_encoder()
         report.notes.append(str(exc))
-        encoder = target.embedder().load(stage)
+        encoder = target.embedder().load(stage, files)
     if report.backend != "ray":
         report.backend = encoder.backend
     report.notes = report.notes + list(encoder.notes)

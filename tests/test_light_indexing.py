@@ -220,6 +220,20 @@ def test_auto_makes_openvino_int8_once_on_a_cpu_with_native_int8(tmp_path, tiny_
 
 
 @needs_openvino
+def test_a_first_run_worth_it_makes_openvino_int8_with_the_export(tmp_path, tiny_model, photos, monkeypatch):
+    """The first big index of a folder is the run int8 is for: it must not wait for a later run to be made."""
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "fast_int8", lambda: True)
+    monkeypatch.setattr(encoders, "INT8_WORTH_FILES", 12)  # the photos: 12 images and one broken file
+    told: list[str] = []
+    with imgsearch.open(tmp_path / "coll", model=tiny_model) as engine:
+        report = engine.index_folder(photos, progress=lambda done, total, what: told.append(what))
+    assert report.backend == "openvino int8" and report.added == 12
+    assert "quantizing the image tower to int8 for this CPU (once per model)" in told
+    assert backends.find_export(tiny_model).openvino_int8_passed
+
+
+@needs_openvino
 def test_openvino_int8_that_fails_its_check_is_judged_once_and_not_run_by_auto(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
     _first_run(tmp_path / "coll", tiny_model, tmp_path)

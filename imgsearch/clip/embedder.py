@@ -102,6 +102,7 @@ class Embedder:
         self._towers = None
         self.notes: list[str] = []  # why a faster path was not taken, for `info` and the index run's report
         self.stage: Callable[[str], None] = lambda name: None  # told each slow step of loading, for a progress bar
+        self._files = 0  # how many images the run loading the model embeds (``load``)
 
     @property
     def device(self) -> str:
@@ -127,10 +128,12 @@ class Embedder:
     def recipe_record(self) -> dict:
         return self.recipe.to_dict()
 
-    def load(self, stage: Callable[[str], None] | None = None) -> Embedder:
+    def load(self, stage: Callable[[str], None] | None = None, files: int = 0) -> Embedder:
         """Create the model now (downloading it if needed) rather than on first use; ``stage`` is told each slow
-        step (loading, the one-time export and its check) as it starts."""
+        step (loading, the one-time export and its check) as it starts; ``files``: how many images the run that
+        loads it embeds (a run worth it makes the towers an export does not: ``encoders.with_asked_towers``)."""
         told, self.stage = self.stage, stage or self.stage
+        self._files = files
         try:
             self._runner()
         finally:
@@ -154,7 +157,7 @@ class Embedder:
                 f"the {self.config.backend} backend runs on the CPU; use --device cpu, or --backend torch on a GPU"
             )
         export_ = self.export_onnx() if not cuda and self.config.backend != "torch" else None
-        export_ = encoders.with_asked_towers(self.config, export_)
+        export_ = encoders.with_asked_towers(self.config, export_, self._files, self.stage)
         plan = encoders.for_files(self.config, export_, cuda)
         if plan.reason:
             self.notes.append(plan.reason)

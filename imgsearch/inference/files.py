@@ -47,9 +47,9 @@ class ExportImageFiles(FromExport):
         self._tower, self.backend = image_tower(export, runner)
         self.notes: list[str] = []
 
-    def load(self, stage=None) -> ExportImageFiles:
+    def load(self, stage=None, files: int = 0) -> ExportImageFiles:
         """Open the session now (and warm it with one blank image), so that a broken export fails before any work.
-        (``stage``: as ``Embedder.load``'s; opening a cached export has no slow step to tell.)"""
+        (``stage``, ``files``: as ``Embedder.load``'s; what a run makes was made by ``encoders.file_encoder``.)"""
         side = self.image_size
         self._tower.encode_image(np.zeros((1, 3, side, side), np.float32))
         return self
