@@ -182,7 +182,8 @@ def _export(model) -> list[Finding]:
             from .inference.openvino import OpenVinoImageTower
 
             side = export.image_size
-            OpenVinoImageTower(export).encode_image(np.zeros((1, 3, side, side), np.float32))
+            for int8 in (False, True) if export.openvino_int8_passed else (False,):
+                OpenVinoImageTower(export, int8=int8).encode_image(np.zeros((1, 3, side, side), np.float32))
     except ExportDamagedError as exc:
         return [Finding("export", False, str(exc), repaired=True)]
     return [Finding("export", True, f"{export.folder.name}: its towers give the probes' vectors")]

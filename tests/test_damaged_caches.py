@@ -82,6 +82,16 @@ def test_a_damaged_openvino_int8_tower_is_found_removed_and_made_again(built, ph
     assert _index_a_new_photo(coll, photo_dir, backend="openvino-int8").backend == "openvino int8"
     again = backends.find_export(TINY)
     assert again is not None and again.openvino_int8_passed  # made again by the run that found it
+    _garble(again.folder / "image.mlp-int8.onnx.data")
+    check = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "check", "--index", str(coll), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    (finding,) = [f for f in json.loads(check.stdout)["findings"] if f["part"] == "export"]
+    assert not finding["ok"] and finding["repaired"] and "was damaged" in finding["detail"], finding
+    assert backends.find_export(TINY) is None  # removed as it was found: the next run makes it again
 
 
 @pytest.mark.e2e
