@@ -81,7 +81,8 @@ def test_a_damaged_openvino_int8_tower_is_found_removed_and_made_again(built, ph
     _garble(export.folder / "image.mlp-int8.onnx.data")
     assert _index_a_new_photo(coll, photo_dir, backend="openvino-int8").backend == "openvino int8"
     again = backends.find_export(TINY)
-    assert again is not None and again.openvino_int8_passed  # made again by the run that found it
+    assert again is not None and again.openvino_int8_path.is_file()  # made again by the run that found it
+    assert "cosine" in again.check["openvino-int8"]  # and judged again
     _garble(again.folder / "image.mlp-int8.onnx.data")
     check = subprocess.run(
         [sys.executable, "-m", "imgsearch", "check", "--index", str(coll), "--json"],
