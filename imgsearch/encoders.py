@@ -7,7 +7,8 @@ The rule behind ``--backend auto`` (measured, docs/performance.md):
   later runs then never import torch. On CPUs with VNNI (native int8) its copy with the MLP layers in int8, made
   and judged by the first run worth it (``with_asked_towers``), runs instead where it passed the fp32 bound
   (ViT-B-32: 1.33x OpenVINO bf16 model-only, 1.15x end to end, top-10 overlap 0.963 against bf16's 0.971); else
-  torch with bf16 weights on CPUs with native bf16 (AVX512-BF16, AMX), checked against fp32 at load; else ONNX Runtime fp32 from a passed export; else torch fp32;
+  torch with bf16 weights on CPUs with native bf16 (AVX512-BF16, AMX), checked against fp32 at load; else ONNX
+  Runtime fp32 from a passed export; else torch fp32;
 - a query in a process that has no model loaded: the export's fp32 ONNX towers with the torch-free tokenizer and
   transform, whenever the export passed its check: no torch import, a sub-second process;
 - ``onnx-int8`` (the image tower quantized to int8) is only run when asked for: it missed the ranking guard
@@ -31,8 +32,8 @@ from .inference.backends import OnnxExport
 @dataclass(frozen=True)
 class Plan:
     """What runs: ``runner`` "torch", "onnx" (ONNX Runtime fp32), "onnx-int8", "openvino" or "openvino-int8";
-    ``precision`` for torch
-    ("fp32", "bf16", "fp16", "auto": autocast on CUDA); ``reason``: why a faster path was not taken, or None."""
+    ``precision`` for torch ("fp32", "bf16", "fp16", "auto": autocast on CUDA); ``reason``: why a faster path was
+    not taken, or None."""
 
     runner: str
     precision: str = "fp32"
@@ -71,9 +72,11 @@ def for_files(model: ModelConfig, export: OnnxExport | None, cuda: bool) -> Plan
     problem = export_problem(export)
     usable = export if problem is None else None  # the export, when its paths may run
     if precision == "auto" and usable is not None and usable.openvino_passed and backends.openvino_installed():
-        if backends.fast_int8() and usable.openvino_int8_passed:
+        if not backends.fast_int8():
+            return Plan("openvino")
+        if usable.openvino_int8_passed:
             return Plan("openvino-int8")
-        failed = backends.fast_int8() and "openvino-int8" in usable.check  # else not made yet: nothing failed
+        failed = "openvino-int8" in usable.check  # else not made yet: nothing failed
         return Plan("openvino", reason=f"int8 is not used: {usable.failure('openvino-int8')}" if failed else None)
     why = _why_not_openvino(export, problem) if precision == "auto" else None
     bf16_failed = usable is not None and usable.bf16_failed

@@ -358,16 +358,20 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+# The flags of x86 CPUs that multiply int8 natively.
+_NATIVE_INT8 = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def int8_saturates() -> bool:
     """Whether this is an x86 CPU without VNNI, where ONNX Runtime's u8 x s8 products saturate (its docs: quantize
     with reduce_range there)."""
     flags = cpu_flags()
-    return "sse2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return "sse2" in flags and not flags & _NATIVE_INT8
 
 
 def fast_int8() -> bool:
     """Whether this CPU multiplies int8 natively (VNNI, AMX): where int8 runs faster than bf16 (docs/performance.md)."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return bool(cpu_flags() & _NATIVE_INT8)
 
 
 def openvino_installed() -> bool:

@@ -6,6 +6,8 @@ out of one protobuf: a query's text session opens in 0.09-0.13 s instead of 0.5-
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -30,7 +32,26 @@ def externalise(path) -> None:
         location=f"{path.name}.data",
         size_threshold=1024,
     )
-    os.chmod(path.with_name(f"{path.name}.data"), path.stat().st_mode & 0o777)  # onnx writes it owner-only
+    _like_its_graph(path)
+
+
+def _like_its_graph(path: Path) -> None:
+    """Give a graph's side file (``<name>.data``) the graph's permissions: onnx writes it owner-only."""
+    data = path.with_name(f"{path.name}.data")
+    if data.exists():
+        os.chmod(data, path.stat().st_mode & 0o777)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizers chatter per node on the root logger: errors only, for the call inside."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def quantize_int8(source, target, reduce_range: bool = False) -> None:
@@ -38,14 +59,9 @@ def quantize_int8(source, target, reduce_range: bool = False) -> None:
     (ONNX Runtime's dynamic quantization; VNNI where the CPU has it). Needs no calibration data. ``reduce_range``:
     7-bit weights, for x86 CPUs without VNNI, whose int8 products saturate otherwise (measured on an AVX2-only
     EPYC: the tiny model's ranking error 1.9 of its spread, against 0.3 allowed; within bounds with it)."""
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(max(before, logging.ERROR))  # its per-node chatter goes to the root logger, for this call only
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(
             str(source),
             str(target),
@@ -53,8 +69,6 @@ def quantize_int8(source, target, reduce_range: bool = False) -> None:
             op_types_to_quantize=["MatMul", "Gemm"],
             reduce_range=reduce_range,
         )
-    finally:
-        root.setLevel(before)
 
 
 def with_int8(export: OnnxExport) -> OnnxExport:
@@ -80,8 +94,6 @@ def quantize_mlp(source, target, calibration: np.ndarray) -> None:
     weights in ``<target>.data`` beside it. Attention, the patch embedding and the projection stay as they were:
     quantizing them too missed the ranking guard on the shared photos, the MLP layers alone kept it
     (docs/performance.md). ValueError if the tower has no MLP layers."""
-    import logging
-
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -98,10 +110,7 @@ def quantize_mlp(source, target, calibration: np.ndarray) -> None:
             row = next(self.rows, None)
             return None if row is None else {graph.input[0].name: row[None]}
 
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(max(before, logging.ERROR))  # its chatter goes to the root logger, for this call only
-    try:
+    with _quiet_root_logger():
         quantize_static(
             str(source),
             str(target),
@@ -114,11 +123,7 @@ def quantize_mlp(source, target, calibration: np.ndarray) -> None:
             use_external_data_format=True,
             extra_options={"WeightSymmetric": True},
         )
-    finally:
-        root.setLevel(before)
-    data = Path(f"{target}.data")
-    if data.exists():
-        os.chmod(data, Path(target).stat().st_mode & 0o777)  # onnx writes it owner-only
+    _like_its_graph(Path(target))
 
 
 def _session(path, threads: int | None, lean: bool = False):
