@@ -3,8 +3,8 @@
 For the smallest model of each family, with seeded random weights (the real architecture and code path; no
 pretrained weights can be downloaded here) and the recipe of one of its published tags (``pretrained_as``), on real
 photos and captions from ../shared/data:
-- agreement with torch fp32 in eval mode of every backend auto may choose (OpenVINO, torch bf16, ONNX Runtime fp32,
-  the torch-free query encoder): the smallest cosine over photos and captions, and the top-10 overlap of the
+- agreement with torch fp32 in eval mode of every backend auto may choose (OpenVINO bf16, and its int8 tower on
+  CPUs with VNNI where it passed its check, torch bf16, ONNX Runtime fp32, the torch-free query encoder): the smallest cosine over photos and captions, and the top-10 overlap of the
   caption -> photo rankings;
 - batch invariance: a photo alone and inside a batch of eight (smallest cosine, every backend);
 - the torch-free preprocessing against open_clip's own transform, and the torch-free tokenizer against open_clip's
@@ -188,6 +188,10 @@ def _runners(model, export, reference) -> dict:
     }
     if backends.openvino_installed() and export.openvino_passed:
         found["openvino"] = Embedder(replace(model, backend="openvino"))
+        if backends.fast_int8():  # auto runs OpenVINO's int8 tower where it passed its check, on CPUs with VNNI
+            int8 = Embedder(replace(model, backend="openvino-int8"))
+            if int8.backend == "openvino int8" and backends.find_export(model).openvino_int8_passed:
+                found["openvino int8"] = int8
     bf16 = Embedder(replace(model, backend="torch", precision="auto"))
     if bf16.backend == "torch bf16":  # it passed its check at load on this CPU
         found["torch bf16"] = bf16
