@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import images as imgs
-from . import stale
+from . import parallel_plan, stale
 from .config import INDEXED_EXTENSIONS, IndexingConfig
 from .errors import CollectionError, ExportDamagedError, NothingToIndexError
 from .manifest import ModelRecord
@@ -91,7 +91,7 @@ def _nothing_there(plan: Plan) -> bool:
     """The folder holds no image file, and the collection knew none under it: a mistyped or wrong folder (0.1
     reported "0 added ... 0 skipped" and created an empty collection)."""
     found = plan.unchanged or plan.new or plan.changed or plan.moved or plan.copies or plan.touched
-    return not (found or plan.known_paths or plan.problems or plan.still_skipped or plan.gone_skips)
+    return not (found or plan.known or plan.problems or plan.still_skipped or plan.gone_skips)
 
 
 def prune(target: Target, store: Store, dry_run: bool) -> list[str]:
@@ -322,14 +322,14 @@ def plan_run(
     re-embedded (``stale.py``)."""
     prefix = os.path.join(str(root), "")
     stale = store.ids_written_before("images", stale_before) if stale_before is not None else set()
-    plan = make_plan(
-        imgs.scan(root, excludes),
-        store.image_states(prefix),
-        store.skipped_states(prefix),
-        stale,
-        _hash_or_none if rehash else None,
-        imgs.retry_now,
+    rehash_with = _hash_or_none if rehash else None
+    workers = parallel_plan.workers_for(store.count_under(prefix))
+    plan = (
+        parallel_plan.plan(store, root, excludes, stale, rehash_with, imgs.retry_now, workers) if workers > 1 else None
     )
+    if plan is None:  # one process: a small folder, or one whose sub-folders share a folder or file
+        known, skipped = store.image_states(prefix), store.skipped_states(prefix)
+        plan = make_plan(imgs.scan(root, excludes), known, skipped, stale, rehash_with, imgs.retry_now, prefix)
     sizes = store.known_sizes() if plan.new else set()
     hashes = {e.path: h for e in plan.new if e.size in sizes and (h := _hash_or_none(e.path))}
     if hashes:

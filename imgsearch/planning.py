@@ -27,13 +27,37 @@ class Plan:
     problems: list[Skip] = field(default_factory=list)  # could not even stat, newly seen
     gone_skips: list[str] = field(default_factory=list)  # skipped before, no longer on disk
     copies: list[tuple[FileEntry, ImageState]] = field(default_factory=list)  # new path, stored content
-    known_paths: set[str] = field(default_factory=set)  # stored rows under the folder (seen or vanished)
+    known: int = 0  # stored rows under the folder (seen or vanished)
+    folder: str | None = None  # the folder planned, ending in a separator (None: not said)
     stale_paths: set[str] = field(default_factory=set)  # of ``changed``: unchanged files re-embedded because an
     # earlier imgsearch made their vectors wrongly
 
     @property
     def to_embed(self) -> list[FileEntry]:
         return self.new + [entry for _, entry in self.changed.values()]
+
+    def holds(self, path: str) -> bool:
+        """Whether a stored row's path is under the folder planned (so the plan has judged it)."""
+        return self.folder is not None and path.startswith(self.folder)
+
+
+def join_plans(folder: str, plans: Iterable[Plan]) -> Plan:
+    """One plan for ``folder`` from the plans of its parts (its own files, each sub-folder), in the scan's order."""
+    joined = Plan(folder=folder)
+    for plan in plans:
+        joined.unchanged += plan.unchanged
+        joined.new += plan.new
+        joined.changed.update(plan.changed)
+        joined.vanished.update(plan.vanished)
+        joined.moved += plan.moved
+        joined.touched += plan.touched
+        joined.still_skipped += plan.still_skipped
+        joined.problems += plan.problems
+        joined.gone_skips += plan.gone_skips
+        joined.copies += plan.copies
+        joined.known += plan.known
+        joined.stale_paths |= plan.stale_paths
+    return joined
 
 
 def _same_file(state: ImageState | Skip, entry: FileEntry) -> bool:
@@ -47,13 +71,15 @@ def make_plan(
     stale: AbstractSet[int] = frozenset(),
     rehash: Callable[[str], str | None] | None = None,
     retry: Callable[[str], bool] = lambda reason: False,
+    folder: str | None = None,
 ) -> Plan:
     """Sort the scanned files against the stored rows of the same folder. ``stale``: ids of rows whose vectors
     must be made again (an earlier imgsearch made them wrongly): an unchanged one is re-embedded in place.
     ``rehash``: a content hash function; given, a file with its stored size and mtime is hashed anyway, and is
     changed when its content is (`index --rehash`: `touch -r` can give new content the old time). ``retry``: given a
-    skip's reason, whether an unchanged skipped file is tried again (the package it needed is installed now)."""
-    plan, seen, blind_spots = Plan(), set(), []
+    skip's reason, whether an unchanged skipped file is tried again (the package it needed is installed now).
+    ``folder``: the folder whose files were scanned and whose rows ``known`` holds (ending in a separator)."""
+    plan, seen, blind_spots = Plan(folder=folder), set(), []
     for item in scanned:
         seen.add(item.path)
         if isinstance(item, ScanProblem):
@@ -67,8 +93,9 @@ def make_plan(
         else:
             plan.new.append(item)
     unseen = lambda path: path not in seen and not path.startswith(tuple(blind_spots))  # noqa: E731
-    plan.vanished = {p: s for p, s in known.items() if unseen(p)}
-    plan.known_paths = set(known)
+    if known.keys() - seen:  # a set difference: most runs see every stored file, a million of them
+        plan.vanished = {p: s for p, s in known.items() if unseen(p)}
+    plan.known = len(known)
     plan.gone_skips = [p for p in skipped if unseen(p)]
     return plan
 
@@ -115,7 +142,7 @@ def match_content(
             (
                 r
                 for r in rows
-                if r.id not in claimed and (r.id in vanished or (r.path not in plan.known_paths and not exists(r.path)))
+                if r.id not in claimed and (r.id in vanished or (not plan.holds(r.path) and not exists(r.path)))
             ),
             None,
         )

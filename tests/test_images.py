@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from trees import RICH_EXCLUDES, rich_tree
 
 from imgsearch import images
 from imgsearch.records import FileEntry, ScanProblem
@@ -429,3 +430,85 @@ def test_compiled_excludes_match_exactly_what_fnmatch_matches():
                 assert images.is_excluded(name, folder, patterns_used) is expected, (name, folder, patterns_used)
                 checked += expected
     assert checked > 20  # the cases do exclude, not only pass
+
+
+def _reference_scan(root, excludes=()):
+    """The scan as it was written before it was made fast: ``os.walk``, one ``os.lstat`` and the public name
+    helpers per file. ``images.scan`` must yield exactly this, in this order."""
+    import stat
+
+    root = os.path.realpath(root)
+    inside = os.path.join(root, "")
+    unlistable, seen_folders, seen_files = [], set(), set()
+
+    def problems():
+        yield from (ScanProblem(str(e.filename), f"unreadable folder: {e.strerror or e}", True) for e in unlistable)
+        unlistable.clear()
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable.append, followlinks=True):
+        yield from problems()
+        real = os.path.realpath(dirpath)
+        if (real != dirpath and (real + os.sep).startswith(inside)) or not images._first_visit(dirpath, seen_folders):
+            dirnames[:] = []
+            continue
+        rel = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not images.is_excluded(d, rel, excludes))
+        wanted = sorted(
+            n
+            for n in filenames
+            if images.is_indexed_name(n) and not n.startswith(".") and not images.is_excluded(n, rel, excludes)
+        )
+        rendered = images._rendered_by_stem(wanted)
+        for name in wanted:
+            path = os.path.join(dirpath, name)
+            twin = rendered.get(os.path.splitext(name)[0].lower()) if images.is_raw_name(name) else None
+            if twin is not None:
+                yield ScanProblem(path, images.RAW_TWIN.format(twin=twin))
+                continue
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                yield ScanProblem(images._printable(path), "not UTF-8")
+                continue
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    st = os.stat(path)
+                    if (os.path.realpath(path) + os.sep).startswith(inside):
+                        continue
+            except OSError as exc:
+                yield ScanProblem(path, f"unreadable: {exc.strerror or exc}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                yield ScanProblem(path, "not a regular file")
+            elif (st.st_dev, st.st_ino) not in seen_files:
+                seen_files.add((st.st_dev, st.st_ino))
+                yield FileEntry(path, st.st_size, st.st_mtime_ns)
+    yield from problems()
+
+
+def _coarse(found):
+    """Scan results with the wording of two reasons cut to their kind (the reference words them shortly)."""
+    for item in found:
+        if isinstance(item, ScanProblem) and item.reason.startswith(("its name is not valid UTF-8", "not a regular")):
+            yield ScanProblem(item.path, "not UTF-8" if "UTF-8" in item.reason else "not a regular file")
+        else:
+            yield item
+
+
+def test_scan_yields_what_the_plain_walk_yields_in_its_order(tmp_path):
+    """The fast scan (one scandir per folder, each extension read once) against the plain os.walk reference, on a
+    tree with every case the scan decides: nesting, hidden and excluded folders and files, links to folders inside
+    and outside and a link cycle, links to files inside and outside, a dangling link, a hard link, a FIFO, RAW files
+    with and without their camera JPEG, a name that is not UTF-8, dotted and upper-case names, videos."""
+    root = rich_tree(tmp_path)
+    for excludes in ((), RICH_EXCLUDES):
+        expected = list(_reference_scan(root, excludes))
+        assert list(_coarse(images.scan(root, excludes))) == expected
+        kinds = {type(item).__name__ for item in expected}
+        assert kinds == {"FileEntry", "ScanProblem"} and len(expected) > 15  # the tree does exercise both
+
+
+def test_file_extensions_are_read_as_splitext_reads_them():
+    names = ["a.jpg", ".jpg", "..jpg", ".a.jpg", "a..JPG", "a.", "a", "...", "a.b.c", ".a.", "x.TiFF", "..a.png", ""]
+    assert [images._extension(n) for n in names] == [os.path.splitext(n)[1].lower() for n in names]
