@@ -9,7 +9,9 @@ planned here; the plans are joined in the scan's order.
 
 The result is the one-process plan's: each share's walk is ``scan``'s walk of that folder, and where one folder or
 file is reached from two shares (a link, a hard link), so that the order of the whole walk would decide which path
-lists it, ``plan`` returns None and the caller plans in one process after all.
+lists it, ``plan`` returns None and the caller plans in one process after all. One case goes unseen: a file that
+one share reaches by its own path and another through a link to a path outside root that is the same file (a bind
+mount of a folder inside root) is listed under both paths, where one process lists it once.
 """
 
 from __future__ import annotations
