@@ -83,7 +83,7 @@ def is_video_name(name: str) -> bool:
 
 def is_indexed_name(name: str) -> bool:
     """A photo's or a video's name: what an index run reads."""
-    return os.path.splitext(name)[1].lower() in INDEXED_EXTENSIONS
+    return _extension(name) in INDEXED_EXTENSIONS
 
 
 def is_raw_name(name: str) -> bool:
@@ -187,8 +187,7 @@ class Walk:
             except OSError as exc:
                 yield ScanProblem(folder, f"unreadable folder: {exc.strerror or exc}", is_folder=True)
                 continue
-            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            excluded = _excluded_in(prefix, self.excludes)
+            excluded = _excluded_in(_prefix(rel), self.excludes)
             yield from _folder_files(folder, names, excluded, self, linked)
             kept = sorted(d for d in subfolders if not d.startswith(".") and not excluded(d))
             below = [(os.path.join(folder, d), d if rel == "." else os.path.join(rel, d)) for d in kept]
@@ -217,8 +216,8 @@ def _listing(folder: str) -> tuple[dict[str, os.DirEntry], list[str]]:
 
 
 def _excluded_in(prefix: str, patterns: Sequence[str]):
-    """Whether a name in the folder at ``prefix`` (its path relative to the scanned folder with "/" and a trailing
-    "/"; "" for itself) is excluded: ``is_excluded`` with the folder's share worked out once."""
+    """Whether a name in the folder at ``prefix`` (``_prefix``) is excluded, with the folder's share of the work
+    (the compiled globs, its prefix) done once for all its names: ``is_excluded``'s rule."""
     matches = _exclude_matcher(tuple(patterns))
     if matches is None:
         return lambda name: False
@@ -233,7 +232,7 @@ def _folder_files(
     a link."""
     wanted = []
     for name in sorted(entries):
-        ext = _extension(name)
+        ext = _extension(name)  # is_indexed_name's test, the extension kept for the RAW check below
         if ext in INDEXED_EXTENSIONS and not name.startswith(".") and not excluded(name):
             wanted.append((name, ext))
     rendered = _rendered_by_stem([name for name, _ in wanted]) if any(e in RAW_EXTENSIONS for _, e in wanted) else {}
@@ -292,11 +291,13 @@ def is_excluded(name: str, rel_folder: str, patterns: Sequence[str]) -> bool:
     its name or its relative path (the scan prunes excluded folders; the watcher asks it of each part of a path).
     The globs mean what ``fnmatch.fnmatch`` says; they are compiled once into one expression (a scan asks this of
     every file: at 16 fnmatch calls a name it took half of a no-change run)."""
-    matches = _exclude_matcher(tuple(patterns))
-    if matches is None:
-        return False
-    rel = name if rel_folder == "." else f"{rel_folder}/{name}".replace(os.sep, "/")
-    return matches(os.path.normcase(name)) is not None or matches(os.path.normcase(rel)) is not None
+    return _excluded_in(_prefix(rel_folder), patterns)(name)
+
+
+def _prefix(rel_folder: str) -> str:
+    """A folder's path relative to the scanned folder as exclude globs see it: "/" between names and after the last;
+    "" for the scanned folder itself ("." to ``os.walk``)."""
+    return "" if rel_folder == "." else rel_folder.replace(os.sep, "/") + "/"
 
 
 @cache

@@ -323,7 +323,7 @@ def plan_run(
     prefix = os.path.join(str(root), "")
     stale = store.ids_written_before("images", stale_before) if stale_before is not None else set()
     rehash_with = _hash_or_none if rehash else None
-    workers = parallel_plan.workers_for(store.count_under(prefix))
+    workers = parallel_plan.workers_for(lambda: store.count_under(prefix))
     plan = (
         parallel_plan.plan(store, root, excludes, stale, rehash_with, imgs.retry_now, workers) if workers > 1 else None
     )

@@ -44,11 +44,12 @@ MAX_WORKERS = 8
 Key = tuple[int, int]
 
 
-def workers_for(rows: int) -> int:
-    """How many processes plan a folder with ``rows`` stored rows under it: one below MIN_ROWS; one where processes
-    are not forked on Linux, or where other threads run (a fork copies the locks they hold, and a worker could wait
-    on one forever: a server or watcher plans in one process); else one for each CPU this process may use."""
-    if rows < MIN_ROWS or sys.platform != "linux" or threading.active_count() > 1:
+def workers_for(rows: Callable[[], int]) -> int:
+    """How many processes plan a folder; ``rows`` counts its stored rows (asked only where a fork may be made): one
+    where processes are not forked on Linux, or where other threads run (a fork copies the locks they hold, and a
+    worker could wait on one forever: a server or watcher plans in one process); one below MIN_ROWS rows; else one
+    for each CPU this process may use."""
+    if sys.platform != "linux" or threading.active_count() > 1 or rows() < MIN_ROWS:
         return 1
     return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
 

@@ -211,11 +211,11 @@ import os, threading
 from imgsearch import parallel_plan as pp
 assert threading.active_count() == 1
 cpus = min(pp.MAX_WORKERS, len(os.sched_getaffinity(0)))
-print(pp.workers_for(pp.MIN_ROWS - 1), pp.workers_for(pp.MIN_ROWS), cpus)
+print(pp.workers_for(lambda: pp.MIN_ROWS - 1), pp.workers_for(lambda: pp.MIN_ROWS), cpus)
 release = threading.Event()
 other = threading.Thread(target=release.wait)
 other.start()
-print(pp.workers_for(pp.MIN_ROWS))
+print(pp.workers_for(lambda: pp.MIN_ROWS))
 release.set()
 """
 
