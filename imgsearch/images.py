@@ -30,6 +30,8 @@ from .records import FileEntry, ImageDetails, ScanProblem, format_name
 _HASH_CHUNK = 1 << 20
 # EXIF orientations that swap width and height.
 _TRANSPOSED = {5, 6, 7, 8}
+# EXIF orientations that turn or mirror the stored pixels (exif_transpose's).
+_TURNED = range(2, 9)
 # The longest side may be at most this many times the shortest. A model's preprocessing scales the short side up to
 # its input size before cropping, so a sliver would become a giant (an 86-byte 1x3000 PNG: 4 s and 610 MB at 224 px;
 # a 661-byte 1x300000 one: 1.95 GB): with this bound the resized image holds at most 50 x side^2 pixels (2.5 MP
@@ -503,7 +505,8 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> LoadedImage:
         if min_side and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img.load()
-        upright = ImageOps.exif_transpose(img)
+        # exif_transpose copies an image it leaves as it is: most photos (measured 0.4 ms of 8.5 per COCO photo)
+        upright = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) in _TURNED else img
         rgb = _to_rgb(upright)
     return LoadedImage(rgb, details)
 

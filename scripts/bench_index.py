@@ -23,7 +23,8 @@ process, side by side, so the ratios hold even on a noisy machine; each figure i
   and torch.cuda.max_memory_allocated on a GPU.
 
 Backends side by side (``--backends torch-fp32 torch-bf16 onnx-fp32``): for each, model-only and end-to-end
-images/s with the ratio to torch fp32, and the quality guard on the same photos and their captions: cosine of
+images/s (decoding on the library's threads, as a run does) with the ratio to torch fp32, end-to-end / model-only,
+images/s with workers=0 (decoding and the model in turn), and the quality guard on the same photos and their captions: cosine of
 image and text vectors to torch fp32 (min and mean), and the overlap of each caption's top-10 images with
 torch fp32's. Backends are run in turn, in reverse order on odd repeats.
 
@@ -113,12 +114,16 @@ BACKENDS = {
 }
 
 
-def fresh_collection(folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int) -> imgsearch.Collection:
-    """A new collection whose model is loaded and warmed, so the clock can start at index_folder."""
+def fresh_collection(
+    folder: Path, model: ModelConfig, warm_dir: Path, batch_size: int, torch_model: bool = True
+) -> imgsearch.Collection:
+    """A new collection whose model is loaded and warmed, so the clock can start at index_folder. Without
+    ``torch_model`` only what its index runs use is loaded (an export's tower, where the backend runs one)."""
     engine = imgsearch.open(folder, model=model)
     engine.index_folder(warm_dir, IndexingConfig(workers=0))  # loads the model, imports faiss, creates the DB
-    side = engine.embedder.image_size
-    engine.embedder.encode_preprocessed(torch.zeros(batch_size, 3, side, side))  # first full-size batch
+    if torch_model:
+        side = engine.embedder.image_size
+        engine.embedder.encode_preprocessed(torch.zeros(batch_size, 3, side, side))  # first full-size batch
     return engine
 
 
@@ -238,18 +243,15 @@ def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, pa
     warm_dir.mkdir()
     shutil.copy(paths[0], warm_dir)
     names = list(dict.fromkeys(["torch-fp32", *args.backends]))
-    engines = {
-        n: fresh_collection(
-            tmp / n, replace(model, backend=BACKENDS[n][0], precision=BACKENDS[n][1]), warm_dir, args.batch_size
-        )
-        for n in names
-    }
+    configs = {n: replace(model, backend=BACKENDS[n][0], precision=BACKENDS[n][1]) for n in names}
+    engines = {n: fresh_collection(tmp / n, configs[n], warm_dir, args.batch_size) for n in names}
     reference = engines["torch-fp32"].embedder
     tensors = [reference.preprocess(load_image(p, min_side=reference.image_size).image) for p in paths]
     batches = [torch.stack(tensors[i : i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
     texts = captions_for(args.images)
     model_s: dict[str, list[float]] = {n: [] for n in names}
-    e2e_s: dict[str, list[float]] = {n: [] for n in names}
+    e2e_s: dict[str, list[float]] = {n: [] for n in names}  # decoding on the library's threads, as a run does
+    serial_s: dict[str, list[float]] = {n: [] for n in names}  # workers=0: decoding, then the model, in turn
     vectors: dict[str, tuple] = {}
     for run in range(args.repeat):
         for n in names if run % 2 == 0 else names[::-1]:
@@ -258,34 +260,38 @@ def compare_backends(tmp: Path, args: argparse.Namespace, model: ModelConfig, pa
             images = np.concatenate([embedder.encode_preprocessed(b) for b in batches])
             model_s[n].append(time.perf_counter() - start)
             vectors[n] = (images, embedder.embed_texts(texts))
-            with imgsearch.open(tmp / f"{n}-e2e-{run}", embedder=embedder) as engine:
-                _, seconds = time_index(
-                    engine,
-                    args.images,
-                    IndexingConfig(batch_size=args.batch_size, gpu_batch_size=args.batch_size, workers=0),
-                )
-            e2e_s[n].append(seconds)
+            for workers, times in ((args.workers, e2e_s), (0, serial_s)):  # as `imgsearch index` runs (no torch
+                # on an export's path), its tower loaded and warmed by a first run of one image
+                folder = tmp / f"{n}-e2e-{run}-{workers}"
+                with fresh_collection(folder, configs[n], warm_dir, args.batch_size, torch_model=False) as engine:
+                    settings = IndexingConfig(
+                        batch_size=args.batch_size, gpu_batch_size=args.batch_size, workers=workers
+                    )
+                    times[n].append(time_index(engine, args.images, settings)[1])
     n_images = len(paths)
     ref_model, ref_e2e = rate(n_images, model_s["torch-fp32"])[0], rate(n_images, e2e_s["torch-fp32"])[0]
     ref_img, ref_txt = vectors["torch-fp32"]
     ref_top = np.argsort(-(ref_txt @ ref_img.T), axis=1)[:, :10]
     print(
         f"{'backend':12} {'ran as':12} {'model img/s':>11} {'x fp32':>7} {'e2e img/s':>10} {'x fp32':>7} "
-        f"{'img cos min/mean':>17} {'txt cos min/mean':>17} {'top-10 overlap':>15}"
+        f"{'e2e/model':>9} {'workers=0':>9} {'img cos min/mean':>17} {'txt cos min/mean':>17} {'top-10 overlap':>15}"
     )
     for n in names:
         img, txt = vectors[n]
         icos, tcos = np.sum(img * ref_img, axis=1), np.sum(txt * ref_txt, axis=1)
         top = np.argsort(-(txt @ img.T), axis=1)[:, :10]
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)])
-        m, e = rate(n_images, model_s[n])[0], rate(n_images, e2e_s[n])[0]
+        m, e, serial = (rate(n_images, s[n])[0] for s in (model_s, e2e_s, serial_s))
         print(
             f"{n:12} {engines[n].embedder.backend:12} {m:11.2f} {m / ref_model:7.2f} {e:10.2f} {e / ref_e2e:7.2f} "
+            f"{e / m:9.2f} {serial:9.2f} "
             f"{icos.min():8.5f}/{icos.mean():.5f} {tcos.min():8.5f}/{tcos.mean():.5f} {overlap:15.3f}"
         )
     print(
-        f"\n{len(texts)} captions ranked against {n_images} images for the top-10 overlap; end to end with "
-        "workers=0; the ONNX export (once per model, cached) happened before the clock started"
+        f"\n{len(texts)} captions ranked against {n_images} images for the top-10 overlap; end to end with the "
+        f"library's decoding (workers={'default' if args.workers is None else args.workers}), and images/s with "
+        "workers=0 (decoding, then the model, in turn); the ONNX export (once per model, cached) happened before the "
+        "clock started"
     )
 
 

@@ -83,6 +83,24 @@ def test_transform_matches_the_models_own_on_real_and_odd_shaped_photos(tiny_emb
             np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=str(path))
 
 
+@pytest.mark.parametrize("shape", [(224, 224), (256, 341), (7, 300), (1, 1)])
+def test_normalising_in_place_matches_the_plain_formula(shape):
+    import open_clip
+
+    from imgsearch.inference.preprocess import normalised, normalised_reference
+
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    rgb[0, 0] = (0, 128, 255)
+    for mean, std in (
+        (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD),
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's (timm towers)
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ):
+        ours, plain = normalised(rgb, mean, std), normalised_reference(rgb, mean, std)
+        assert ours.dtype == np.float32 and ours.shape == (3, *shape) and ours.flags["C_CONTIGUOUS"]
+        np.testing.assert_allclose(ours, plain, rtol=0, atol=2e-6)
+
+
 def test_onnx_export_is_checked_cached_and_agrees_with_torch(tiny_model, coco_captions):
     fp32 = _embedder(replace(tiny_model, backend="torch", precision="fp32"))
     onnx = _embedder(replace(tiny_model, backend="onnx"))
