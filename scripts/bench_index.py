@@ -24,9 +24,9 @@ process, side by side, so the ratios hold even on a noisy machine; each figure i
 
 Backends side by side (``--backends torch-fp32 torch-bf16 onnx-fp32``): for each, model-only and end-to-end
 images/s (decoding on the library's threads, as a run does) with the ratio to torch fp32, end-to-end / model-only,
-images/s with workers=0 (decoding and the model in turn), and the quality guard on the same photos and their captions: cosine of
-image and text vectors to torch fp32 (min and mean), and the overlap of each caption's top-10 images with
-torch fp32's. Backends are run in turn, in reverse order on odd repeats.
+images/s with workers=0 (decoding and the model in turn), and the quality guard on the same photos and their
+captions: cosine of image and text vectors to torch fp32 (min and mean), and the overlap of each caption's top-10
+images with torch fp32's. Backends are run in turn, in reverse order on odd repeats.
 
 Quick smoke run with the tests' tiny architecture (32-px images, one layer):
 
